@@ -1,0 +1,231 @@
+"""Wrapper factories and the one place they are installed and removed.
+
+Each wrapper starts with a kill switch: the SDK caches bound methods (``with_raw_response``
+keeps ``resource.create`` from the first access), so a wrapper can outlive ``uninstall()``; it
+then passes straight through.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import wrapt
+
+from . import _state
+from ._call import Call
+from ._router import RolloutRuntime, Router
+from ._streams import MISSING, AsyncStreamProxy, SyncStreamProxy
+
+__all__ = ["SURFACES", "patch", "unpatch"]
+
+logger = logging.getLogger("openai_bluegreen")
+
+# (module, class, method, gen_ai.operation.name). stream() helpers call create(), so they are
+# routed through it; parse() posts on its own, so it is wrapped too.
+SURFACES: tuple[tuple[str, str, str, str], ...] = (
+    ("openai.resources.chat.completions", "Completions", "create", "chat"),
+    ("openai.resources.chat.completions", "Completions", "parse", "chat"),
+    ("openai.resources.chat.completions", "AsyncCompletions", "create", "chat"),
+    ("openai.resources.chat.completions", "AsyncCompletions", "parse", "chat"),
+    ("openai.resources.responses", "Responses", "create", "chat"),
+    ("openai.resources.responses", "Responses", "parse", "chat"),
+    ("openai.resources.responses", "AsyncResponses", "create", "chat"),
+    ("openai.resources.responses", "AsyncResponses", "parse", "chat"),
+    ("openai.resources.embeddings", "Embeddings", "create", "embeddings"),
+    ("openai.resources.embeddings", "AsyncEmbeddings", "create", "embeddings"),
+    ("openai.resources.completions", "Completions", "create", "text_completion"),
+    ("openai.resources.completions", "AsyncCompletions", "create", "text_completion"),
+)
+
+_patched: list[tuple[type, str, Any]] = []
+_lock = threading.Lock()
+
+
+def _sdk_types() -> tuple[type, type, type, tuple[type, ...]]:
+    import openai
+    from openai._legacy_response import LegacyAPIResponse
+    from openai._response import APIResponse, AsyncAPIResponse
+
+    return openai.Stream, openai.AsyncStream, LegacyAPIResponse, (APIResponse, AsyncAPIResponse)
+
+
+def _route(router: Router | None, instance: Any, kwargs: dict[str, Any]) -> RolloutRuntime | None:
+    if router is None or instance is None:
+        return None
+    model = kwargs.get("model")
+    return router.by_model.get(model) if model.__class__ is str else None
+
+
+def _start(router: Router, rollout: RolloutRuntime, operation: str, instance: Any,
+           kwargs: dict[str, Any]) -> Call | None:
+    try:
+        return Call(router, rollout, operation, instance, kwargs)
+    except Exception:  # a routing fault never breaks the caller: fail open to blue
+        logger.exception("openai-bluegreen: routing failed; sending this call to blue")
+        return None
+
+
+def _quietly(action: Callable[..., Any], *args: Any) -> None:
+    try:
+        action(*args)
+    except Exception:
+        logger.debug("openai-bluegreen: telemetry step failed", exc_info=True)
+
+
+def _bind(call: Call, wrapped: Any, instance: Any, original: Any) -> Any:
+    resource = call.lane.resource_for(instance)
+    return wrapped if resource is instance else original.__get__(resource, type(resource))
+
+
+def _finish_plain(call: Call, result: Any, legacy: type, lazy: tuple[type, ...]) -> Any:
+    """Record a non-streamed result (a model object, or a raw-response wrapper)."""
+    if isinstance(result, legacy):  # with_raw_response: the body is read, parse() is cached
+        if call.stream:
+            _quietly(_end_without_body, call)
+        else:
+            _quietly(call.succeeded, result.parse())
+    elif isinstance(result, lazy):  # with_streaming_response: the body is not read yet
+        _quietly(_end_without_body, call)
+    else:
+        _quietly(call.succeeded, result)
+    return result
+
+
+def _end_without_body(call: Call) -> None:
+    import time
+
+    call.record_end((None, None, (), None, None), None, time.perf_counter())
+    call.span.end()
+
+
+def _sync_wrapper(operation: str, original: Any) -> Callable[..., Any]:
+    stream_type, _, legacy, lazy = _sdk_types()
+
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        router = _state.router
+        rollout = _route(router, instance, kwargs)
+        if rollout is None or router is None:
+            return wrapped(*args, **kwargs)
+        call = _start(router, rollout, operation, instance, kwargs)
+        if call is None:
+            return wrapped(*args, **{**kwargs, "model": rollout.blue.model})
+        try:
+            while True:
+                try:
+                    result = _bind(call, wrapped, instance, original)(*args, **call.arguments())
+                except Exception as exc:
+                    if call.should_fall_back(exc):
+                        call.switch_to_blue(exc, instance)
+                        continue
+                    _quietly(call.failed, exc)
+                    raise
+                if not isinstance(result, stream_type):
+                    return _finish_plain(call, result, legacy, lazy)
+                if not call.prefetch:
+                    return SyncStreamProxy(result, call)
+                # Green stream with fallback on: pull the first chunk now, so a failure before
+                # any byte reached the caller can still be retried on blue.
+                try:
+                    first = result.__next__()
+                    error = None
+                except StopIteration:
+                    first, error = MISSING, None
+                except Exception as exc:
+                    first, error = MISSING, exc
+                if error is not None and call.should_fall_back(error):
+                    _quietly(result.close)
+                    call.switch_to_blue(error, instance)
+                    continue
+                return SyncStreamProxy(result, call, first, error)
+        finally:
+            call.detach()
+
+    return wrapper
+
+
+def _async_wrapper(operation: str, original: Any) -> Callable[..., Any]:
+    _, stream_type, legacy, lazy = _sdk_types()
+
+    async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        router = _state.router
+        rollout = _route(router, instance, kwargs)
+        if rollout is None or router is None:
+            return await wrapped(*args, **kwargs)
+        call = _start(router, rollout, operation, instance, kwargs)
+        if call is None:
+            return await wrapped(*args, **{**kwargs, "model": rollout.blue.model})
+        try:
+            while True:
+                try:
+                    result = await _bind(call, wrapped, instance, original)(
+                        *args, **call.arguments()
+                    )
+                except Exception as exc:
+                    if call.should_fall_back(exc):
+                        call.switch_to_blue(exc, instance)
+                        continue
+                    _quietly(call.failed, exc)
+                    raise
+                if not isinstance(result, stream_type):
+                    return _finish_plain(call, result, legacy, lazy)
+                if not call.prefetch:
+                    return AsyncStreamProxy(result, call)
+                try:
+                    first = await result.__anext__()
+                    error = None
+                except StopAsyncIteration:
+                    first, error = MISSING, None
+                except Exception as exc:
+                    first, error = MISSING, exc
+                if error is not None and call.should_fall_back(error):
+                    try:
+                        await result.close()
+                    except Exception:
+                        logger.debug("openai-bluegreen: closing failed stream", exc_info=True)
+                    call.switch_to_blue(error, instance)
+                    continue
+                return AsyncStreamProxy(result, call, first, error)
+        finally:
+            call.detach()
+
+    return wrapper
+
+
+def patch() -> None:
+    """Wrap every surface once. On any failure, undo what was wrapped and re-raise."""
+    with _lock:
+        if _patched:
+            return
+        try:
+            for module_name, class_name, method, operation in SURFACES:
+                module = importlib.import_module(module_name)
+                cls = getattr(module, class_name, None)
+                if cls is None or method not in cls.__dict__:
+                    continue  # older SDKs lack some surfaces (e.g. responses.parse)
+                original = cls.__dict__[method]
+                factory = _async_wrapper if class_name.startswith("Async") else _sync_wrapper
+                wrapt.wrap_function_wrapper(cls, method, factory(operation, original))
+                _patched.append((cls, method, original))
+        except BaseException:
+            _unpatch_locked()
+            raise
+
+
+def _unpatch_locked() -> None:
+    while _patched:
+        cls, method, original = _patched.pop()
+        setattr(cls, method, original)
+
+
+def unpatch() -> None:
+    """Restore every wrapped method to the exact object it was before."""
+    with _lock:
+        _unpatch_locked()
+
+
+def is_patched() -> bool:
+    return bool(_patched)

@@ -1,0 +1,297 @@
+"""The router: rollouts indexed by requested model, weights, and per-client lanes.
+
+A *lane* is everything one (caller client, rollout, environment, operation, requested model)
+needs on the request path, computed once: the client and resource to call, the rewritten model,
+and the frozen attribute sets for spans and metrics. The hot path only does dict look-ups.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+from opentelemetry import metrics, trace
+
+from . import _telemetry as T
+from ._assignment import (
+    BUCKETS,
+    Environment,
+    bucket,
+    current_force,
+    current_key,
+    random_bucket,
+    salt_for,
+)
+from ._config import Config, EnvironmentTarget, Rollout
+from ._errors import ConfigError, UnknownRolloutError
+
+__all__ = ["Lane", "Router", "RolloutRuntime", "TargetRuntime"]
+
+_PROVIDER_BY_HOST = (
+    ("openai.azure.com", "azure.ai.openai"),
+    ("api.openai.com", "openai"),
+    ("deepseek.com", "deepseek"),
+    ("mistral.ai", "mistral_ai"),
+    ("groq.com", "groq"),
+    ("x.ai", "x_ai"),
+    ("perplexity.ai", "perplexity"),
+    ("anthropic.com", "anthropic"),
+    ("googleapis.com", "gcp.gemini"),
+)
+
+
+def infer_provider(host: str | None, client: Any) -> str:
+    """A ``gen_ai.provider.name`` for a host, ``openai`` when unknown (OpenAI-compatible API)."""
+    if type(client).__name__.startswith(("AzureOpenAI", "AsyncAzureOpenAI")):
+        return "azure.ai.openai"
+    if host:
+        for suffix, name in _PROVIDER_BY_HOST:
+            if host == suffix or host.endswith("." + suffix):
+                return name
+    return "openai"
+
+
+class TargetRuntime:
+    """An environment's target with its API key resolved from the environment variable."""
+
+    __slots__ = ("api_key", "base_url", "headers", "model", "params", "provider")
+
+    def __init__(self, target: EnvironmentTarget, api_key: str | None) -> None:
+        self.model = target.model
+        self.base_url = target.base_url
+        self.api_key = api_key
+        self.headers = dict(target.headers)
+        self.params = dict(target.params)
+        self.provider = target.provider
+
+    def __repr__(self) -> str:  # never show the key
+        return f"TargetRuntime(model={self.model!r}, base_url={self.base_url!r})"
+
+
+class RolloutRuntime:
+    """A rollout as the hot path sees it. ``weight_bp`` is replaced atomically by set_weight."""
+
+    __slots__ = ("blue", "fallback_enabled", "fallback_on", "green", "green_max_retries", "name",
+                 "salt", "sticky", "weight_bp")
+
+    def __init__(self, rollout: Rollout, blue: TargetRuntime, green: TargetRuntime) -> None:
+        self.name = rollout.name
+        self.salt = salt_for(rollout.name)
+        self.weight_bp = round(rollout.weight * 100)
+        self.sticky = tuple(rollout.sticky)
+        self.blue = blue
+        self.green = green
+        self.fallback_enabled = rollout.fallback.enabled
+        self.fallback_on = frozenset(rollout.fallback.on)
+        self.green_max_retries = rollout.fallback.green_max_retries
+
+    def choose(self, kwargs: dict[str, Any]) -> Environment:
+        """blue or green for one call: force, else sticky key hash, else a random draw."""
+        forced = current_force()
+        if forced is not None:
+            return forced
+        weight = self.weight_bp
+        if weight <= 0:
+            return "blue"
+        if weight >= BUCKETS:
+            return "green"
+        key: str | None = None
+        for source in self.sticky:
+            value = current_key() if source == "assignment_key" else kwargs.get(source)
+            if value.__class__ is str and value:
+                key = value
+                break
+        draw = bucket(self.salt, key) if key is not None else random_bucket()
+        return "green" if draw < weight else "blue"
+
+
+def _host_port(base_url: Any) -> tuple[str | None, int | None]:
+    try:
+        parts = urlsplit(str(base_url))
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None, None
+    return parts.hostname, port
+
+
+class Lane:
+    """Precomputed routing and telemetry for one (client, rollout, environment, operation)."""
+
+    __slots__ = ("client", "env", "error_attrs", "headers", "metric_attrs", "model", "params",
+                 "resources", "rollout", "span_attrs", "span_name", "token_attrs")
+
+    def __init__(self, rollout: RolloutRuntime, env: Environment, operation: str,
+                 requested_model: str, caller_client: Any, own_client: Any | None) -> None:
+        target = rollout.green if env == "green" else rollout.blue
+        self.rollout = rollout
+        self.env = env
+        self.model = target.model
+        self.params = target.params
+        self.headers = target.headers
+        self.client = own_client
+        self.resources: dict[type, Any] = {}
+        effective = own_client if own_client is not None else caller_client
+        host, port = _host_port(getattr(effective, "base_url", ""))
+        provider = target.provider or infer_provider(host, effective)
+        metric_attrs: dict[str, Any] = {
+            T.OPERATION: operation,
+            T.PROVIDER: provider,
+            T.REQUEST_MODEL: target.model,
+            T.ROLLOUT: rollout.name,
+            T.ENVIRONMENT: env,
+        }
+        if host:
+            metric_attrs[T.SERVER_ADDRESS] = host
+        if port:
+            metric_attrs[T.SERVER_PORT] = port
+        self.metric_attrs = metric_attrs
+        self.span_name = f"{operation} {target.model}"
+        self.span_attrs = {
+            **metric_attrs,
+            T.REQUESTED_MODEL: requested_model,
+            T.FLAG_KEY: rollout.name,
+            T.FLAG_VARIANT: env,
+            T.FLAG_PROVIDER: "openai-bluegreen",
+        }
+        self.token_attrs = (
+            {**metric_attrs, T.TOKEN_TYPE: "input"},
+            {**metric_attrs, T.TOKEN_TYPE: "output"},
+        )
+        self.error_attrs: dict[str, dict[str, Any]] = {}
+
+    def attrs_for_error(self, error_type: str) -> dict[str, Any]:
+        attrs = self.error_attrs.get(error_type)
+        if attrs is None:
+            attrs = {**self.metric_attrs, T.ERROR_TYPE: error_type}
+            self.error_attrs[error_type] = attrs
+        return attrs
+
+    def rewrite(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's keyword arguments for this environment (the caller's dict is not changed)."""
+        out = dict(kwargs)
+        out["model"] = self.model
+        if self.params:
+            body = out.get("extra_body")
+            out["extra_body"] = {**body, **self.params} if isinstance(body, dict) else self.params
+        if self.headers:
+            headers = out.get("extra_headers")
+            out["extra_headers"] = (
+                {**headers, **self.headers} if isinstance(headers, dict) else self.headers
+            )
+        return out
+
+    def resource_for(self, instance: Any) -> Any:
+        """The SDK resource to call: the caller's, or the same resource on this lane's client."""
+        if self.client is None:
+            return instance
+        cls = type(instance)
+        resource = self.resources.get(cls)
+        if resource is None:
+            resource = cls(self.client)
+            self.resources[cls] = resource
+        return resource
+
+
+class Router:
+    """Routes matched calls. One per ``install()``; replaced whole on re-install."""
+
+    def __init__(self, config: Config, *, tracer_provider: trace.TracerProvider | None = None,
+                 meter_provider: metrics.MeterProvider | None = None) -> None:
+        problems: list[tuple[str, str]] = []
+        rollouts: list[RolloutRuntime] = []
+        for i, rollout in enumerate(config.rollouts):
+            targets = []
+            for env in ("blue", "green"):
+                target: EnvironmentTarget = getattr(rollout, env)
+                key = None
+                if target.api_key_env is not None:
+                    key = os.environ.get(target.api_key_env)
+                    if not key:
+                        problems.append((
+                            f"rollouts[{i}].{env}.api_key_env",
+                            f"environment variable {target.api_key_env} is not set or empty",
+                        ))
+                targets.append(TargetRuntime(target, key))
+            rollouts.append(RolloutRuntime(rollout, targets[0], targets[1]))
+        if problems:
+            raise ConfigError(problems)
+        self.config = config
+        self.providers = (tracer_provider, meter_provider)
+        self.rollouts: dict[str, RolloutRuntime] = {r.name: r for r in rollouts}
+        self.by_model: dict[str, RolloutRuntime] = {
+            model: runtime
+            for runtime, rollout in zip(rollouts, config.rollouts, strict=True)
+            for model in rollout.match.model
+        }
+        self.tracer = T.tracer_for(tracer_provider)
+        self.instruments = T.instruments_for(meter_provider, self.weights)
+        self.capture_content = T.capture_content_enabled()
+        self._lanes: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, str, str], Lane]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    def weights(self) -> Iterable[tuple[str, float]]:
+        return [(name, r.weight_bp / BUCKETS) for name, r in self.rollouts.items()]
+
+    def set_weight(self, rollout: str, percent: float) -> None:
+        runtime = self.rollouts.get(rollout)
+        if runtime is None:
+            known = ", ".join(sorted(self.rollouts)) or "none"
+            raise UnknownRolloutError(f"unknown rollout {rollout!r} (configured: {known})")
+        if not isinstance(percent, (int, float)) or not 0 <= percent <= 100:
+            raise ValueError(f"weight must be a percentage between 0 and 100 (got {percent!r})")
+        runtime.weight_bp = round(percent * 100)
+
+    def lane(self, instance: Any, rollout: RolloutRuntime, env: Environment, operation: str,
+             requested_model: str) -> Lane:
+        client = getattr(instance, "_client", None)
+        per_client = self._lanes.get(client) if client is not None else None
+        key = (rollout.name, env, operation, requested_model)
+        if per_client is not None:
+            lane = per_client.get(key)
+            if lane is not None:
+                return lane
+        with self._lock:  # first call per lane only
+            per_client = self._lanes.setdefault(client, {})
+            lane = per_client.get(key)
+            if lane is None:
+                lane = Lane(rollout, env, operation, requested_model, client,
+                            self._own_client(client, rollout, env))
+                per_client[key] = lane
+            return lane
+
+    def _own_client(self, client: Any, rollout: RolloutRuntime, env: Environment) -> Any | None:
+        """A client derived from the caller's (same timeouts, pool, settings) when the
+        environment needs another base URL, key, or retry budget; ``None`` to use the caller's."""
+        target = rollout.green if env == "green" else rollout.blue
+        options: dict[str, Any] = {}
+        if target.base_url is not None:
+            options["base_url"] = target.base_url
+        if target.api_key is not None:
+            options["api_key"] = target.api_key
+        if (env == "green" and rollout.fallback_enabled
+                and getattr(client, "max_retries", None) != rollout.green_max_retries):
+            options["max_retries"] = rollout.green_max_retries
+        if not options:
+            return None
+        return client.with_options(**options)
+
+    def status(self) -> list[dict[str, Any]]:
+        out = []
+        for rollout in self.config.rollouts:
+            runtime = self.rollouts[rollout.name]
+            out.append({
+                "name": rollout.name,
+                "match": list(rollout.match.model),
+                "weight": runtime.weight_bp / 100,
+                "blue": {"model": rollout.blue.model, "base_url": rollout.blue.base_url},
+                "green": {"model": rollout.green.model, "base_url": rollout.green.base_url},
+                "sticky": list(rollout.sticky),
+                "fallback": rollout.fallback.enabled,
+            })
+        return out

@@ -1,0 +1,193 @@
+"""Stream proxies: measure time to first chunk, usage and errors; finalize exactly once.
+
+A proxy wraps the SDK's ``Stream``/``AsyncStream`` and is what the caller iterates. It ends the
+call's span and records its metrics once, from whichever comes first: the stream is exhausted, it
+raises, it is closed, its context manager exits, or it is garbage-collected unfinished.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import wrapt
+
+from . import _telemetry as T
+from ._call import Call
+
+__all__ = ["MISSING", "AsyncStreamProxy", "SyncStreamProxy"]
+
+MISSING: Any = object()
+_perf = time.perf_counter
+_LIFECYCLE = frozenset({"response.created", "response.in_progress", "response.queued"})
+
+
+class _Accumulated:
+    """What the chunks seen so far say about the response."""
+
+    __slots__ = ("in_tokens", "model", "out_tokens", "reasons", "response_id")
+
+    def __init__(self) -> None:
+        self.response_id: str | None = None
+        self.model: str | None = None
+        self.reasons: tuple[str, ...] = ()
+        self.in_tokens: int | None = None
+        self.out_tokens: int | None = None
+
+    def observe(self, item: Any) -> None:
+        response = getattr(item, "response", None)
+        source = response if response is not None and hasattr(item, "type") else item
+        response_id, model, reasons, in_tokens, out_tokens = T.describe_response(source)
+        if response_id is not None:
+            self.response_id = response_id
+        if model is not None:
+            self.model = model
+        if reasons:
+            # A Responses lifecycle event carries the whole status; chat chunks add theirs.
+            self.reasons = reasons if source is not item else self.reasons + reasons
+        if in_tokens is not None:
+            self.in_tokens = in_tokens
+        if out_tokens is not None:
+            self.out_tokens = out_tokens
+
+    def described(self) -> tuple[str | None, str | None, tuple[str, ...], int | None, int | None]:
+        return self.response_id, self.model, self.reasons, self.in_tokens, self.out_tokens
+
+
+def _counts_as_first(item: Any) -> bool:
+    return getattr(item, "type", None) not in _LIFECYCLE
+
+
+class _StreamProxyBase(wrapt.ObjectProxy):  # type: ignore[misc]  # wrapt ships no type stubs
+    """State and bookkeeping shared by the sync and async proxies (no I/O)."""
+
+    def __init__(self, stream: Any, call: Call, pending: Any = MISSING,
+                 pending_error: BaseException | None = None, first_at: float | None = None) -> None:
+        super().__init__(stream)
+        self._self_call = call
+        self._self_pending = pending
+        self._self_error = pending_error
+        self._self_done = False
+        self._self_first = first_at is not None
+        self._self_last = first_at if first_at is not None else call.start
+        self._self_acc = _Accumulated()
+
+    def _bg_take_pending(self) -> Any:
+        item = self._self_pending
+        self._self_pending = MISSING
+        return item
+
+    def _bg_observe(self, item: Any) -> None:
+        try:
+            now = _perf()
+            self._self_last = now
+            if not self._self_first and _counts_as_first(item):
+                self._self_first = True
+                self._self_call.first_chunk(now)
+            self._self_acc.observe(item)
+        except Exception:  # telemetry must never break the caller's iteration
+            return
+
+    def _bg_finalize(self, error: BaseException | None, abandoned: bool = False) -> None:
+        if self._self_done:
+            return
+        self._self_done = True
+        try:
+            call = self._self_call
+            call.record_end(self._self_acc.described(), error,
+                            self._self_last if abandoned else _perf())
+            call.span.end()
+        except Exception:
+            return
+
+    def __del__(self) -> None:
+        self._bg_finalize(None, abandoned=True)
+
+
+class SyncStreamProxy(_StreamProxyBase):
+    """Proxy for ``openai.Stream``."""
+
+    def __iter__(self) -> SyncStreamProxy:
+        return self
+
+    def __next__(self) -> Any:
+        if self._self_pending is not MISSING:
+            item = self._bg_take_pending()
+            self._bg_observe(item)
+            return item
+        if self._self_error is not None:
+            error, self._self_error = self._self_error, None
+            self._bg_finalize(error)
+            raise error
+        try:
+            item = self.__wrapped__.__next__()
+        except StopIteration:
+            self._bg_finalize(None)
+            raise
+        except Exception as exc:
+            self._bg_finalize(exc)
+            raise
+        self._bg_observe(item)
+        return item
+
+    def __enter__(self) -> SyncStreamProxy:
+        self.__wrapped__.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        try:
+            return self.__wrapped__.__exit__(*exc_info)
+        finally:
+            self._bg_finalize(None)
+
+    def close(self) -> None:
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._bg_finalize(None)
+
+
+class AsyncStreamProxy(_StreamProxyBase):
+    """Proxy for ``openai.AsyncStream``."""
+
+    def __aiter__(self) -> AsyncStreamProxy:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._self_pending is not MISSING:
+            item = self._bg_take_pending()
+            self._bg_observe(item)
+            return item
+        if self._self_error is not None:
+            error, self._self_error = self._self_error, None
+            self._bg_finalize(error)
+            raise error
+        try:
+            item = await self.__wrapped__.__anext__()
+        except StopAsyncIteration:
+            self._bg_finalize(None)
+            raise
+        except Exception as exc:
+            self._bg_finalize(exc)
+            raise
+        self._bg_observe(item)
+        return item
+
+    async def __aenter__(self) -> AsyncStreamProxy:
+        await self.__wrapped__.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        try:
+            return await self.__wrapped__.__aexit__(*exc_info)
+        finally:
+            self._bg_finalize(None)
+
+    async def close(self) -> None:
+        try:
+            await self.__wrapped__.close()
+        finally:
+            self._bg_finalize(None)
+
+    async def aclose(self) -> None:
+        await self.close()

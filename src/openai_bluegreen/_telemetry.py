@@ -1,0 +1,207 @@
+"""OpenTelemetry instruments and the attribute names of the telemetry contract (DESIGN.md).
+
+Names follow the GenAI semantic conventions (v1.41); ``bluegreen.*`` attributes are ours.
+Nothing here does I/O: exporting is the SDK's job, off the request path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from ._version import __version__
+
+__all__ = ["Instruments", "describe_response"]
+
+SCOPE = "openai_bluegreen"
+
+# Attribute keys (GenAI semconv + feature-flag semconv + ours).
+OPERATION = "gen_ai.operation.name"
+PROVIDER = "gen_ai.provider.name"
+REQUEST_MODEL = "gen_ai.request.model"
+RESPONSE_MODEL = "gen_ai.response.model"
+RESPONSE_ID = "gen_ai.response.id"
+FINISH_REASONS = "gen_ai.response.finish_reasons"
+INPUT_TOKENS = "gen_ai.usage.input_tokens"
+OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+TOKEN_TYPE = "gen_ai.token.type"
+INPUT_MESSAGES = "gen_ai.input.messages"
+OUTPUT_MESSAGES = "gen_ai.output.messages"
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
+ERROR_TYPE = "error.type"
+ROLLOUT = "bluegreen.rollout"
+ENVIRONMENT = "bluegreen.environment"
+REQUESTED_MODEL = "bluegreen.requested_model"
+FALLBACK = "bluegreen.fallback"
+FLAG_KEY = "feature_flag.key"
+FLAG_VARIANT = "feature_flag.result.variant"
+FLAG_PROVIDER = "feature_flag.provider.name"
+
+# Explicit bucket boundaries from the GenAI semantic conventions.
+DURATION_BUCKETS: Sequence[float] = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)
+TOKEN_BUCKETS: Sequence[float] = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)
+# Time to first chunk: the semconv boundaries for time-to-first-token, which resolve the
+# sub-second range where streaming latency regressions show.
+TTFC_BUCKETS: Sequence[float] = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)
+
+CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+_CAPTURE_ON = frozenset({"true", "1", "yes", "span_only", "span_and_event"})
+
+
+def capture_content_enabled() -> bool:
+    """Message content is recorded only when the user opts in through the standard variable."""
+    return os.environ.get(CAPTURE_ENV, "").strip().lower() in _CAPTURE_ON
+
+
+class Instruments:
+    """The metric instruments of one MeterProvider, created once and reused."""
+
+    def __init__(self, meter: metrics.Meter, weights: Callable[[], Iterable[tuple[str, float]]]):
+        self.duration = meter.create_histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            description="GenAI operation duration.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.tokens = meter.create_histogram(
+            "gen_ai.client.token.usage",
+            unit="{token}",
+            description="Number of input and output tokens used.",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+        )
+        self.ttfc = meter.create_histogram(
+            "gen_ai.client.operation.time_to_first_chunk",
+            unit="s",
+            description="Time from issuing a streaming request to receiving its first chunk.",
+            explicit_bucket_boundaries_advisory=TTFC_BUCKETS,
+        )
+        self.fallbacks = meter.create_counter(
+            "bluegreen.fallbacks",
+            unit="{call}",
+            description="Green calls that failed before any byte reached the caller and were "
+            "retried on blue.",
+        )
+        self._weights = weights
+
+        def observe_weights(_options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(share, {ROLLOUT: name}) for name, share in self._weights()]
+
+        self.weight = meter.create_observable_gauge(
+            "bluegreen.rollout.weight",
+            callbacks=[observe_weights],
+            unit="1",
+            description="Share of calls routed to green, 0..1, per rollout.",
+        )
+
+
+_instruments: dict[int, tuple[object, Instruments]] = {}
+
+
+def instruments_for(
+    meter_provider: metrics.MeterProvider | None,
+    weights: Callable[[], Iterable[tuple[str, float]]],
+) -> Instruments:
+    """Instruments for a provider (``None``: the global one), created once per provider.
+
+    Creating them again on re-install would register the weight callback twice.
+    """
+    key = 0 if meter_provider is None else id(meter_provider)
+    cached = _instruments.get(key)
+    if cached is not None and cached[0] is meter_provider:
+        cached[1]._weights = weights
+        return cached[1]
+    if meter_provider is None:
+        meter = metrics.get_meter(SCOPE, __version__)
+    else:
+        meter = meter_provider.get_meter(SCOPE, __version__)
+    made = Instruments(meter, weights)
+    _instruments[key] = (meter_provider, made)
+    return made
+
+
+def tracer_for(tracer_provider: trace.TracerProvider | None) -> trace.Tracer:
+    if tracer_provider is None:
+        return trace.get_tracer(SCOPE, __version__)
+    return tracer_provider.get_tracer(SCOPE, __version__)
+
+
+def _first_not_none(obj: Any, *names: str) -> Any:
+    for name in names:
+        value = getattr(obj, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def describe_response(obj: Any) -> tuple[str | None, str | None, tuple[str, ...], int | None,
+                                            int | None]:
+    """``(id, model, finish_reasons, input_tokens, output_tokens)`` of any SDK response object.
+
+    Works for ChatCompletion, Response (Responses API), CreateEmbeddingResponse and Completion.
+    """
+    response_id = getattr(obj, "id", None)
+    model = getattr(obj, "model", None)
+    reasons: tuple[str, ...] = ()
+    choices = getattr(obj, "choices", None)
+    if choices:
+        reasons = tuple(c.finish_reason for c in choices if getattr(c, "finish_reason", None))
+    else:
+        status = getattr(obj, "status", None)
+        if isinstance(status, str):
+            reasons = (status,)
+    usage = getattr(obj, "usage", None)
+    in_tokens = out_tokens = None
+    if usage is not None:
+        in_tokens = _first_not_none(usage, "prompt_tokens", "input_tokens")
+        out_tokens = _first_not_none(usage, "completion_tokens", "output_tokens")
+    return (
+        response_id if isinstance(response_id, str) else None,
+        model if isinstance(model, str) else None,
+        reasons,
+        in_tokens if isinstance(in_tokens, int) else None,
+        out_tokens if isinstance(out_tokens, int) else None,
+    )
+
+
+def input_messages_json(kwargs: dict[str, Any]) -> str | None:
+    """The request's input as JSON, for opt-in content capture."""
+    for key in ("messages", "input", "prompt"):
+        value = kwargs.get(key)
+        if value is not None and not _is_sentinel(value):
+            try:
+                return json.dumps(value, default=str)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def output_messages_json(obj: Any) -> str | None:
+    """The response's output text as JSON, for opt-in content capture."""
+    out: list[dict[str, Any]] = []
+    for choice in getattr(obj, "choices", None) or ():
+        message = getattr(choice, "message", None)
+        text = getattr(message, "content", None) if message is not None else None
+        if text is None:
+            text = getattr(choice, "text", None)
+        out.append({"role": "assistant", "content": text,
+                    "finish_reason": getattr(choice, "finish_reason", None)})
+    text = getattr(obj, "output_text", None)
+    if not out and isinstance(text, str):
+        out.append({"role": "assistant", "content": text})
+    return json.dumps(out, default=str) if out else None
+
+
+def _is_sentinel(value: Any) -> bool:
+    return type(value).__name__ in ("Omit", "NotGiven")

@@ -1,0 +1,42 @@
+"""OpenTelemetry instrumentor, so ``opentelemetry-instrument python app.py`` routes with no code.
+
+Registered under the entry-point group ``opentelemetry_instrumentor`` as ``openai_bluegreen``
+(not ``openai``, which the plain OpenAI instrumentations use: disabling one must not disable
+the other). Needs ``opentelemetry-instrumentation`` (the ``instrument`` extra).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]  # untyped
+    BaseInstrumentor,
+)
+
+from ._install import install, uninstall
+
+__all__ = ["BlueGreenInstrumentor"]
+
+_INSTRUMENTS = ("openai >= 1.40, < 4",)
+
+
+class BlueGreenInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # untyped base class
+    """Installs blue/green routing with the providers the OpenTelemetry distro configured.
+
+    ``instrument(config=...)`` takes the same config as :func:`openai_bluegreen.install`;
+    without it the config comes from ``OPENAI_BLUEGREEN_CONFIG``.
+    """
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _INSTRUMENTS
+
+    def _instrument(self, **kwargs: Any) -> None:
+        install(
+            kwargs.get("config"),
+            tracer_provider=kwargs.get("tracer_provider"),
+            meter_provider=kwargs.get("meter_provider"),
+        )
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        uninstall()

@@ -1,0 +1,44 @@
+"""``python -m openai_bluegreen.testing``: run a simulated upstream in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ._server import SimulatedUpstream
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m openai_bluegreen.testing",
+                                     description="Serve a simulated OpenAI-compatible API.")
+    parser.add_argument("--name", default="upstream")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0, help="median seconds")
+    parser.add_argument("--latency-sigma", type=float, default=0.0)
+    parser.add_argument("--ttfc", type=float, default=0.0, help="median seconds to first chunk")
+    parser.add_argument("--output-tokens", type=int, default=8)
+    parser.add_argument("--error-rate", action="append", default=[], metavar="STATUS=P",
+                        help="e.g. 503=0.05 (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        rates = {int(k): float(v) for k, v in (item.split("=", 1) for item in args.error_rate)}
+        server = SimulatedUpstream(args.name, host=args.host, port=args.port,
+                                   latency=args.latency, latency_sigma=args.latency_sigma,
+                                   ttfc=args.ttfc, output_tokens=args.output_tokens,
+                                   error_rates=rates)
+    except ValueError as exc:
+        parser.error(str(exc))
+    server.start()
+    print(json.dumps({"name": server.name, "base_url": server.base_url}), flush=True)
+    try:
+        assert server._thread is not None
+        server._thread.join()
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
