@@ -10,7 +10,7 @@ from __future__ import annotations
 from ._assignment import assignment_key, force
 from ._config import Config, EnvironmentTarget, Fallback, Match, Rollout, load_config
 from ._errors import BlueGreenError, ConfigError, UnknownRolloutError
-from ._install import install, set_weight, status, uninstall
+from ._install import flush, install, set_weight, status, uninstall
 from ._version import __version__
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "UnknownRolloutError",
     "__version__",
     "assignment_key",
+    "flush",
     "force",
     "install",
     "load_config",

@@ -3,6 +3,10 @@
 The sync and async wrappers in ``_patch`` carry out the upstream calls; everything they share
 (starting the span, recording success or failure, deciding on fallback, switching to blue) lives
 in :class:`Call` so the two differ only where one awaits.
+
+On the request path a call only starts its span (so it is current while the SDK sends the
+request) and takes timestamps; attributes, metrics and the span's end are handed to the
+telemetry worker (``_worker``) with explicit times.
 """
 
 from __future__ import annotations
@@ -11,14 +15,19 @@ import time
 from typing import Any
 
 from opentelemetry import context, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import _telemetry as T
+from . import _worker
 from ._router import Lane, RolloutRuntime, Router
 
 __all__ = ["Call", "classify", "error_type"]
 
 _perf = time.perf_counter
+_wall_ns = time.time_ns
+
+Described = tuple[str | None, str | None, tuple[str, ...], int | None, int | None]
+NOTHING: Described = (None, None, (), None, None)
 
 
 def _transport_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
@@ -59,8 +68,8 @@ def error_type(exc: BaseException) -> str:
 class Call:
     """State of one logical call, from routing decision to the end of its span."""
 
-    __slots__ = ("fell_back", "kwargs", "lane", "prefetch", "rollout", "router", "span", "start",
-                 "stream", "token")
+    __slots__ = ("fell_back", "kwargs", "lane", "prefetch", "rollout", "router", "span",
+                 "start", "start_ns", "stream", "token")
 
     def __init__(self, router: Router, rollout: RolloutRuntime, operation: str, instance: Any,
                  kwargs: dict[str, Any]) -> None:
@@ -68,20 +77,20 @@ class Call:
         self.rollout = rollout
         self.kwargs = kwargs
         env = rollout.choose(kwargs)
-        requested = kwargs["model"]
-        self.lane: Lane = router.lane(instance, rollout, env, operation, requested)
+        lane = router.lane(instance, rollout, env, operation, kwargs["model"])
+        self.lane = lane
         self.stream = kwargs.get("stream") is True
         self.prefetch = self.stream and env == "green" and rollout.fallback_enabled
         self.fell_back = False
-        lane = self.lane
         span = router.tracer.start_span(lane.span_name, kind=SpanKind.CLIENT,
-                                        attributes=lane.span_attrs)
-        if router.capture_content:
+                                        attributes=lane.span_start_attrs)
+        if router.capture_content:  # serialized now: the app may change its list afterwards
             text = T.input_messages_json(kwargs)
             if text is not None:
                 span.set_attribute(T.INPUT_MESSAGES, text)
         self.span = span
         self.token = context.attach(trace.set_span_in_context(span))
+        self.start_ns = _wall_ns()
         self.start = _perf()
 
     def detach(self) -> None:
@@ -89,6 +98,9 @@ class Call:
 
     def arguments(self) -> dict[str, Any]:
         return self.lane.rewrite(self.kwargs)
+
+    def end_ns(self, end: float) -> int:
+        return self.start_ns + int((end - self.start) * 1e9)
 
     def should_fall_back(self, exc: BaseException) -> bool:
         """Green failed before any byte reached the caller: retry on blue if configured."""
@@ -100,60 +112,55 @@ class Call:
     def switch_to_blue(self, exc: BaseException, instance: Any) -> None:
         """Record green's failure in green's metrics, count the fallback, continue on blue."""
         green = self.lane
-        etype = error_type(exc)
-        instruments = self.router.instruments
-        instruments.duration.record(_perf() - self.start, green.attrs_for_error(etype))
-        instruments.fallbacks.add(1, {T.ROLLOUT: green.rollout.name, T.ENVIRONMENT: "green",
-                                      T.ERROR_TYPE: etype})
-        self.span.add_event("bluegreen.fallback", {
-            T.ERROR_TYPE: etype,
-            T.ENVIRONMENT: "green",
-            T.REQUEST_MODEL: green.model,
-        })
+        now = _perf()
         blue = self.router.lane(instance, green.rollout, "blue",
                                 green.metric_attrs[T.OPERATION], self.kwargs["model"])
+        _worker.submit(_record_fallback, self.router.instruments, self.span, green, blue,
+                       error_type(exc), now - self.start)
         self.lane = blue
         self.fell_back = True
         self.prefetch = False
-        self.span.update_name(blue.span_name)
-        self.span.set_attributes(blue.span_attrs)
-        self.span.set_attribute(T.FALLBACK, True)
-        self.start = _perf()
+        self.start_ns += int((now - self.start) * 1e9)
+        self.start = now
 
     def failed(self, exc: BaseException) -> None:
         """The call failed for the caller: record it and end the span."""
-        etype = error_type(exc)
-        self.router.instruments.duration.record(_perf() - self.start,
-                                                self.lane.attrs_for_error(etype))
-        span = self.span
-        span.set_attribute(T.ERROR_TYPE, etype)
-        span.set_status(Status(StatusCode.ERROR, etype))
-        span.end()
+        end = _perf()
+        _worker.submit(self.finish, NOTHING, error_type(exc), end)
 
     def succeeded(self, response: Any) -> None:
         """A complete, non-streaming response: record it and end the span."""
-        self.record_end(T.describe_response(response), None, _perf())
+        end = _perf()
+        output = None
         if self.router.capture_content:
-            text = T.output_messages_json(response)
-            if text is not None:
-                self.span.set_attribute(T.OUTPUT_MESSAGES, text)
-        self.span.end()
+            output = T.output_messages_json(response)
+        _worker.submit(self.finish_response, response, end, output)
 
-    def record_end(self, described: tuple[str | None, str | None, tuple[str, ...], int | None,
-                                          int | None],
-                   error: BaseException | None, end: float) -> None:
+    def first_chunk(self, at: float) -> None:
+        _worker.submit(self.router.instruments.ttfc.record, at - self.start,
+                       self.lane.metric_attrs)
+
+    # -- run by the telemetry worker ---------------------------------------------------------
+    def finish_response(self, response: Any, end: float, output: str | None) -> None:
+        if output is not None:
+            self.span.set_attribute(T.OUTPUT_MESSAGES, output)
+        self.finish(T.describe_response(response), None, end)
+
+    def finish(self, described: Described, etype: str | None, end: float) -> None:
+        """Record duration and usage, set the span's remaining attributes, end it at ``end``."""
         response_id, response_model, reasons, in_tokens, out_tokens = described
         lane = self.lane
         instruments = self.router.instruments
-        span = self.span
-        if error is not None:
-            etype = error_type(error)
+        span: Span = self.span
+        attrs = dict(lane.span_end_attrs)
+        if self.fell_back:
+            attrs[T.FALLBACK] = True
+        if etype is not None:
             instruments.duration.record(end - self.start, lane.attrs_for_error(etype))
-            span.set_attribute(T.ERROR_TYPE, etype)
+            attrs[T.ERROR_TYPE] = etype
             span.set_status(Status(StatusCode.ERROR, etype))
         else:
             instruments.duration.record(end - self.start, lane.metric_attrs)
-        attrs: dict[str, Any] = {}
         if response_id is not None:
             attrs[T.RESPONSE_ID] = response_id
         if response_model is not None:
@@ -166,8 +173,20 @@ class Call:
         if out_tokens is not None:
             attrs[T.OUTPUT_TOKENS] = out_tokens
             instruments.tokens.record(out_tokens, lane.token_attrs[1])
-        if attrs:
-            span.set_attributes(attrs)
+        span.set_attributes(attrs)
+        span.end(end_time=self.end_ns(end))
 
-    def first_chunk(self, at: float) -> None:
-        self.router.instruments.ttfc.record(at - self.start, self.lane.metric_attrs)
+
+def _record_fallback(instruments: T.Instruments, span: Span, green: Lane, blue: Lane,
+                     etype: str, elapsed: float) -> None:
+    instruments.duration.record(elapsed, green.attrs_for_error(etype))
+    instruments.fallbacks.add(1, {T.ROLLOUT: green.rollout.name, T.ENVIRONMENT: "green",
+                                  T.ERROR_TYPE: etype})
+    span.add_event("bluegreen.fallback", {
+        T.ERROR_TYPE: etype,
+        T.ENVIRONMENT: "green",
+        T.REQUEST_MODEL: green.model,
+        "bluegreen.green_duration_s": elapsed,
+    })
+    span.update_name(blue.span_name)
+    span.set_attributes(blue.span_start_attrs)

@@ -9,12 +9,12 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 
-from . import _patch, _state
+from . import _patch, _state, _worker
 from ._config import Config, load_config
 from ._errors import BlueGreenError
 from ._router import Router
 
-__all__ = ["install", "set_weight", "status", "uninstall"]
+__all__ = ["flush", "install", "set_weight", "status", "uninstall"]
 
 _lock = threading.Lock()
 
@@ -77,3 +77,13 @@ def status() -> dict[str, Any]:
     router = _state.router
     return {"installed": router is not None,
             "rollouts": router.status() if router is not None else []}
+
+
+def flush() -> None:
+    """Hand every span and metric recorded so far to the providers.
+
+    Telemetry is recorded off the request path by a background worker within a few
+    milliseconds; call this before reading an in-memory exporter or reader (tests) or before
+    shutting the providers down by hand. It also runs at interpreter exit.
+    """
+    _worker.flush()

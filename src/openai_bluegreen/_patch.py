@@ -10,13 +10,14 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import wrapt
 
-from . import _state
-from ._call import Call
+from . import _state, _worker
+from ._call import NOTHING, Call
 from ._router import RolloutRuntime, Router
 from ._streams import MISSING, AsyncStreamProxy, SyncStreamProxy
 
@@ -96,10 +97,7 @@ def _finish_plain(call: Call, result: Any, legacy: type, lazy: tuple[type, ...])
 
 
 def _end_without_body(call: Call) -> None:
-    import time
-
-    call.record_end((None, None, (), None, None), None, time.perf_counter())
-    call.span.end()
+    _worker.submit(call.finish, NOTHING, None, time.perf_counter())
 
 
 def _sync_wrapper(operation: str, original: Any) -> Callable[..., Any]:

@@ -13,7 +13,8 @@ from typing import Any
 import wrapt
 
 from . import _telemetry as T
-from ._call import Call
+from . import _worker
+from ._call import Call, error_type
 
 __all__ = ["MISSING", "AsyncStreamProxy", "SyncStreamProxy"]
 
@@ -94,9 +95,9 @@ class _StreamProxyBase(wrapt.ObjectProxy):  # type: ignore[misc]  # wrapt ships 
         self._self_done = True
         try:
             call = self._self_call
-            call.record_end(self._self_acc.described(), error,
-                            self._self_last if abandoned else _perf())
-            call.span.end()
+            _worker.submit(call.finish, self._self_acc.described(),
+                           None if error is None else error_type(error),
+                           self._self_last if abandoned else _perf())
         except Exception:
             return
 

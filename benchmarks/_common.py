@@ -1,0 +1,90 @@
+"""Shared benchmark plumbing: a simulated upstream in its own process, telemetry providers."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+
+
+class DiscardingExporter(SpanExporter):
+    """Exports nowhere: the benchmark measures the cost on the caller, not a backend."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def export(self, spans: Sequence[object]) -> SpanExportResult:
+        self.count += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+
+def providers() -> tuple[TracerProvider, MeterProvider, DiscardingExporter, InMemoryMetricReader]:
+    exporter = DiscardingExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    return tracer_provider, MeterProvider(metric_readers=[reader]), exporter, reader
+
+
+@contextmanager
+def upstream_process(*args: str) -> Iterator[str]:
+    """A simulated upstream in a separate process (so it does not share our GIL)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openai_bluegreen.testing", "--port", "0", *args],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError("simulated upstream did not start")
+        yield str(json.loads(line)["base_url"])
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def write_section(title: str, body: str) -> None:
+    """Replace (or append) one ``## title`` section of BENCHMARKS.md."""
+    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else (
+        "# Benchmarks\n\nEvery table below was written by the command shown above it, on the "
+        "machine named there. Re-run the command to refresh it.\n"
+    )
+    marker = f"\n## {title}\n"
+    section = f"{marker}\n{body.strip()}\n"
+    if marker in text:
+        start = text.index(marker)
+        end = text.find("\n## ", start + len(marker))
+        text = text[:start] + section + (text[end:] if end != -1 else "")
+    else:
+        text = text.rstrip() + "\n" + section
+    BENCHMARKS_MD.write_text(text)
+
+
+def machine() -> str:
+    import platform
+
+    import openai
+
+    return (f"{platform.python_implementation()} {platform.python_version()}, "
+            f"{os.cpu_count()} cores, openai {openai.__version__}")

@@ -1,0 +1,83 @@
+"""The telemetry worker: records metrics and finishes spans off the request path.
+
+The request path only appends a task to a deque (tens of nanoseconds). A daemon thread drains it
+every few milliseconds. ``flush()`` drains it in the caller, e.g. before reading an in-memory
+exporter in a test, and runs at interpreter exit so nothing recorded is lost. A task that raises
+is logged and dropped: telemetry faults never reach the caller.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["flush", "submit"]
+
+logger = logging.getLogger("openai_bluegreen")
+
+MAX_PENDING = 200_000
+_INTERVAL = 0.005
+
+_tasks: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = collections.deque()
+_drain_lock = threading.Lock()
+_thread: threading.Thread | None = None
+_start_lock = threading.Lock()
+dropped = 0
+
+
+def submit(task: Callable[..., None], *args: Any) -> None:
+    """Queue ``task(*args)`` for the worker. Never blocks; drops (and counts) when overloaded."""
+    global dropped
+    if len(_tasks) >= MAX_PENDING:
+        dropped += 1
+        if dropped == 1:
+            logger.warning("openai-bluegreen: telemetry worker overloaded; dropping records")
+        return
+    _tasks.append((task, args))
+    if _thread is None:
+        _start()
+
+
+def _drain() -> int:
+    done = 0
+    with _drain_lock:
+        pop = _tasks.popleft
+        while True:
+            try:
+                task, args = pop()
+            except IndexError:
+                return done
+            try:
+                task(*args)
+            except Exception:
+                logger.debug("openai-bluegreen: telemetry task failed", exc_info=True)
+            done += 1
+
+
+def flush() -> None:
+    """Record everything queued so far, in the calling thread."""
+    _drain()
+
+
+def _run() -> None:
+    while True:
+        if _tasks:
+            _drain()
+        time.sleep(_INTERVAL)
+
+
+def _start() -> None:
+    global _thread
+    with _start_lock:
+        if _thread is None:
+            thread = threading.Thread(target=_run, name="openai-bluegreen-telemetry", daemon=True)
+            thread.start()
+            _thread = thread
+            # Registered now, after the app made its providers: atexit runs last-in first-out,
+            # so pending records reach the providers before they shut down.
+            atexit.register(flush)

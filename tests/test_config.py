@@ -1,0 +1,182 @@
+"""Every invalid config is refused at install() with the field path and the bad value, and
+nothing is (half-)installed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+import openai_bluegreen
+from openai_bluegreen import ConfigError
+from openai_bluegreen._patch import is_patched
+
+from .conftest import GREEN_KEY
+
+
+def good() -> dict[str, Any]:
+    return {"rollouts": [{
+        "name": "chat-upgrade",
+        "match": {"model": "gpt-4.1"},
+        "blue": {"model": "gpt-4.1"},
+        "green": {"model": "deepseek-v3.2", "base_url": "https://green.example/v1",
+                  "api_key_env": "GREEN_API_KEY"},
+        "weight": 10,
+    }]}
+
+
+def with_change(path: str, value: Any) -> dict[str, Any]:
+    config = good()
+    node: Any = config["rollouts"][0]
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    return config
+
+
+BAD = [
+    ("weight out of range", with_change("weight", 150), "rollouts[0].weight", "150"),
+    ("weight wrong type", with_change("weight", "lots"), "rollouts[0].weight", "'lots'"),
+    ("unknown field", with_change("green.temperature", 0.2), "rollouts[0].green.temperature",
+     "unknown field"),
+    ("missing model", with_change("green", {"base_url": "https://x.example/v1"}),
+     "rollouts[0].green.model", "required"),
+    ("bad base_url", with_change("green.base_url", "ftp://nowhere"),
+     "rollouts[0].green.base_url", "'ftp://nowhere'"),
+    ("api key literal", with_change("green.api_key", "sk-live-123"), "rollouts[0].green",
+     "api_key_env"),
+    ("bad sticky key", with_change("sticky", ["user", "session"]), "rollouts[0].sticky[1]",
+     "'session'"),
+    ("bad rollout name", with_change("name", "Chat Upgrade!"), "rollouts[0].name",
+     "'Chat Upgrade!'"),
+    ("bad fallback class", with_change("fallback", {"on": ["teapot"]}),
+     "rollouts[0].fallback.on[0]", "'teapot'"),
+    ("reserved param", with_change("green.params", {"model": "other"}),
+     "rollouts[0].green.params", "model"),
+]
+
+
+@pytest.mark.parametrize(("config", "field", "shown"),
+                         [pytest.param(c, f, s, id=i) for i, c, f, s in BAD])
+def test_bad_config_is_refused_naming_field_and_value(
+    monkeypatch: pytest.MonkeyPatch, config: dict[str, Any], field: str, shown: str,
+) -> None:
+    monkeypatch.setenv("GREEN_API_KEY", GREEN_KEY)
+    original = openai.resources.chat.completions.Completions.__dict__["create"]
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.install(config)
+    message = str(caught.value)
+    assert any(path == field for path, _ in caught.value.problems), caught.value.problems
+    assert field in message and shown in message, message
+    assert not is_patched()
+    assert openai.resources.chat.completions.Completions.__dict__["create"] is original
+    assert openai_bluegreen.status()["installed"] is False
+
+
+def test_api_key_value_never_appears_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = with_change("green.api_key", "sk-live-should-not-leak")
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.install(config)
+    assert "sk-live-should-not-leak" not in str(caught.value)
+    config = with_change("green.headers", {"Authorization": 5})
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.install(config)
+    assert "rollouts[0].green.headers.Authorization" in str(caught.value)
+
+
+def test_missing_key_environment_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GREEN_API_KEY", raising=False)
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.install(good())
+    assert "rollouts[0].green.api_key_env" in str(caught.value)
+    assert "GREEN_API_KEY is not set" in str(caught.value)
+    assert not is_patched()
+
+
+def test_duplicate_names_and_overlapping_matches_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GREEN_API_KEY", GREEN_KEY)
+    config = good()
+    config["rollouts"].append(dict(config["rollouts"][0]))
+    with pytest.raises(ConfigError, match=r"rollouts\[1\].name 'chat-upgrade' repeats"):
+        openai_bluegreen.install(config)
+    config["rollouts"][1] = {**config["rollouts"][0], "name": "other"}
+    with pytest.raises(ConfigError, match="'gpt-4.1' is already taken by rollout 'chat-upgrade'"):
+        openai_bluegreen.install(config)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    config = with_change("weight", -1)
+    config["rollouts"][0]["blue"]["model"] = ""
+    config["bogus"] = 1
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.install(config)
+    fields = {path for path, _ in caught.value.problems}
+    assert fields == {"rollouts[0].weight", "rollouts[0].blue.model", "bogus"}
+
+
+def test_bad_reinstall_keeps_the_previous_installation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GREEN_API_KEY", GREEN_KEY)
+    openai_bluegreen.install(good())
+    with pytest.raises(ConfigError):
+        openai_bluegreen.install(with_change("weight", 101))
+    status = openai_bluegreen.status()
+    assert status["installed"] is True
+    assert status["rollouts"][0]["weight"] == 10
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".toml", ".json"])
+def test_config_files_in_every_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      suffix: str) -> None:
+    monkeypatch.setenv("GREEN_API_KEY", GREEN_KEY)
+    path = tmp_path / f"openai-bluegreen{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(good()))
+    elif suffix == ".yaml":
+        path.write_text(
+            "rollouts:\n  - name: chat-upgrade\n    match: {model: gpt-4.1}\n"
+            "    blue: {model: gpt-4.1}\n    green: {model: deepseek-v3.2, base_url: "
+            "'https://green.example/v1', api_key_env: GREEN_API_KEY}\n    weight: 10\n")
+    else:
+        path.write_text(
+            '[[rollouts]]\nname = "chat-upgrade"\nweight = 10\nmatch = {model = "gpt-4.1"}\n'
+            'blue = {model = "gpt-4.1"}\ngreen = {model = "deepseek-v3.2", base_url = '
+            '"https://green.example/v1", api_key_env = "GREEN_API_KEY"}\n')
+    openai_bluegreen.install(path)
+    assert openai_bluegreen.status()["rollouts"][0]["green"]["model"] == "deepseek-v3.2"
+    openai_bluegreen.uninstall()
+    monkeypatch.setenv("OPENAI_BLUEGREEN_CONFIG", str(path))
+    openai_bluegreen.install()
+    assert openai_bluegreen.status()["rollouts"][0]["weight"] == 10
+
+
+def test_unparsable_and_missing_files_are_named(tmp_path: Path) -> None:
+    broken = tmp_path / "c.yaml"
+    broken.write_text("rollouts: [\n")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        openai_bluegreen.install(broken)
+    with pytest.raises(ConfigError, match="cannot read"):
+        openai_bluegreen.install(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match="unknown config file type '.ini'"):
+        (tmp_path / "c.ini").write_text("x")
+        openai_bluegreen.install(tmp_path / "c.ini")
+
+
+def test_no_config_anywhere_says_how_to_give_one(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    monkeypatch.delenv("OPENAI_BLUEGREEN_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="OPENAI_BLUEGREEN_CONFIG"):
+        openai_bluegreen.install()
+
+
+def test_config_object_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GREEN_API_KEY", GREEN_KEY)
+    config = openai_bluegreen.load_config(good())
+    openai_bluegreen.install(config)
+    assert openai_bluegreen.status()["rollouts"][0]["match"] == ["gpt-4.1"]

@@ -1,0 +1,201 @@
+"""Fallback: green failing before any byte reached the caller is retried once on blue; the
+failure still lands in green's metrics and the fallback is counted. Blue failures propagate."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import openai
+import pytest
+
+import openai_bluegreen
+from openai_bluegreen.testing import SimulatedUpstream
+
+from .conftest import BLUE_KEY, Telemetry, rollout_config
+
+MSGS = [{"role": "user", "content": "hello"}]
+
+
+def _client(blue: SimulatedUpstream, **kw: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0, **kw)
+
+
+def _assert_fell_back(telemetry: Telemetry, error_type: str) -> None:
+    assert telemetry.count("gen_ai.client.operation.duration", bluegreen__environment="green",
+                           error__type=error_type) == 1
+    assert telemetry.count("gen_ai.client.operation.duration", bluegreen__environment="blue") == 1
+    assert telemetry.count("bluegreen.fallbacks", bluegreen__rollout="chat-upgrade") == 1
+    (span,) = telemetry.spans()
+    attrs = dict(span.attributes or {})
+    assert attrs["bluegreen.environment"] == "blue"
+    assert attrs["bluegreen.fallback"] is True
+    assert attrs["gen_ai.request.model"] == "blue-model"
+    assert span.name == "chat blue-model"
+    assert "error.type" not in attrs
+    (event,) = [e for e in span.events if e.name == "bluegreen.fallback"]
+    assert dict(event.attributes or {})["error.type"] == error_type
+
+
+@pytest.mark.parametrize(("status", "error_type"), [(503, "InternalServerError"),
+                                                     (500, "InternalServerError"),
+                                                     (429, "RateLimitError")])
+def test_green_error_status_falls_back_to_blue(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+    status: int, error_type: str,
+) -> None:
+    green.configure(error_rates={status: 1.0})
+    install(rollout_config(green, weight=100))
+    out = _client(blue).chat.completions.create(model="gpt-4.1", messages=MSGS)
+    assert out.model == "blue-model"
+    assert [r.status for r in green.requests] == [status]
+    assert len(blue.requests) == 1
+    _assert_fell_back(telemetry, error_type)
+
+
+def test_green_timeout_falls_back_to_blue(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    green.configure(stall_rate=1.0, stall_seconds=5)
+    install(rollout_config(green, weight=100))
+    out = _client(blue, timeout=0.3).chat.completions.create(model="gpt-4.1", messages=MSGS)
+    assert out.model == "blue-model"
+    _assert_fell_back(telemetry, "APITimeoutError")
+
+
+def test_green_refusing_connections_falls_back_to_blue(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = rollout_config(green, weight=100)
+    config["rollouts"][0]["green"]["base_url"] = f"http://127.0.0.1:{port}/v1"
+    install(config)
+    out = _client(blue).chat.completions.create(model="gpt-4.1", messages=MSGS)
+    assert out.model == "blue-model"
+    _assert_fell_back(telemetry, "APIConnectionError")
+
+
+def test_green_stream_cut_before_first_chunk_falls_back(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    green.configure(disconnect_rate=1.0, disconnect_after_chunks=0)
+    install(rollout_config(green, weight=100))
+    stream = _client(blue).chat.completions.create(model="gpt-4.1", messages=MSGS, stream=True)
+    chunks = list(stream)
+    assert {c.model for c in chunks} == {"blue-model"}
+    assert len(green.requests) == 1
+    assert len(blue.requests) == 1
+    (span,) = telemetry.spans()
+    assert dict(span.attributes or {})["bluegreen.fallback"] is True
+    assert telemetry.count("bluegreen.fallbacks") == 1
+    assert telemetry.count("gen_ai.client.operation.time_to_first_chunk",
+                           bluegreen__environment="blue") == 1
+
+
+def test_green_stream_cut_after_first_chunk_reaches_caller_as_error(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    green.configure(disconnect_rate=1.0, disconnect_after_chunks=2)
+    install(rollout_config(green, weight=100))
+    stream = _client(blue).chat.completions.create(model="gpt-4.1", messages=MSGS, stream=True)
+    seen = []
+    with pytest.raises(Exception) as caught:
+        for chunk in stream:
+            seen.append(chunk)
+    assert len(seen) == 2
+    assert not blue.requests  # bytes had reached the caller: no silent retry
+    (span,) = telemetry.spans()
+    attrs = dict(span.attributes or {})
+    assert attrs["bluegreen.environment"] == "green"
+    assert attrs["error.type"] == type(caught.value).__qualname__
+    assert telemetry.count("gen_ai.client.operation.duration", bluegreen__environment="green",
+                           error__type=type(caught.value).__qualname__) == 1
+
+
+def test_blue_failure_propagates_with_the_sdks_exception_type(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    blue.configure(error_rates={503: 1.0})
+    client = _client(blue)
+    with pytest.raises(openai.APIStatusError) as plain:
+        client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+    install(rollout_config(green, weight=0))
+    with pytest.raises(openai.APIStatusError) as routed:
+        client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+    assert type(routed.value) is type(plain.value) is openai.InternalServerError
+    assert routed.value.status_code == 503
+    (span,) = telemetry.spans()
+    assert dict(span.attributes or {})["error.type"] == "InternalServerError"
+    assert span.status.status_code.name == "ERROR"
+    assert telemetry.count("bluegreen.fallbacks") == 0
+
+
+def test_green_and_blue_both_failing_raises_blues_error(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    green.configure(error_rates={503: 1.0})
+    blue.configure(error_rates={500: 1.0})
+    install(rollout_config(green, weight=100))
+    with pytest.raises(openai.InternalServerError) as caught:
+        _client(blue).chat.completions.create(model="gpt-4.1", messages=MSGS)
+    assert caught.value.status_code == 500
+    assert telemetry.count("bluegreen.fallbacks") == 1
+    assert telemetry.count("gen_ai.client.operation.duration", error__type="InternalServerError",
+                           bluegreen__environment="blue") == 1
+
+
+@pytest.mark.parametrize("config_change", [{"fallback": {"enabled": False}},
+                                           {"fallback": {"on": ["timeout"]}}])
+def test_green_failure_outside_configured_classes_is_not_retried(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+    config_change: dict[str, Any],
+) -> None:
+    green.configure(error_rates={503: 1.0})
+    install(rollout_config(green, weight=100, **config_change))
+    with pytest.raises(openai.InternalServerError):
+        _client(blue).chat.completions.create(model="gpt-4.1", messages=MSGS)
+    assert not blue.requests
+    assert telemetry.count("bluegreen.fallbacks") == 0
+
+
+def test_client_errors_are_not_retried_on_blue(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    green.configure(error_rates={400: 1.0})
+    install(rollout_config(green, weight=100))
+    with pytest.raises(openai.BadRequestError):
+        _client(blue).chat.completions.create(model="gpt-4.1", messages=MSGS)
+    assert not blue.requests
+
+
+def test_async_green_failure_falls_back(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    green.configure(error_rates={503: 1.0})
+    install(rollout_config(green, weight=100))
+
+    async def main() -> str:
+        client = openai.AsyncOpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+        out = await client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+        stream = await client.chat.completions.create(model="gpt-4.1", messages=MSGS,
+                                                      stream=True)
+        models = {chunk.model async for chunk in stream}
+        await client.close()
+        return out.model + "|" + ",".join(sorted(models))
+
+    assert asyncio.run(main()) == "blue-model|blue-model"
+    assert telemetry.count("bluegreen.fallbacks") == 2
+
+
+def test_green_sdk_retries_are_off_when_fallback_is_on(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    green.configure(error_rates={503: 1.0})
+    install(rollout_config(green, weight=100))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=2)
+    with openai_bluegreen.force("green"):
+        assert client.chat.completions.create(model="gpt-4.1", messages=MSGS).model == "blue-model"
+    assert len(green.requests) == 1  # green_max_retries=0: straight to blue
