@@ -260,8 +260,8 @@ def test_sync_surface_is_routed_with_contract_telemetry(
     op: str, streamed: bool, tokens: bool, fn: Callable[[openai.OpenAI], None], env: str,
 ) -> None:
     install(rollout_config(green, weight=50))
-    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
-    with openai_bluegreen.force(env):  # type: ignore[arg-type]
+    with openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0) as client, \
+            openai_bluegreen.force(env):  # type: ignore[arg-type]
         fn(client)
     _check(telemetry, blue, green, env, op, streamed, tokens)
 

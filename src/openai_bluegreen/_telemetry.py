@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -106,7 +107,10 @@ class Instruments:
         )
 
 
-_instruments: dict[int, tuple[object, Instruments]] = {}
+_instruments: weakref.WeakKeyDictionary[metrics.MeterProvider, Instruments] = (
+    weakref.WeakKeyDictionary()
+)
+_global_instruments: list[Instruments] = []
 
 
 def instruments_for(
@@ -117,17 +121,17 @@ def instruments_for(
 
     Creating them again on re-install would register the weight callback twice.
     """
-    key = 0 if meter_provider is None else id(meter_provider)
-    cached = _instruments.get(key)
-    if cached is not None and cached[0] is meter_provider:
-        cached[1]._weights = weights
-        return cached[1]
+    cached = (_global_instruments[0] if _global_instruments else None) if meter_provider is None \
+        else _instruments.get(meter_provider)
+    if cached is not None:
+        cached._weights = weights
+        return cached
     if meter_provider is None:
-        meter = metrics.get_meter(SCOPE, __version__)
+        made = Instruments(metrics.get_meter(SCOPE, __version__), weights)
+        _global_instruments.append(made)
     else:
-        meter = meter_provider.get_meter(SCOPE, __version__)
-    made = Instruments(meter, weights)
-    _instruments[key] = (meter_provider, made)
+        made = Instruments(meter_provider.get_meter(SCOPE, __version__), weights)
+        _instruments[meter_provider] = made
     return made
 
 

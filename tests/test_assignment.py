@@ -1,0 +1,146 @@
+"""Assignment: deterministic, monotone sticky hashing; split accuracy; force; random draws."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+import openai_bluegreen
+from openai_bluegreen._assignment import bucket, salt_for
+from openai_bluegreen._config import load_config
+from openai_bluegreen._router import RolloutRuntime, TargetRuntime
+from openai_bluegreen.testing import SimulatedUpstream
+
+from .conftest import BLUE_KEY, rollout_config
+
+MSGS = [{"role": "user", "content": "hi"}]
+
+APP = textwrap.dedent("""
+    import json, os, sys
+    import openai_bluegreen.auto  # the one added line
+    import openai
+
+    client = openai.OpenAI(base_url=os.environ["BLUE_URL"], api_key="blue-key", max_retries=0)
+    for i in range(int(sys.argv[1])):
+        client.chat.completions.create(model="gpt-4.1", messages=[{"role": "user",
+                                       "content": "hi"}], user=f"user-{i}")
+    print(json.dumps(openai_bluegreen.status()))
+""")
+
+
+def test_auto_import_with_config_file_splits_10000_keyed_calls_within_tolerance(
+    tmp_path: Path, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    config = tmp_path / "openai-bluegreen.yaml"
+    config.write_text(textwrap.dedent(f"""
+        rollouts:
+          - name: chat-upgrade
+            match: {{model: gpt-4.1}}
+            blue: {{model: gpt-4.1}}
+            green: {{model: deepseek-v3.2, base_url: "{green.base_url}",
+                     api_key_env: GREEN_API_KEY}}
+            weight: 30
+    """))
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    env = {**os.environ, "OPENAI_BLUEGREEN_CONFIG": str(config), "GREEN_API_KEY": "g-key",
+           "BLUE_URL": blue.base_url}
+    done = subprocess.run([sys.executable, str(app), "10000"], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["rollouts"][0]["weight"] == 30
+    n_green, n_blue = len(green.requests), len(blue.requests)
+    assert n_green + n_blue == 10_000
+    assert 0.285 <= n_green / 10_000 <= 0.315, n_green
+    assert {r.model for r in green.requests} == {"deepseek-v3.2"}
+    assert {r.api_key for r in green.requests} == {"g-key"}
+    assert {r.model for r in blue.requests} == {"gpt-4.1"}
+    # The same key always lands on the same side: the assignment is a function of the key.
+    green_users = {r.body["user"] for r in green.requests}
+    expected = {f"user-{i}" for i in range(10_000)
+                if bucket(salt_for("chat-upgrade"), f"user-{i}") < 3000}
+    assert green_users == expected
+
+
+def _runtime(weight: float, sticky: list[str] | None = None) -> RolloutRuntime:
+    raw: dict[str, Any] = {"name": "r1", "match": {"model": "m"}, "blue": {"model": "b"},
+                           "green": {"model": "g"}, "weight": weight}
+    if sticky is not None:
+        raw["sticky"] = sticky
+    rollout = load_config({"rollouts": [raw]}).rollouts[0]
+    return RolloutRuntime(rollout, TargetRuntime(rollout.blue, None),
+                          TargetRuntime(rollout.green, None))
+
+
+def test_keys_never_move_from_green_to_blue_while_weight_rises() -> None:
+    runtime = _runtime(0)
+    keys = [f"conversation-{i}" for i in range(10_000)]
+    previous: set[str] = set()
+    for percent in (0, 1, 5, 10, 25, 50, 75, 99, 100):
+        runtime.weight_bp = percent * 100
+        on_green = {k for k in keys if runtime.choose({"user": k}) == "green"}
+        assert previous <= on_green, f"a key left green at {percent}%"
+        assert abs(len(on_green) / len(keys) - percent / 100) <= 0.015
+        previous = on_green
+    assert len(previous) == len(keys)
+
+
+def test_sticky_key_order_first_present_wins() -> None:
+    runtime = _runtime(50)
+    keys = [f"k{i}" for i in range(200)]
+    for key in keys:
+        expected = runtime.choose({"user": key})
+        with openai_bluegreen.assignment_key(key):
+            assert runtime.choose({"user": "someone-else-entirely"}) == expected
+        assert runtime.choose({"safety_identifier": key}) == expected
+        assert runtime.choose({"prompt_cache_key": key, "user": None}) == expected
+
+
+def test_without_any_key_calls_draw_at_random() -> None:
+    runtime = _runtime(30, sticky=[])
+    draws = [runtime.choose({"user": "same-user"}) for _ in range(20_000)]
+    share = draws.count("green") / len(draws)
+    assert 0.285 <= share <= 0.315
+    assert len(set(draws[:50])) == 2  # not sticky: the same user sees both sides
+
+
+def test_force_wins_over_weight_and_key(install: Any, blue: SimulatedUpstream,
+                                        green: SimulatedUpstream) -> None:
+    install(rollout_config(green, weight=0))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    with openai_bluegreen.force("green"), openai_bluegreen.assignment_key("k"):
+        assert client.chat.completions.create(model="gpt-4.1", messages=MSGS).model == \
+            "green-model"
+    openai_bluegreen.set_weight("chat-upgrade", 100)
+    with openai_bluegreen.force("blue"):
+        assert client.chat.completions.create(model="gpt-4.1", messages=MSGS,
+                                              user="u").model == "blue-model"
+    assert client.chat.completions.create(model="gpt-4.1", messages=MSGS).model == "green-model"
+
+
+def test_force_and_assignment_key_reject_bad_values() -> None:
+    with pytest.raises(ValueError, match="'purple'"), openai_bluegreen.force("purple"):  # type: ignore[arg-type]
+        pass
+    with pytest.raises(ValueError, match="non-empty"), openai_bluegreen.assignment_key(""):
+        pass
+
+
+def test_set_weight_validates_and_names_unknown_rollouts(install: Any,
+                                                         green: SimulatedUpstream) -> None:
+    with pytest.raises(openai_bluegreen.BlueGreenError, match="not installed"):
+        openai_bluegreen.set_weight("chat-upgrade", 10)
+    install(rollout_config(green, weight=0))
+    with pytest.raises(openai_bluegreen.UnknownRolloutError, match="configured: chat-upgrade"):
+        openai_bluegreen.set_weight("nope", 10)
+    with pytest.raises(ValueError, match="between 0 and 100"):
+        openai_bluegreen.set_weight("chat-upgrade", 120)
+    openai_bluegreen.set_weight("chat-upgrade", 12.5)
+    assert openai_bluegreen.status()["rollouts"][0]["weight"] == 12.5

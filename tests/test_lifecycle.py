@@ -1,0 +1,107 @@
+"""install / uninstall: idempotent, exact restore, cached wrappers pass through, import order."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import openai
+import wrapt
+
+import openai_bluegreen
+from openai_bluegreen._patch import SURFACES
+from openai_bluegreen.testing import SimulatedUpstream
+
+from .conftest import BLUE_KEY, Telemetry, rollout_config
+
+MSGS = [{"role": "user", "content": "hi"}]
+
+
+def _methods() -> dict[tuple[str, str, str], Any]:
+    import importlib
+
+    out = {}
+    for module, cls_name, method, _ in SURFACES:
+        cls = getattr(importlib.import_module(module), cls_name)
+        out[(module, cls_name, method)] = cls.__dict__.get(method)
+    return out
+
+
+def test_uninstall_restores_every_method_exactly(install: Any, green: SimulatedUpstream) -> None:
+    before = _methods()
+    assert not any(isinstance(m, wrapt.FunctionWrapper) for m in before.values())
+    install(rollout_config(green, weight=50))
+    during = _methods()
+    assert all(isinstance(m, wrapt.FunctionWrapper) for m in during.values() if m is not None)
+    install(rollout_config(green, weight=50))  # idempotent: not wrapped twice
+    assert _methods() == during
+    openai_bluegreen.uninstall()
+    assert _methods() == before
+    openai_bluegreen.uninstall()  # harmless when not installed
+    assert _methods() == before
+
+
+def test_cached_raw_response_wrapper_passes_through_after_uninstall(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    install(rollout_config(green, weight=100))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    raw = client.chat.completions.with_raw_response  # the SDK caches resource.create here
+    assert raw.create(model="gpt-4.1", messages=MSGS).parse().model == "green-model"
+    openai_bluegreen.uninstall()
+    assert raw.create(model="gpt-4.1", messages=MSGS).parse().model == "gpt-4.1"
+    assert len(telemetry.spans()) == 1
+    install(rollout_config(green, weight=100))  # and it routes again after re-install
+    assert raw.create(model="gpt-4.1", messages=MSGS).parse().model == "green-model"
+
+
+def test_reinstall_with_new_config_replaces_routing(install: Any, blue: SimulatedUpstream,
+                                                    green: SimulatedUpstream) -> None:
+    install(rollout_config(green, weight=0))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    assert client.chat.completions.create(model="gpt-4.1", messages=MSGS).model == "blue-model"
+    install(rollout_config(green, weight=100))
+    assert client.chat.completions.create(model="gpt-4.1", messages=MSGS).model == "green-model"
+    assert openai_bluegreen.status()["rollouts"][0]["weight"] == 100
+
+
+def test_works_when_openai_is_imported_after_install(blue: SimulatedUpstream,
+                                                     green: SimulatedUpstream) -> None:
+    script = textwrap.dedent("""
+        import os, sys
+        import openai_bluegreen
+        assert "openai" not in sys.modules or True
+        openai_bluegreen.install({"rollouts": [{"name": "r", "match": {"model": "gpt-4.1"},
+            "blue": {"model": "gpt-4.1"},
+            "green": {"model": "green-model", "base_url": os.environ["GREEN_URL"]},
+            "weight": 100}]})
+        from openai import OpenAI  # imported after install
+        c = OpenAI(base_url=os.environ["BLUE_URL"], api_key="k", max_retries=0)
+        print(c.chat.completions.create(model="gpt-4.1",
+                                        messages=[{"role": "user", "content": "x"}]).model)
+    """)
+    env = {**os.environ, "BLUE_URL": blue.base_url, "GREEN_URL": green.base_url}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "green-model"
+
+
+def test_client_created_before_install_is_routed(blue: SimulatedUpstream,
+                                                 green: SimulatedUpstream, install: Any) -> None:
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    install(rollout_config(green, weight=100))
+    assert client.chat.completions.create(model="gpt-4.1", messages=MSGS).model == "green-model"
+
+
+def test_status_reports_installation_without_secrets(install: Any, green: SimulatedUpstream,
+                                                     monkeypatch: Any) -> None:
+    assert openai_bluegreen.status() == {"installed": False, "rollouts": []}
+    install(rollout_config(green, weight=30))
+    status = openai_bluegreen.status()
+    assert status["installed"] is True
+    assert status["rollouts"][0]["weight"] == 30
+    assert os.environ["GREEN_API_KEY"] not in repr(status)

@@ -1,0 +1,114 @@
+"""Stream proxies finalize exactly once, however the stream ends, and measure what streams carry."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any
+
+import openai
+import pytest
+
+import openai_bluegreen
+from openai_bluegreen.testing import SimulatedUpstream
+
+from .conftest import BLUE_KEY, Telemetry, rollout_config
+
+MSGS = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def client(install: Any, blue: SimulatedUpstream, green: SimulatedUpstream) -> openai.OpenAI:
+    install(rollout_config(green, weight=0))
+    return openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+
+
+def _one_span(telemetry: Telemetry) -> dict[str, Any]:
+    spans = telemetry.spans()
+    assert len(spans) == 1, [s.name for s in spans]
+    assert telemetry.count("gen_ai.client.operation.duration") == 1
+    return dict(spans[0].attributes or {})
+
+
+def _stream(client: openai.OpenAI) -> Any:
+    return client.chat.completions.create(model="gpt-4.1", messages=MSGS, stream=True,
+                                          stream_options={"include_usage": True})
+
+
+def test_exhausted_stream_records_usage_ttfc_and_finish_reason(client: openai.OpenAI,
+                                                               telemetry: Telemetry) -> None:
+    chunks = list(_stream(client))
+    assert chunks[-1].usage is not None
+    attrs = _one_span(telemetry)
+    assert attrs["gen_ai.usage.output_tokens"] == 8
+    assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
+    assert attrs["gen_ai.response.model"] == "blue-model"
+    assert telemetry.count("gen_ai.client.operation.time_to_first_chunk") == 1
+    list(_stream(client))  # iterating past the end does not finalize again
+    assert len(telemetry.spans()) == 2
+
+
+def test_closed_early_stream_finalizes_once(client: openai.OpenAI, telemetry: Telemetry) -> None:
+    stream = _stream(client)
+    next(stream)
+    stream.close()
+    stream.close()
+    attrs = _one_span(telemetry)
+    assert "error.type" not in attrs
+
+
+def test_context_manager_exit_finalizes_once(client: openai.OpenAI, telemetry: Telemetry) -> None:
+    with _stream(client) as stream:
+        next(stream)
+    _one_span(telemetry)
+
+
+def test_abandoned_stream_finalizes_on_garbage_collection(client: openai.OpenAI,
+                                                           telemetry: Telemetry) -> None:
+    stream = _stream(client)
+    next(stream)
+    stream.response.close()  # the app drops the stream without closing it ...
+    del stream
+    gc.collect()  # ... and the proxy still ends the span
+    _one_span(telemetry)
+
+
+def test_stream_error_is_recorded_and_reaches_caller(client: openai.OpenAI, telemetry: Telemetry,
+                                                     blue: SimulatedUpstream) -> None:
+    blue.configure(disconnect_rate=1.0, disconnect_after_chunks=3)
+    stream = _stream(client)
+    with pytest.raises(Exception) as caught:
+        list(stream)
+    attrs = _one_span(telemetry)
+    assert attrs["error.type"] == type(caught.value).__qualname__
+
+
+def test_async_stream_finalizes_once_on_close(install: Any, telemetry: Telemetry,
+                                              blue: SimulatedUpstream,
+                                              green: SimulatedUpstream) -> None:
+    install(rollout_config(green, weight=0))
+
+    async def main() -> None:
+        client = openai.AsyncOpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+        stream = await client.chat.completions.create(model="gpt-4.1", messages=MSGS,
+                                                      stream=True)
+        await stream.__anext__()
+        await stream.close()
+        await stream.close()
+        async with await client.chat.completions.create(model="gpt-4.1", messages=MSGS,
+                                                        stream=True) as second:
+            async for _ in second:
+                pass
+        await client.close()
+
+    asyncio.run(main())
+    assert len(telemetry.spans()) == 2
+    assert telemetry.count("gen_ai.client.operation.duration") == 2
+
+
+def test_stream_proxy_keeps_the_sdk_stream_interface(client: openai.OpenAI) -> None:
+    stream = _stream(client)
+    assert isinstance(stream, openai.Stream)
+    assert stream.response.status_code == 200
+    list(stream)
+    openai_bluegreen.flush()

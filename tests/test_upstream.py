@@ -1,0 +1,87 @@
+"""The shipped simulated upstream behaves as configured, over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import openai
+import pytest
+
+from openai_bluegreen.testing import SimulatedUpstream, UpstreamSettings
+
+MSGS = [{"role": "user", "content": "hi"}]
+
+
+def test_error_rates_by_status_are_honoured() -> None:
+    with SimulatedUpstream("u", error_rates={503: 0.2, 429: 0.1}, seed=7) as up, \
+            openai.OpenAI(base_url=up.base_url, api_key="k", max_retries=0) as client:
+        outcomes: collections.Counter[str] = collections.Counter()
+        for _ in range(600):
+            try:
+                client.chat.completions.create(model="m", messages=MSGS)
+                outcomes["ok"] += 1
+            except openai.APIStatusError as exc:
+                outcomes[str(exc.status_code)] += 1
+    assert 0.15 <= outcomes["503"] / 600 <= 0.25
+    assert 0.06 <= outcomes["429"] / 600 <= 0.14
+    assert up.status_counts[503] == outcomes["503"]
+
+
+def test_latency_and_time_to_first_chunk() -> None:
+    with SimulatedUpstream("u", latency=0.15, ttfc=0.1, chunk_interval=0.01) as up, \
+            openai.OpenAI(base_url=up.base_url, api_key="k", max_retries=0) as client:
+        t0 = time.perf_counter()
+        client.chat.completions.create(model="m", messages=MSGS)
+        assert time.perf_counter() - t0 >= 0.15
+        t0 = time.perf_counter()
+        stream = client.chat.completions.create(model="m", messages=MSGS, stream=True)
+        next(iter(stream))
+        first = time.perf_counter() - t0
+        list(stream)
+        total = time.perf_counter() - t0
+    assert 0.1 <= first < 0.5
+    assert total >= first + 0.05
+
+
+def test_rate_limit_answers_429_with_retry_after() -> None:
+    with SimulatedUpstream("u", rate_limit_rps=5) as up, \
+            openai.OpenAI(base_url=up.base_url, api_key="k", max_retries=0) as client:
+        statuses = []
+        for _ in range(12):
+            try:
+                client.chat.completions.create(model="m", messages=MSGS)
+                statuses.append(200)
+            except openai.RateLimitError as exc:
+                statuses.append(429)
+                assert exc.response.headers["retry-after"] == "1"
+    assert statuses.count(429) >= 5
+    assert statuses[0] == 200
+
+
+def test_mid_stream_disconnect_and_recorded_requests() -> None:
+    with SimulatedUpstream("u", disconnect_rate=1.0, disconnect_after_chunks=2) as up, \
+            openai.OpenAI(base_url=up.base_url, api_key="secret-k", max_retries=0) as client:
+        got = []
+        with pytest.raises(Exception):  # noqa: B017 - the transport error class is the SDK's
+            for chunk in client.chat.completions.create(model="m", messages=MSGS, stream=True):
+                got.append(chunk)
+        assert len(got) == 2
+        recorded = up.requests[-1]
+        assert recorded.path == "/chat/completions"
+        assert recorded.model == "m"
+        assert recorded.api_key == "secret-k"
+
+
+def test_settings_are_validated_and_changeable_at_run_time() -> None:
+    with pytest.raises(ValueError, match="error_rates"):
+        UpstreamSettings(error_rates={503: 1.5})
+    with pytest.raises(ValueError, match="loopback"):
+        SimulatedUpstream("u", host="0.0.0.0")
+    with SimulatedUpstream("u") as up:
+        with pytest.raises(TypeError, match="unknown upstream setting"):
+            up.configure(colour="green")
+        up.configure(output_tokens=3)
+        with openai.OpenAI(base_url=up.base_url, api_key="k", max_retries=0) as client:
+            out = client.chat.completions.create(model="m", messages=MSGS)
+        assert out.usage is not None and out.usage.completion_tokens == 3
