@@ -1,4 +1,4 @@
-"""Per-call overhead: plain ``openai`` vs openai-bluegreen vs OpenTelemetry's OpenAI instrumentation.
+"""Per-call overhead: plain openai vs openai-bluegreen vs OpenTelemetry's OpenAI instrumentation.
 
 Arms run interleaved in one process, in small blocks, against a fast simulated upstream in another
 process; each arm is installed and uninstalled between blocks, outside the timed region. Two plain
@@ -21,9 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import openai
-from _common import machine, median, providers, upstream_process, write_section
 
 import openai_bluegreen
+from _common import machine, median, providers, upstream_process, write_section
 
 MESSAGES = [{"role": "user", "content": "Say something short."}]
 ARMS = ("plain", "plain-again", "bluegreen", "otel-openai")

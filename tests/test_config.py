@@ -106,7 +106,7 @@ def test_duplicate_names_and_overlapping_matches_are_refused(
     with pytest.raises(ConfigError, match=r"rollouts\[1\].name 'chat-upgrade' repeats"):
         openai_bluegreen.install(config)
     config["rollouts"][1] = {**config["rollouts"][0], "name": "other"}
-    with pytest.raises(ConfigError, match="'gpt-4.1' is already taken by rollout 'chat-upgrade'"):
+    with pytest.raises(ConfigError, match=r"'gpt-4\.1' is already taken by rollout 'chat-upgrade'"):
         openai_bluegreen.install(config)
 
 
@@ -162,7 +162,7 @@ def test_unparsable_and_missing_files_are_named(tmp_path: Path) -> None:
         openai_bluegreen.install(broken)
     with pytest.raises(ConfigError, match="cannot read"):
         openai_bluegreen.install(tmp_path / "absent.yaml")
-    with pytest.raises(ConfigError, match="unknown config file type '.ini'"):
+    with pytest.raises(ConfigError, match=r"unknown config file type '\.ini'"):
         (tmp_path / "c.ini").write_text("x")
         openai_bluegreen.install(tmp_path / "c.ini")
 

@@ -19,7 +19,9 @@ __all__ = ["BUCKETS", "Environment", "assignment_key", "bucket", "force"]
 Environment = Literal["blue", "green"]
 BUCKETS = 10_000
 
-_assignment_key: ContextVar[str | None] = ContextVar("openai_bluegreen_assignment_key", default=None)
+_assignment_key: ContextVar[str | None] = ContextVar(
+    "openai_bluegreen_assignment_key", default=None
+)
 _forced: ContextVar[Environment | None] = ContextVar("openai_bluegreen_force", default=None)
 
 

@@ -47,9 +47,9 @@ def classify(exc: BaseException) -> str | None:
     """The fallback class of an upstream failure, or ``None`` for one that must not fall back."""
     import openai
 
-    if isinstance(exc, openai.APITimeoutError) or isinstance(exc, _TIMEOUTS):
+    if isinstance(exc, (openai.APITimeoutError, *_TIMEOUTS)):
         return "timeout"
-    if isinstance(exc, openai.APIConnectionError) or isinstance(exc, _TRANSPORT):
+    if isinstance(exc, (openai.APIConnectionError, *_TRANSPORT)):
         return "connection"
     if isinstance(exc, openai.RateLimitError):
         return "rate_limit"
@@ -152,7 +152,7 @@ class Call:
         lane = self.lane
         instruments = self.router.instruments
         span: Span = self.span
-        attrs = dict(lane.span_end_attrs)
+        attrs: dict[str, Any] = dict(lane.span_end_attrs)
         if self.fell_back:
             attrs[T.FALLBACK] = True
         if etype is not None:

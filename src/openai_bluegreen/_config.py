@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +38,10 @@ DEFAULT_FILES = ("openai-bluegreen.yaml", "openai-bluegreen.yml", "openai-bluegr
 StickyKey = Literal["assignment_key", "user", "safety_identifier", "prompt_cache_key"]
 FallbackOn = Literal["server_error", "timeout", "connection", "rate_limit"]
 
+ALL_FALLBACK_CLASSES: tuple[FallbackOn, ...] = ("server_error", "timeout", "connection",
+                                               "rate_limit")
+DEFAULT_STICKY: tuple[StickyKey, ...] = ("assignment_key", "user", "safety_identifier",
+                                         "prompt_cache_key")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _ENV_VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _URL_RE = re.compile(r"^https?://[^/\s:]+(:\d{1,5})?(/\S*)?$")
@@ -51,7 +56,9 @@ class EnvironmentTarget(_Strict):
     """Where one environment (blue or green) sends its calls."""
 
     model: str = Field(min_length=1, description="Model name sent upstream.")
-    base_url: str | None = Field(default=None, description="Provider base URL; default: the caller's.")
+    base_url: str | None = Field(
+        default=None, description="Provider base URL; default: the caller's."
+    )
     api_key_env: str | None = Field(
         default=None, description="Name of the environment variable holding this provider's key."
     )
@@ -92,7 +99,9 @@ class EnvironmentTarget(_Strict):
     def _check_params(cls, value: dict[str, Any]) -> dict[str, Any]:
         reserved = sorted(_RESERVED_PARAMS.intersection(value))
         if reserved:
-            raise ValueError(f"may not override {', '.join(reserved)} (set model on the environment)")
+            raise ValueError(
+                f"may not override {', '.join(reserved)} (set model on the environment)"
+            )
         return value
 
     @property
@@ -122,9 +131,7 @@ class Fallback(_Strict):
     """Retry a failed green call once on blue, before any byte reached the caller."""
 
     enabled: bool = True
-    on: list[FallbackOn] = Field(
-        default_factory=lambda: ["server_error", "timeout", "connection", "rate_limit"]
-    )
+    on: list[FallbackOn] = Field(default_factory=lambda: list(ALL_FALLBACK_CLASSES))
     green_max_retries: int = Field(
         default=0, ge=0, le=10,
         description="SDK retries on green before falling back (fallback enabled only).",
@@ -139,9 +146,7 @@ class Rollout(_Strict):
     blue: EnvironmentTarget
     green: EnvironmentTarget
     weight: float = Field(default=0.0, ge=0.0, le=100.0, description="Percent of calls to green.")
-    sticky: list[StickyKey] = Field(
-        default_factory=lambda: ["assignment_key", "user", "safety_identifier", "prompt_cache_key"]
-    )
+    sticky: list[StickyKey] = Field(default_factory=lambda: list(DEFAULT_STICKY))
     fallback: Fallback = Field(default_factory=Fallback)
 
     @field_validator("name")
@@ -149,7 +154,8 @@ class Rollout(_Strict):
     def _check_name(cls, value: str) -> str:
         if not _NAME_RE.match(value):
             raise ValueError(
-                "must be 1-63 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
+                "must be 1-63 characters of a-z, 0-9, '.', '_', '-', "
+                "starting with a letter or digit"
             )
         return value
 
@@ -192,7 +198,8 @@ class Config(_Strict):
         for i, rollout in enumerate(self.rollouts):
             if rollout.name in seen_names:
                 raise ValueError(
-                    f"rollouts[{i}].name {rollout.name!r} repeats rollouts[{seen_names[rollout.name]}]"
+                    f"rollouts[{i}].name {rollout.name!r} repeats "
+                    f"rollouts[{seen_names[rollout.name]}]"
                 )
             seen_names[rollout.name] = i
             for model in rollout.match.model:
@@ -255,10 +262,10 @@ def _read_file(path: Path) -> Any:
 
             return yaml.safe_load(text) or {}
         if suffix == ".toml":
-            try:
+            if sys.version_info >= (3, 11):
                 import tomllib
-            except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-                import tomli as tomllib  # type: ignore[no-redef]  # same API on 3.10
+            else:  # pragma: no cover - Python 3.10 reads TOML with the tomli backport
+                import tomli as tomllib
             return tomllib.loads(text)
         if suffix == ".json":
             return json.loads(text)
@@ -281,7 +288,9 @@ def _find_default() -> Path | None:
     return None
 
 
-def load_config(source: Config | Mapping[str, Any] | str | os.PathLike[str] | None = None) -> Config:
+def load_config(
+    source: Config | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+) -> Config:
     """Build a validated :class:`Config` from any accepted source.
 
     Raises:

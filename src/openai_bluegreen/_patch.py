@@ -46,7 +46,7 @@ _patched: list[tuple[type, str, Any]] = []
 _lock = threading.Lock()
 
 
-def _sdk_types() -> tuple[type, type, type, tuple[type, ...]]:
+def _sdk_types() -> tuple[Any, Any, Any, tuple[Any, ...]]:
     import openai
     from openai._legacy_response import LegacyAPIResponse
     from openai._response import APIResponse, AsyncAPIResponse
@@ -82,7 +82,7 @@ def _bind(call: Call, wrapped: Any, instance: Any, original: Any) -> Any:
     return wrapped if resource is instance else original.__get__(resource, type(resource))
 
 
-def _finish_plain(call: Call, result: Any, legacy: type, lazy: tuple[type, ...]) -> Any:
+def _finish_plain(call: Call, result: Any, legacy: Any, lazy: tuple[Any, ...]) -> Any:
     """Record a non-streamed result (a model object, or a raw-response wrapper)."""
     if isinstance(result, legacy):  # with_raw_response: the body is read, parse() is cached
         if call.stream:

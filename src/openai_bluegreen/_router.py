@@ -29,7 +29,7 @@ from ._assignment import (
 from ._config import Config, EnvironmentTarget, Rollout
 from ._errors import ConfigError, UnknownRolloutError
 
-__all__ = ["Lane", "Router", "RolloutRuntime", "TargetRuntime"]
+__all__ = ["Lane", "RolloutRuntime", "Router", "TargetRuntime"]
 
 _PROVIDER_BY_HOST = (
     ("openai.azure.com", "azure.ai.openai"),

@@ -59,7 +59,7 @@ def _counts_as_first(item: Any) -> bool:
     return getattr(item, "type", None) not in _LIFECYCLE
 
 
-class _StreamProxyBase(wrapt.ObjectProxy):  # type: ignore[misc]  # wrapt ships no type stubs
+class _StreamProxyBase(wrapt.ObjectProxy[Any]):
     """State and bookkeeping shared by the sync and async proxies (no I/O)."""
 
     def __init__(self, stream: Any, call: Call, pending: Any = MISSING,

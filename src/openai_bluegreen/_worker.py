@@ -35,7 +35,7 @@ dropped = 0
 
 def submit(task: Callable[..., None], *args: Any) -> None:
     """Queue ``task(*args)`` for the worker. Never blocks; drops (and counts) when overloaded."""
-    global dropped
+    global dropped  # noqa: PLW0603 - one worker per process; its state is module-level
     if len(_tasks) >= MAX_PENDING:
         dropped += 1
         if dropped == 1:
@@ -75,7 +75,7 @@ def _run() -> None:
 
 
 def _start() -> None:
-    global _thread
+    global _thread  # noqa: PLW0603 - one worker per process; its state is module-level
     with _start_lock:
         if _thread is None:
             thread = threading.Thread(target=_run, name="openai-bluegreen-telemetry", daemon=True)

@@ -19,9 +19,9 @@ import random
 import struct
 import threading
 import time
-from statistics import NormalDist
 from collections.abc import Iterator
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 from ._settings import UpstreamSettings
@@ -500,7 +500,7 @@ def _example(schema: dict[str, Any], root: dict[str, Any], depth: int = 0) -> An
     for key in ("anyOf", "oneOf", "allOf"):
         if isinstance(schema.get(key), list) and schema[key]:
             return _example(schema[key][0], root, depth + 1)
-    if "enum" in schema and schema["enum"]:
+    if schema.get("enum"):
         return schema["enum"][0]
     if "const" in schema:
         return schema["const"]
