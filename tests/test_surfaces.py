@@ -332,3 +332,15 @@ def test_green_client_is_derived_from_callers_and_cached(
     assert derived._client is client._client  # same connection pool
     assert all(r.headers["x-app"] == "demo" for r in green.requests)
     assert len(green.requests) == 3
+
+
+def test_azure_client_is_routed(install: Any, telemetry: Telemetry, blue: SimulatedUpstream,
+                                green: SimulatedUpstream) -> None:
+    install(rollout_config(green, weight=0, models="chat-deployment"))
+    with openai.AzureOpenAI(azure_endpoint=f"http://127.0.0.1:{blue.port}", api_key=BLUE_KEY,
+                            api_version="2024-10-21", max_retries=0) as client:
+        out = client.chat.completions.create(model="chat-deployment", messages=MSGS)
+    assert out.model == "blue-model"
+    assert blue.requests[0].path == "/chat/completions"
+    (span,) = telemetry.spans()
+    assert dict(span.attributes or {})["gen_ai.provider.name"] == "azure.ai.openai"

@@ -277,6 +277,10 @@ class SimulatedUpstream:
     async def _dispatch(self, method: str, path: str, headers: dict[str, str], raw: bytes,
                         writer: asyncio.StreamWriter) -> bool:
         route = path[3:] if path.startswith("/v1/") else path
+        if route.startswith("/openai/deployments/"):  # Azure OpenAI: /openai/deployments/{d}/...
+            route = "/" + route.split("/", 4)[-1] if route.count("/") >= 4 else route
+        elif route.startswith("/openai/v1/"):
+            route = route[len("/openai/v1"):]
         if method == "GET" and route in ("/health", "/"):
             await self._send_json(writer, 200, {"status": "ok", "name": self.name})
             return True
