@@ -29,18 +29,19 @@ SPEC = Path(os.environ.get("OPENAI_OPENAPI_SPEC",
 pytestmark = pytest.mark.prism
 
 
-def _missing(what: str) -> None:
+def _missing(what: str, remedy: str) -> None:
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} is missing; .ci/run installs it (CI must not skip conformance)")
-    pytest.skip(f"{what} is missing; run `make install` (or `bash .ci/run`) to install it")
+        pytest.fail(f"{what} is missing; {remedy} (CI must not skip conformance)")
+    pytest.skip(f"{what} is missing; {remedy}")
 
 
 @pytest.fixture(scope="module")
 def prism_url() -> Iterator[str]:
     if not PRISM.exists():
-        _missing(f"Prism ({PRISM})")
+        _missing(f"Prism ({PRISM})", "run `make install` (or `bash .ci/run`) to install it")
     if not SPEC.exists():
-        _missing(f"the OpenAPI spec ({SPEC})")
+        _missing(f"the OpenAPI spec ({SPEC})",
+                 "keep shared/ beside the repository or set OPENAI_OPENAPI_SPEC")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
