@@ -147,36 +147,35 @@ def test_green_and_blue_both_failing_raises_blues_error(
                            bluegreen__environment="blue") == 1
 
 
-@pytest.mark.parametrize("config_change", [{"fallback": {"enabled": False}},
-                                           {"fallback": {"on": ["timeout"]}}])
+@pytest.mark.parametrize(("status", "config_change", "error"), [
+    pytest.param(503, {"fallback": {"enabled": False}}, openai.InternalServerError,
+                 id="fallback-disabled"),
+    pytest.param(503, {"fallback": {"on": ["timeout"]}}, openai.InternalServerError,
+                 id="class-not-configured"),
+    pytest.param(400, {}, openai.BadRequestError, id="client-error"),
+])
 def test_green_failure_outside_configured_classes_is_not_retried(
     install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
-    config_change: dict[str, Any],
+    status: int, config_change: dict[str, Any], error: type[Exception],
 ) -> None:
-    green.configure(error_rates={503: 1.0})
+    green.configure(error_rates={status: 1.0})
     install(rollout_config(green, weight=100, **config_change))
-    with pytest.raises(openai.InternalServerError):
+    with pytest.raises(error):
         _client(blue).chat.completions.create(model="gpt-4.1", messages=MSGS)
     assert not blue.requests
     assert telemetry.count("bluegreen.fallbacks") == 0
 
 
-def test_client_errors_are_not_retried_on_blue(
-    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
-) -> None:
-    green.configure(error_rates={400: 1.0})
-    install(rollout_config(green, weight=100))
-    with pytest.raises(openai.BadRequestError):
-        _client(blue).chat.completions.create(model="gpt-4.1", messages=MSGS)
-    assert not blue.requests
-
-
-def test_async_green_failure_falls_back(
-    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
-) -> None:
+@pytest.fixture
+def green_always_503(install: Any, green: SimulatedUpstream) -> SimulatedUpstream:
+    """Green answers every call with 503; the rollout sends every call to green."""
     green.configure(error_rates={503: 1.0})
     install(rollout_config(green, weight=100))
+    return green
 
+
+def test_async_green_failure_falls_back(telemetry: Telemetry, blue: SimulatedUpstream,
+                                        green_always_503: SimulatedUpstream) -> None:
     async def main() -> str:
         client = openai.AsyncOpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
         out = await client.chat.completions.create(model="gpt-4.1", messages=MSGS)
@@ -191,11 +190,9 @@ def test_async_green_failure_falls_back(
 
 
 def test_green_sdk_retries_are_off_when_fallback_is_on(
-    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+    blue: SimulatedUpstream, green_always_503: SimulatedUpstream,
 ) -> None:
-    green.configure(error_rates={503: 1.0})
-    install(rollout_config(green, weight=100))
     client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=2)
     with openai_bluegreen.force("green"):
         assert client.chat.completions.create(model="gpt-4.1", messages=MSGS).model == "blue-model"
-    assert len(green.requests) == 1  # green_max_retries=0: straight to blue
+    assert len(green_always_503.requests) == 1  # green_max_retries=0: straight to blue

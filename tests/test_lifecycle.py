@@ -105,3 +105,42 @@ def test_status_reports_installation_without_secrets(install: Any, green: Simula
     assert status["installed"] is True
     assert status["rollouts"][0]["weight"] == 30
     assert os.environ["GREEN_API_KEY"] not in repr(status)
+
+
+class _BrokenTracerProvider:
+    """A tracer provider whose tracer fails, as a misbehaving telemetry backend might."""
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> Any:
+        return self
+
+    def start_span(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("tracer is broken")
+
+
+def test_routing_fault_fails_open_to_blue(telemetry: Telemetry, blue: SimulatedUpstream,
+                                          green: SimulatedUpstream, monkeypatch: Any) -> None:
+    monkeypatch.setenv("GREEN_API_KEY", "k")
+    openai_bluegreen.install(rollout_config(green, weight=100),
+                             tracer_provider=_BrokenTracerProvider(),  # type: ignore[arg-type]
+                             meter_provider=telemetry.meter_provider)
+    with openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0) as client:
+        out = client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+    assert out.model == "blue-model"  # blue's model, on the caller's own client
+    assert not green.requests
+    from opentelemetry import context, trace
+
+    assert trace.get_current_span(context.get_current()) is trace.INVALID_SPAN
+
+
+def test_green_client_that_cannot_be_built_fails_open_to_blue(
+    install: Any, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    class Client(openai.OpenAI):
+        def with_options(self, **kwargs: Any) -> Any:  # type: ignore[override]
+            raise RuntimeError("cannot derive")
+
+    install(rollout_config(green, weight=100))
+    with Client(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0) as client:
+        out = client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+    assert out.model == "blue-model"
+    assert not green.requests

@@ -82,12 +82,13 @@ class Call:
         self.stream = kwargs.get("stream") is True
         self.prefetch = self.stream and env == "green" and rollout.fallback_enabled
         self.fell_back = False
+        # Serialized now (the app may change its list afterwards), before the span starts, so a
+        # failure here leaves no span open and no context attached.
+        text = T.input_messages_json(kwargs) if router.capture_content else None
         span = router.tracer.start_span(lane.span_name, kind=SpanKind.CLIENT,
                                         attributes=lane.span_start_attrs)
-        if router.capture_content:  # serialized now: the app may change its list afterwards
-            text = T.input_messages_json(kwargs)
-            if text is not None:
-                span.set_attribute(T.INPUT_MESSAGES, text)
+        if text is not None:
+            span.set_attribute(T.INPUT_MESSAGES, text)
         self.span = span
         self.token = context.attach(trace.set_span_in_context(span))
         self.start_ns = _wall_ns()

@@ -1,0 +1,104 @@
+"""Where the per-call cost goes, without a network: the routing wrapper on a canned response.
+
+Arms: the wrapper with no-op providers (routing only), the wrapper with SDK providers and the
+telemetry worker paused (what the request path pays), and the SDK operations the worker runs
+per call (one ``Histogram.record`` with our attribute set; one span with our attributes).
+
+    python benchmarks/hotpath.py     # writes its table to BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import sys
+import timeit
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import openai
+from openai.types.chat import ChatCompletion
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.trace import NoOpTracerProvider, SpanKind
+
+import openai_bluegreen
+from _common import machine, providers, write_section
+from openai_bluegreen import _patch, _worker
+
+N = 20_000
+CONFIG = {"rollouts": [{"name": "bench", "match": {"model": "bench-model"}, "weight": 50,
+                        "blue": {"model": "b"}, "green": {"model": "g"}}]}
+CANNED = ChatCompletion.model_validate({
+    "id": "x", "object": "chat.completion", "created": 1, "model": "m",
+    "choices": [{"index": 0, "finish_reason": "stop",
+                 "message": {"role": "assistant", "content": "hi"}}],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}})
+
+
+def per_call_us(fn: object) -> float:
+    return timeit.timeit(fn, number=N) / N * 1e6  # type: ignore[arg-type]
+
+
+def main() -> int:
+    client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="x", max_retries=0)
+    resource = client.chat.completions
+    wrapper = _patch._sync_wrapper("chat", None)
+    kwargs = {"model": "bench-model", "messages": [{"role": "user", "content": "x"}]}
+
+    def wrapped(*_args: object, **_kwargs: object) -> ChatCompletion:
+        return CANNED
+
+    def call() -> None:
+        wrapper(wrapped, resource, (), kwargs)
+
+    def timed_call() -> float:
+        call()  # warm-up: builds the lane outside the timed region
+        return per_call_us(call)
+
+    tracer_provider, meter_provider, _, _ = providers()
+    _worker._thread = object()  # type: ignore[assignment]  # pause the worker: time the caller
+    rows = []
+    openai_bluegreen.install(CONFIG, tracer_provider=NoOpTracerProvider(),
+                             meter_provider=NoOpMeterProvider())
+    rows.append(("wrapper, no-op providers (routing only)", timed_call()))
+    _worker._tasks.clear()
+    openai_bluegreen.install(CONFIG, tracer_provider=tracer_provider,
+                             meter_provider=meter_provider)
+    call()
+    _worker._tasks.clear()
+    rows.append(("wrapper, SDK providers, worker paused (request path)", per_call_us(call)))
+    t0 = timeit.default_timer()
+    _worker.flush()  # the tasks of the N (+1 warm-up) calls above, run in this thread
+    rows.append(("worker tasks of one call, drained afterwards",
+                 (timeit.default_timer() - t0) / N * 1e6))
+    openai_bluegreen.uninstall()
+
+    meter = meter_provider.get_meter("bench")
+    histogram = meter.create_histogram("h", unit="s")
+    attrs = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+             "gen_ai.request.model": "m", "bluegreen.rollout": "r",
+             "bluegreen.environment": "green", "server.address": "127.0.0.1",
+             "server.port": 8080}
+    rows.append(("one Histogram.record with our 7 attributes",
+                 per_call_us(lambda: histogram.record(0.05, attrs))))
+    tracer = tracer_provider.get_tracer("bench")
+    end_attrs = {"bluegreen.requested_model": "x", "feature_flag.key": "r",
+                 "feature_flag.result.variant": "green", "gen_ai.response.id": "abc",
+                 "gen_ai.usage.input_tokens": 5, "gen_ai.usage.output_tokens": 6}
+
+    def span() -> None:
+        s = tracer.start_span("chat m", kind=SpanKind.CLIENT, attributes=attrs)
+        s.set_attributes(end_attrs)
+        s.end()
+
+    rows.append(("one span with our start and end attributes", per_call_us(span)))
+    lines = ["Command: `python benchmarks/hotpath.py`  ", f"Machine: {machine()}. No network.",
+             "", "| what | µs per call |", "|---|---:|"]
+    lines += [f"| {name} | {value:.1f} |" for name, value in rows]
+    text = "\n".join(lines)
+    print(text)
+    write_section("Where the per-call cost goes (benchmarks/hotpath.py)", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
