@@ -21,12 +21,16 @@ from ._errors import ConfigError
 
 __all__ = [
     "ENV_CONFIG",
+    "Analysis",
+    "Check",
     "Config",
     "EnvironmentTarget",
     "Fallback",
     "Match",
     "Rollout",
+    "Schedule",
     "load_config",
+    "parse_duration",
 ]
 
 ENV_CONFIG = "OPENAI_BLUEGREEN_CONFIG"
@@ -138,6 +142,141 @@ class Fallback(_Strict):
     )
 
 
+_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h|d))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number of seconds or a Go/Prometheus-style duration (``30s``, ``1h30m``)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as '30s', '10m' or a number of seconds")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and _DURATION_RE.match(value.strip()):
+        seconds = sum(float(n) * _UNIT_SECONDS[u]
+                      for n, u in _DURATION_PART.findall(value.strip()))
+    else:
+        raise ValueError("must be a duration such as '30s', '10m', '1h30m' or a number of seconds")
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError("must be a finite duration >= 0")
+    return seconds
+
+
+Signal = Literal["error_rate", "latency", "ttft"]
+OnFailure = Literal["rollback", "pause"]
+
+
+class Check(_Strict):
+    """One analysis check of green against blue (or against an absolute guardrail).
+
+    * ``error_rate`` with ``max_ratio``: green's error rate may be at most ``max_ratio`` times
+      blue's (sequential count test); with ``max_increase``: at most blue's plus this much
+      (sequential two-sample test); with ``max``: at most this rate (guardrail).
+    * ``latency`` / ``ttft`` with ``quantile`` and ``max_ratio``: green's share of calls slower
+      than blue's ``quantile`` may be at most ``max_ratio`` times blue's share; with ``max``
+      (seconds): green's ``quantile`` must stay at or below ``max`` (guardrail).
+    """
+
+    signal: Signal
+    quantile: float | None = Field(default=None, gt=0.0, lt=1.0)
+    max_ratio: float | None = Field(default=None, ge=1.0, le=100.0)
+    max_increase: float | None = Field(default=None, ge=0.0, lt=1.0)
+    max: float | None = Field(default=None, gt=0.0)
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Check:
+        bounds = [name for name in ("max_ratio", "max_increase", "max")
+                  if getattr(self, name) is not None]
+        allowed = (("max_ratio", "max_increase", "max") if self.signal == "error_rate"
+                   else ("max_ratio", "max"))
+        if len(bounds) != 1 or bounds[0] not in allowed:
+            raise ValueError(
+                f"a {self.signal} check takes exactly one of {', '.join(allowed)} "
+                f"(got {', '.join(bounds) or 'none'})"
+            )
+        if self.signal == "error_rate":
+            if self.quantile is not None:
+                raise ValueError("an error_rate check takes no quantile")
+            if self.max is not None and self.max >= 1.0:
+                raise ValueError(f"max is a rate and must be below 1 (got {self.max})")
+        elif self.quantile is None:
+            raise ValueError(f"a {self.signal} check needs a quantile, e.g. 0.95")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """``ratio`` | ``increase`` | ``guardrail``."""
+        if self.max is not None:
+            return "guardrail"
+        return "increase" if self.max_increase is not None else "ratio"
+
+    def describe(self) -> str:
+        """A short human name, e.g. ``latency p95 ratio<=1.25``."""
+        what = self.signal if self.quantile is None else f"{self.signal} p{self.quantile * 100:g}"
+        if self.max_ratio is not None:
+            return f"{what} ratio<={self.max_ratio:g}"
+        if self.max_increase is not None:
+            return f"{what} increase<={self.max_increase:g}"
+        unit = "s" if self.signal != "error_rate" else ""
+        return f"{what}<={self.max:g}{unit}"
+
+
+def _default_checks() -> list[Check]:
+    return [Check(signal="error_rate", max_ratio=1.5),
+            Check(signal="latency", quantile=0.95, max_ratio=1.5),
+            Check(signal="ttft", quantile=0.95, max_ratio=1.5)]
+
+
+class Schedule(_Strict):
+    """The steps of a progressive rollout and what each step needs before the next."""
+
+    steps: list[float] = Field(min_length=1, description="Percent to green at each step.")
+    min_step_duration: float = Field(default=600.0, description="Seconds (or '10m').")
+    min_requests: int = Field(default=200, ge=1, description="Calls per environment per step.")
+    progress_deadline: float | None = Field(
+        default=None, description="A step without enough data by then pauses. Default: "
+        "3 x min_step_duration, at least 10 analysis intervals.")
+
+    @field_validator("min_step_duration", "progress_deadline", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        for i, step in enumerate(value):
+            if not 0.0 < step <= 100.0:
+                raise ValueError(f"step {i} is {step:g}: each step must be in (0, 100]")
+            if i and step <= value[i - 1]:
+                raise ValueError(f"steps must increase (step {i} is {step:g} after "
+                                 f"{value[i - 1]:g})")
+        return value
+
+
+class Analysis(_Strict):
+    """How the watcher judges green against blue."""
+
+    interval: float = Field(default=30.0, description="Seconds between looks (or '30s').")
+    alpha: float = Field(default=0.01, gt=0.0, le=0.2,
+                         description="False-rollback bound under continuous monitoring.")
+    checks: list[Check] = Field(default_factory=_default_checks, min_length=1)
+    on_failure: OnFailure = "rollback"
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value)
+
+    @field_validator("interval")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value < 0.05:
+            raise ValueError(f"must be at least 50ms (got {value:g}s)")
+        return value
+
+
 class Rollout(_Strict):
     """One blue/green rollout: which calls it takes and where each environment sends them."""
 
@@ -148,6 +287,34 @@ class Rollout(_Strict):
     weight: float = Field(default=0.0, ge=0.0, le=100.0, description="Percent of calls to green.")
     sticky: list[StickyKey] = Field(default_factory=lambda: list(DEFAULT_STICKY))
     fallback: Fallback = Field(default_factory=Fallback)
+    schedule: Schedule | None = Field(
+        default=None, description="Progressive steps driven by the watcher; none: manual weight.")
+    analysis: Analysis | None = Field(
+        default=None, description="How the watcher judges green; needs a schedule.")
+
+    @model_validator(mode="after")
+    def _schedule_owns_weight(self) -> Rollout:
+        if self.analysis is not None and self.schedule is None:
+            raise ValueError("analysis needs a schedule (the watcher only runs scheduled "
+                             "rollouts)")
+        if self.schedule is not None and self.weight != 0.0:
+            raise ValueError(f"weight is {self.weight:g} but a rollout with a schedule starts "
+                             "at 0 and its schedule sets the weight; drop weight")
+        return self
+
+    @property
+    def effective_analysis(self) -> Analysis:
+        """The analysis settings, with defaults when a schedule has none."""
+        return self.analysis if self.analysis is not None else Analysis()
+
+    @property
+    def progress_deadline(self) -> float:
+        """Seconds a step may take to collect its data before it pauses."""
+        if self.schedule is None:
+            return 0.0
+        if self.schedule.progress_deadline is not None:
+            return self.schedule.progress_deadline
+        return max(3 * self.schedule.min_step_duration, 10 * self.effective_analysis.interval)
 
     @field_validator("name")
     @classmethod
@@ -177,12 +344,12 @@ class Config(_Strict):
     @field_validator("state")
     @classmethod
     def _check_state(cls, value: str) -> str:
-        if value != "memory":
-            raise ValueError(
-                "only 'memory' is supported in this version "
-                "(file:// and redis:// stores arrive with the rollout controller and fleet mode)"
-            )
-        return value
+        if value == "memory" or (value.startswith("file://") and len(value) > len("file://")):
+            return value
+        if value.startswith(("redis://", "rediss://")):
+            raise ValueError("the redis store is not available in this version (fleet mode); "
+                             "use 'memory' or 'file:///path/state.json'")
+        raise ValueError("must be 'memory' or 'file:///path/state.json'")
 
     @field_validator("metrics_source")
     @classmethod

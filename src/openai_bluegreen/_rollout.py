@@ -1,0 +1,215 @@
+"""Rollout state and its transitions: pure functions of (state, now, ...) → new state.
+
+``pending → progressing(step) ⇄ paused → promoted | rolled_back``. Every transition appends a
+:class:`HistoryEntry` with who did it, why, and when. States are immutable; a store keeps them
+and guards each write with the state's ``version`` (compare-and-set).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ._config import Rollout
+from ._errors import BlueGreenError
+
+__all__ = [
+    "Action",
+    "HistoryEntry",
+    "InvalidTransition",
+    "Phase",
+    "RolloutState",
+    "initial_state",
+    "transition",
+]
+
+HISTORY_LIMIT = 200
+
+
+class Phase(str, enum.Enum):
+    """Where a rollout is."""
+
+    PENDING = "pending"
+    PROGRESSING = "progressing"
+    PAUSED = "paused"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.PROMOTED, Phase.ROLLED_BACK)
+
+
+class Action(str, enum.Enum):
+    """What a decision or an operator does to a rollout."""
+
+    START = "start"
+    ADVANCE = "advance"
+    PROMOTE = "promote"
+    HOLD = "hold"
+    PAUSE = "pause"
+    RESUME = "resume"
+    ROLLBACK = "rollback"
+    SET_WEIGHT = "set_weight"
+
+
+class InvalidTransition(BlueGreenError):
+    """An action that does not apply to the rollout's current phase."""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One transition: when, what, who, why, and where it left the rollout."""
+
+    at: float
+    action: str
+    actor: str
+    reason: str
+    phase: str
+    step: int | None
+    weight: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"at": self.at, "action": self.action, "actor": self.actor,
+                "reason": self.reason, "phase": self.phase, "step": self.step,
+                "weight": self.weight}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HistoryEntry:
+        return cls(float(data["at"]), str(data["action"]), str(data["actor"]),
+                   str(data["reason"]), str(data["phase"]),
+                   None if data.get("step") is None else int(data["step"]),
+                   float(data["weight"]))
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutState:
+    """The shared state of one rollout.
+
+    ``step`` indexes ``schedule.steps`` (``-1``: below the first step after a manual weight;
+    ``None`` before the start and after the end). ``weight`` is the percent sent to green.
+    """
+
+    rollout: str
+    phase: Phase = Phase.PENDING
+    step: int | None = None
+    weight: float = 0.0
+    step_started_at: float | None = None
+    updated_at: float = 0.0
+    version: int = 0
+    history: tuple[HistoryEntry, ...] = field(default_factory=tuple)
+
+    @property
+    def last(self) -> HistoryEntry | None:
+        return self.history[-1] if self.history else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rollout": self.rollout, "phase": self.phase.value, "step": self.step,
+                "weight": self.weight, "step_started_at": self.step_started_at,
+                "updated_at": self.updated_at, "version": self.version,
+                "history": [h.to_dict() for h in self.history]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RolloutState:
+        return cls(
+            rollout=str(data["rollout"]),
+            phase=Phase(data["phase"]),
+            step=None if data.get("step") is None else int(data["step"]),
+            weight=float(data["weight"]),
+            step_started_at=(None if data.get("step_started_at") is None
+                             else float(data["step_started_at"])),
+            updated_at=float(data.get("updated_at", 0.0)),
+            version=int(data["version"]),
+            history=tuple(HistoryEntry.from_dict(h) for h in data.get("history", ())),
+        )
+
+
+def initial_state(rollout: Rollout) -> RolloutState:
+    """A rollout nobody has touched: pending at 0% (or its fixed weight without a schedule)."""
+    if rollout.schedule is None:
+        return RolloutState(rollout.name, Phase.PROGRESSING, None, rollout.weight)
+    return RolloutState(rollout.name)
+
+
+def _step_below(rollout: Rollout, weight: float) -> int:
+    steps = rollout.schedule.steps if rollout.schedule else []
+    index = -1
+    for i, step in enumerate(steps):
+        if step <= weight:
+            index = i
+    return index
+
+
+def transition(rollout: Rollout, state: RolloutState, action: Action, now: float, *,
+               actor: str, reason: str, weight: float | None = None) -> RolloutState:
+    """The state after ``action``; raises :class:`InvalidTransition` when it does not apply.
+
+    ``HOLD`` returns ``state`` unchanged (no version bump, no history entry).
+    """
+    phase = state.phase
+    steps = rollout.schedule.steps if rollout.schedule is not None else []
+    new_phase, new_step, new_weight = phase, state.step, state.weight
+    step_started = state.step_started_at
+
+    def refuse(what: str) -> InvalidTransition:
+        return InvalidTransition(
+            f"cannot {action.value.replace('_', '-')} rollout {rollout.name!r}: it is "
+            f"{phase.value} ({what})")
+
+    if action is Action.HOLD:
+        return state
+    if action is Action.START:
+        if phase is not Phase.PENDING:
+            raise refuse("start applies to a pending rollout")
+        if not steps:
+            raise refuse("it has no schedule")
+        new_phase, new_step, new_weight, step_started = Phase.PROGRESSING, 0, steps[0], now
+    elif action is Action.ADVANCE:
+        if phase is not Phase.PROGRESSING or state.step is None:
+            raise refuse("advance applies to a progressing rollout")
+        nxt = state.step + 1
+        if nxt >= len(steps) or steps[nxt] >= 100.0:
+            new_phase, new_step, new_weight, step_started = Phase.PROMOTED, None, 100.0, None
+        else:
+            new_step, new_weight, step_started = nxt, steps[nxt], now
+    elif action is Action.PROMOTE:
+        if phase.terminal:
+            raise refuse("it already ended")
+        new_phase, new_step, new_weight, step_started = Phase.PROMOTED, None, 100.0, None
+    elif action is Action.ROLLBACK:
+        if phase is Phase.ROLLED_BACK:
+            raise refuse("it is already rolled back")
+        new_phase, new_step, new_weight, step_started = Phase.ROLLED_BACK, None, 0.0, None
+    elif action is Action.PAUSE:
+        if phase not in (Phase.PENDING, Phase.PROGRESSING):
+            raise refuse("pause applies to a pending or progressing rollout")
+        new_phase = Phase.PAUSED
+    elif action is Action.RESUME:
+        if phase is not Phase.PAUSED:
+            raise refuse("resume applies to a paused rollout")
+        if state.step is None and state.weight == 0.0:
+            new_phase = Phase.PENDING
+        else:
+            new_phase, step_started = Phase.PROGRESSING, now
+            if new_step is None:
+                new_step = _step_below(rollout, state.weight)
+    elif action is Action.SET_WEIGHT:
+        if weight is None or not 0.0 <= weight <= 100.0:
+            raise InvalidTransition(f"set-weight needs a percent between 0 and 100 "
+                                    f"(got {weight!r})")
+        new_weight = weight
+        if rollout.schedule is None:
+            new_phase, new_step = Phase.PROGRESSING, None
+        else:
+            # A manual weight holds the schedule until someone resumes it.
+            new_phase, new_step, step_started = Phase.PAUSED, _step_below(rollout, weight), now
+    else:  # pragma: no cover - enum is exhaustive
+        raise InvalidTransition(f"unknown action {action!r}")
+
+    entry = HistoryEntry(now, action.value, actor, reason, new_phase.value, new_step, new_weight)
+    history = (*state.history, entry)[-HISTORY_LIMIT:]
+    return replace(state, phase=new_phase, step=new_step, weight=new_weight,
+                   step_started_at=step_started, updated_at=now, version=state.version + 1,
+                   history=history)

@@ -1,0 +1,201 @@
+"""Metric sources: where the watcher reads per-rollout, per-environment counts and histograms.
+
+A source returns a :class:`Snapshot` of *cumulative* counts since an origin of its own choosing
+(process start for :class:`~openai_bluegreen.sources.local.LocalSource`). The watcher keeps the
+snapshots it saw at each step's start and judges the differences, so a source never needs to
+know about steps. A source that cannot answer raises :class:`SourceUnavailable`; the watcher
+then holds (missing data is never a pass).
+
+Built in: ``local`` (this process's own OpenTelemetry metrics through a metric reader).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from .._errors import BlueGreenError
+
+__all__ = [
+    "EMPTY_ENV",
+    "EnvStats",
+    "Histogram",
+    "MetricSource",
+    "RolloutStats",
+    "Snapshot",
+    "SourceUnavailable",
+]
+
+
+class SourceUnavailable(BlueGreenError):
+    """The metric source cannot answer now (unreachable, not ready, no data)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """An explicit-bucket histogram: ``counts[i]`` is the number of values in bucket ``i``.
+
+    Bucket ``i`` holds values in ``(bounds[i-1], bounds[i]]``; the last bucket is ``+Inf``.
+    """
+
+    bounds: tuple[float, ...] = ()
+    counts: tuple[int, ...] = (0,)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    def count_above(self, bound: float) -> int:
+        """Values above ``bound``, which must be one of ``bounds``."""
+        index = bisect.bisect_left(self.bounds, bound)
+        return sum(self.counts[index + 1:])
+
+    def quantile_bound(self, q: float) -> float | None:
+        """The smallest bucket bound at or above the ``q``-quantile; ``None`` when unknown.
+
+        Unknown means no data, or the quantile falls in the ``+Inf`` bucket.
+        """
+        total = self.total
+        if total == 0:
+            return None
+        rank = q * total
+        running = 0
+        for bound, count in zip(self.bounds, self.counts, strict=False):
+            running += count
+            if running >= rank:
+                return bound
+        return None
+
+    def quantile(self, q: float) -> float | None:
+        """The ``q``-quantile by linear interpolation in its bucket (``histogram_quantile``)."""
+        total = self.total
+        if total == 0:
+            return None
+        rank = q * total
+        running = 0
+        lower = 0.0
+        for bound, count in zip(self.bounds, self.counts, strict=False):
+            if count and running + count >= rank:
+                return lower + (bound - lower) * (rank - running) / count
+            running += count
+            lower = bound
+        return self.bounds[-1] if self.bounds else None
+
+    def minus(self, earlier: Histogram) -> Histogram:
+        """Counts since ``earlier``; a reset (a count went down) gives the counts as they are."""
+        if earlier.bounds != self.bounds or len(earlier.counts) != len(self.counts):
+            return self
+        diff = tuple(a - b for a, b in zip(self.counts, earlier.counts, strict=True))
+        return self if any(d < 0 for d in diff) else Histogram(self.bounds, diff)
+
+    def plus(self, other: Histogram) -> Histogram:
+        if not other.bounds and other.total == 0:
+            return self
+        if not self.bounds and self.total == 0:
+            return other
+        if other.bounds != self.bounds:
+            raise ValueError("cannot add histograms with different bucket bounds")
+        return Histogram(self.bounds, tuple(a + b for a, b in zip(self.counts, other.counts,
+                                                                   strict=True)))
+
+
+@dataclass(frozen=True, slots=True)
+class EnvStats:
+    """One environment of one rollout: calls, failed calls, latency and time to first chunk."""
+
+    requests: int = 0
+    errors: int = 0
+    errors_by_type: Mapping[str, int] = field(default_factory=dict)
+    duration: Histogram = field(default_factory=Histogram)
+    ttfc: Histogram = field(default_factory=Histogram)
+    fallbacks: int = 0
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+    def minus(self, earlier: EnvStats) -> EnvStats:
+        """Counts since ``earlier``; after a counter reset, the counts as they are."""
+        if self.requests < earlier.requests or self.errors < earlier.errors:
+            return self
+        return EnvStats(
+            requests=self.requests - earlier.requests,
+            errors=self.errors - earlier.errors,
+            errors_by_type={k: v - earlier.errors_by_type.get(k, 0)
+                            for k, v in self.errors_by_type.items()
+                            if v - earlier.errors_by_type.get(k, 0) > 0},
+            duration=self.duration.minus(earlier.duration),
+            ttfc=self.ttfc.minus(earlier.ttfc),
+            fallbacks=max(0, self.fallbacks - earlier.fallbacks),
+        )
+
+    def plus(self, other: EnvStats) -> EnvStats:
+        by_type = dict(self.errors_by_type)
+        for key, value in other.errors_by_type.items():
+            by_type[key] = by_type.get(key, 0) + value
+        return EnvStats(self.requests + other.requests, self.errors + other.errors, by_type,
+                        self.duration.plus(other.duration), self.ttfc.plus(other.ttfc),
+                        self.fallbacks + other.fallbacks)
+
+    def p(self, q: float) -> float | None:
+        """Latency quantile (seconds), interpolated in its bucket, for display."""
+        return self.duration.quantile(q)
+
+    def to_dict(self) -> dict[str, object]:
+        p95 = self.duration.quantile(0.95)
+        ttfc = self.ttfc.quantile(0.95)
+        return {"requests": self.requests, "errors": self.errors,
+                "errors_by_type": dict(self.errors_by_type), "fallbacks": self.fallbacks,
+                "p95_s": None if p95 is None or math.isnan(p95) else round(p95, 6),
+                "ttfc_p95_s": None if ttfc is None else round(ttfc, 6)}
+
+
+EMPTY_ENV = EnvStats()
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutStats:
+    """Blue and green of one rollout."""
+
+    blue: EnvStats = EMPTY_ENV
+    green: EnvStats = EMPTY_ENV
+
+    def minus(self, earlier: RolloutStats) -> RolloutStats:
+        return RolloutStats(self.blue.minus(earlier.blue), self.green.minus(earlier.green))
+
+    def plus(self, other: RolloutStats) -> RolloutStats:
+        return RolloutStats(self.blue.plus(other.blue), self.green.plus(other.green))
+
+    def env(self, name: str) -> EnvStats:
+        return self.green if name == "green" else self.blue
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Cumulative stats per rollout at ``taken_at`` (seconds, the watcher's clock)."""
+
+    taken_at: float
+    rollouts: Mapping[str, RolloutStats]
+
+    def get(self, rollout: str) -> RolloutStats:
+        return self.rollouts.get(rollout, RolloutStats())
+
+
+@runtime_checkable
+class MetricSource(Protocol):
+    """What the watcher needs from a metric backend."""
+
+    def snapshot(self, now: float) -> Snapshot:
+        """Cumulative counts per rollout and environment.
+
+        Raises:
+            SourceUnavailable: The source cannot answer now.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release what the source holds (readers, connections)."""
+        ...
