@@ -8,9 +8,11 @@ import openai_bluegreen.testing
 
 def test_public_names_are_exactly_the_documented_ones() -> None:
     assert sorted(openai_bluegreen.__all__) == sorted([
-        "BlueGreenError", "Config", "ConfigError", "EnvironmentTarget", "Fallback", "Match",
-        "Rollout", "UnknownRolloutError", "__version__", "assignment_key", "flush", "force",
-        "install", "load_config", "set_weight", "status", "uninstall",
+        "Analysis", "BlueGreenError", "Check", "Config", "ConfigError", "EnvironmentTarget",
+        "Fallback", "InvalidTransition", "Match", "Phase", "Rollout", "RolloutState", "Schedule",
+        "UnknownRolloutError", "__version__", "assignment_key", "flush", "force", "install",
+        "load_config", "pause", "promote", "resume", "rollback", "set_weight", "status",
+        "uninstall",
     ])
     for name in openai_bluegreen.__all__:
         assert hasattr(openai_bluegreen, name)
@@ -22,6 +24,12 @@ def test_errors_form_one_tree() -> None:
     assert issubclass(openai_bluegreen.ConfigError, openai_bluegreen.BlueGreenError)
     assert issubclass(openai_bluegreen.ConfigError, ValueError)
     assert issubclass(openai_bluegreen.UnknownRolloutError, openai_bluegreen.BlueGreenError)
+    assert issubclass(openai_bluegreen.InvalidTransition, openai_bluegreen.BlueGreenError)
+    from openai_bluegreen.sources import SourceUnavailable
+    from openai_bluegreen.stores import StoreUnavailable
+
+    assert issubclass(SourceUnavailable, openai_bluegreen.BlueGreenError)
+    assert issubclass(StoreUnavailable, openai_bluegreen.BlueGreenError)
 
 
 def test_version_matches_distribution_metadata() -> None:

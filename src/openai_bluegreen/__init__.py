@@ -8,19 +8,46 @@ environment.
 from __future__ import annotations
 
 from ._assignment import assignment_key, force
-from ._config import Config, EnvironmentTarget, Fallback, Match, Rollout, load_config
+from ._config import (
+    Analysis,
+    Check,
+    Config,
+    EnvironmentTarget,
+    Fallback,
+    Match,
+    Rollout,
+    Schedule,
+    load_config,
+)
 from ._errors import BlueGreenError, ConfigError, UnknownRolloutError
-from ._install import flush, install, set_weight, status, uninstall
+from ._install import (
+    flush,
+    install,
+    pause,
+    promote,
+    resume,
+    rollback,
+    set_weight,
+    status,
+    uninstall,
+)
+from ._rollout import InvalidTransition, Phase, RolloutState
 from ._version import __version__
 
 __all__ = [
+    "Analysis",
     "BlueGreenError",
+    "Check",
     "Config",
     "ConfigError",
     "EnvironmentTarget",
     "Fallback",
+    "InvalidTransition",
     "Match",
+    "Phase",
     "Rollout",
+    "RolloutState",
+    "Schedule",
     "UnknownRolloutError",
     "__version__",
     "assignment_key",
@@ -28,6 +55,10 @@ __all__ = [
     "force",
     "install",
     "load_config",
+    "pause",
+    "promote",
+    "resume",
+    "rollback",
     "set_weight",
     "status",
     "uninstall",

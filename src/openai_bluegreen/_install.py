@@ -1,9 +1,11 @@
-"""install / uninstall / set_weight / status: the public lifecycle over the global router."""
+"""install / uninstall / status and the manual rollout actions: the public lifecycle."""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,12 +13,60 @@ from opentelemetry import metrics, trace
 
 from . import _patch, _state, _worker
 from ._config import Config, load_config
+from ._control import apply_action, default_actor, find_rollout
 from ._errors import BlueGreenError
+from ._rollout import Action, RolloutState
 from ._router import Router
+from ._watcher import Watcher
+from .sources.local import LocalSource
+from .stores import StoreUnavailable, open_store
 
-__all__ = ["flush", "install", "set_weight", "status", "uninstall"]
+__all__ = ["flush", "install", "pause", "promote", "resume", "rollback", "set_weight", "status",
+           "uninstall"]
 
+logger = logging.getLogger("openai_bluegreen")
 _lock = threading.Lock()
+_local_sources: weakref.WeakKeyDictionary[Any, LocalSource] = weakref.WeakKeyDictionary()
+
+
+def _local_source(meter_provider: metrics.MeterProvider | None
+                  ) -> tuple[metrics.MeterProvider | None, LocalSource]:
+    """A LocalSource reading the provider our metrics go to.
+
+    An SDK provider gets the reader attached (once). Without an SDK provider (the app set
+    none), our metrics go to a private SDK provider with the reader, so the watcher still sees
+    them.
+    """
+    from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+
+    target = meter_provider if meter_provider is not None else metrics.get_meter_provider()
+    if isinstance(target, SdkMeterProvider):
+        source = _local_sources.get(target)
+        if source is None:
+            readers = getattr(getattr(target, "_sdk_config", None), "metric_readers", ())
+            source = next((r for r in readers if isinstance(r, LocalSource)), None)
+        if source is None:
+            add = getattr(target, "add_metric_reader", None)
+            if add is None:
+                raise BlueGreenError(
+                    "the watcher reads this process's metrics through a metric reader, and this "
+                    "opentelemetry-sdk cannot add one to an existing MeterProvider: upgrade "
+                    "opentelemetry-sdk, or create your MeterProvider with "
+                    "metric_readers=[openai_bluegreen.sources.local.LocalSource(), ...]")
+            source = LocalSource()
+            add(source)
+        _local_sources[target] = source
+        return meter_provider, source
+    private = _local_sources.get(target)
+    if private is None:
+        private = LocalSource()
+        _local_sources[target] = private
+        _private_providers[target] = SdkMeterProvider(metric_readers=[private])
+    return _private_providers[target], private
+
+
+_private_providers: weakref.WeakKeyDictionary[Any, metrics.MeterProvider] = (
+    weakref.WeakKeyDictionary())
 
 
 def install(
@@ -38,21 +88,47 @@ def install(
             is installed (a previous installation stays as it was).
     """
     validated = load_config(config)
+    scheduled = any(r.schedule is not None for r in validated.rollouts)
     with _lock:
         current = _state.router
         if (current is not None and current.config == validated
                 and current.providers == (tracer_provider, meter_provider)):
             return
-        router = Router(validated, tracer_provider=tracer_provider, meter_provider=meter_provider)
+        effective_mp, source = meter_provider, None
+        if scheduled:
+            effective_mp, source = _local_source(meter_provider)
+        router = Router(validated, tracer_provider=tracer_provider, meter_provider=effective_mp)
+        router.providers = (tracer_provider, meter_provider)
+        watcher = None
+        if scheduled:
+            store = open_store(validated.state)
+            watcher = Watcher(validated, store, source, apply_weight=router.set_weight,
+                              tracer_provider=tracer_provider, meter_provider=effective_mp)
+            try:  # pick up a rollout already under way (another process, a restart)
+                watcher.sync()
+            except StoreUnavailable as exc:
+                logger.warning("openai-bluegreen: %s; scheduled rollouts start on blue", exc)
+        _stop_watcher()
         _patch.patch()
         _state.router = router
+        _state.watcher = watcher
+        if watcher is not None:
+            watcher.start()
 
 
 def uninstall() -> None:
     """Stop routing and restore the SDK's methods exactly. Cached wrappers pass through."""
     with _lock:
+        _stop_watcher()
         _state.router = None
         _patch.unpatch()
+
+
+def _stop_watcher() -> None:
+    watcher = _state.watcher
+    _state.watcher = None
+    if watcher is not None:
+        watcher.stop()
 
 
 def _router() -> Router:
@@ -62,21 +138,73 @@ def _router() -> Router:
     return router
 
 
-def set_weight(rollout: str, percent: float) -> None:
+def set_weight(rollout: str, percent: float, *, reason: str = "", actor: str | None = None
+               ) -> None:
     """Send ``percent`` (0-100) of the rollout's calls to green, from the next call on.
+
+    A scheduled rollout is paused at that weight (recorded in its history) until resumed.
 
     Raises:
         UnknownRolloutError: No rollout has that name.
         ValueError: ``percent`` is not between 0 and 100.
     """
-    _router().set_weight(rollout, percent)
+    router = _router()
+    router.set_weight(rollout, percent)  # validates name and range first
+    watcher = _state.watcher
+    if watcher is not None and rollout in watcher.rollouts:
+        _act(rollout, Action.SET_WEIGHT, reason, actor, weight=float(percent))
+
+
+def _act(rollout: str, action: Action, reason: str, actor: str | None,
+         weight: float | None = None) -> RolloutState:
+    router = _router()
+    watcher = _state.watcher
+    config = find_rollout(router.config, rollout)
+    if watcher is None or rollout not in watcher.rollouts:
+        raise BlueGreenError(f"rollout {rollout!r} has no schedule: use set_weight()")
+    state = apply_action(watcher.store, config, action, actor=actor or default_actor("api:"),
+                         reason=reason or f"{action.value} via the Python API", weight=weight)
+    watcher.sync()
+    return state
+
+
+def promote(rollout: str, *, reason: str = "", actor: str | None = None) -> None:
+    """Send every call of a scheduled rollout to green now, and end the rollout."""
+    _act(rollout, Action.PROMOTE, reason, actor)
+
+
+def rollback(rollout: str, *, reason: str = "", actor: str | None = None) -> None:
+    """Send every call of a scheduled rollout to blue now, and end the rollout."""
+    _act(rollout, Action.ROLLBACK, reason, actor)
+
+
+def pause(rollout: str, *, reason: str = "", actor: str | None = None) -> None:
+    """Hold a scheduled rollout at its current weight until :func:`resume`."""
+    _act(rollout, Action.PAUSE, reason, actor)
+
+
+def resume(rollout: str, *, reason: str = "", actor: str | None = None) -> None:
+    """Let the watcher drive a paused rollout again."""
+    _act(rollout, Action.RESUME, reason, actor)
 
 
 def status() -> dict[str, Any]:
-    """The installed rollouts with their current weights (percent to green)."""
+    """The installed rollouts: weights, and for scheduled ones state, step, last decision."""
     router = _state.router
-    return {"installed": router is not None,
-            "rollouts": router.status() if router is not None else []}
+    if router is None:
+        return {"installed": False, "rollouts": []}
+    rollouts = router.status()
+    watcher = _state.watcher
+    if watcher is not None:
+        by_name = {s["name"]: s for s in watcher.status()}
+        for entry in rollouts:
+            extra = by_name.get(entry["name"])
+            if extra is not None:
+                entry.update({k: v for k, v in extra.items() if k not in ("name", "weight")})
+        return {"installed": True, "rollouts": rollouts, "watcher": {
+            "state": watcher.store.url, "interval_s": watcher.interval,
+            "problem": watcher.problem}}
+    return {"installed": True, "rollouts": rollouts}
 
 
 def flush() -> None:

@@ -24,9 +24,9 @@ import math
 __all__ = [
     "JEFFREYS",
     "RATIO_GRID",
-    "log_e_rate_ratio",
     "log_beta",
     "log_e_one_sample",
+    "log_e_rate_ratio",
     "log_e_two_sample",
     "log_likelihood",
 ]

@@ -1,0 +1,62 @@
+"""Manual rollout actions (promote, pause, resume, rollback, set-weight) against a store.
+
+Each action is a read-modify-write with compare-and-set, retried when another writer got there
+first, so concurrent operators and the watcher never lose each other's updates.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import time
+
+from ._config import Config, Rollout
+from ._errors import BlueGreenError, UnknownRolloutError
+from ._rollout import Action, RolloutState, initial_state, transition
+from .stores import StateStore
+
+__all__ = ["apply_action", "default_actor", "find_rollout"]
+
+_ATTEMPTS = 20
+
+
+def default_actor(prefix: str = "") -> str:
+    """``user@host`` (``OPENAI_BLUEGREEN_ACTOR`` overrides), for the state history."""
+    actor = os.environ.get("OPENAI_BLUEGREEN_ACTOR")
+    if not actor:
+        try:
+            user = getpass.getuser()
+        except Exception:  # no user name in some containers
+            user = f"uid{os.getuid()}"
+        actor = f"{user}@{socket.gethostname()}"
+    return f"{prefix}{actor}"
+
+
+def find_rollout(config: Config, name: str) -> Rollout:
+    for rollout in config.rollouts:
+        if rollout.name == name:
+            return rollout
+    known = ", ".join(r.name for r in config.rollouts) or "none"
+    raise UnknownRolloutError(f"unknown rollout {name!r} (configured: {known})")
+
+
+def apply_action(store: StateStore, rollout: Rollout, action: Action, *, actor: str,
+                 reason: str, weight: float | None = None,
+                 now: float | None = None) -> RolloutState:
+    """Apply ``action`` to the stored state of ``rollout``; returns the state written.
+
+    Raises:
+        InvalidTransition: The action does not apply to the rollout's phase.
+        StoreUnavailable: The store cannot be read or written.
+        BlueGreenError: Too many concurrent writers (gave up after retrying).
+    """
+    for _ in range(_ATTEMPTS):
+        stored = store.load(rollout.name)
+        base = stored if stored is not None else initial_state(rollout)
+        new = transition(rollout, base, action, time.time() if now is None else now,
+                         actor=actor, reason=reason, weight=weight)
+        if store.compare_and_set(new, None if stored is None else stored.version):
+            return new
+    raise BlueGreenError(f"could not write rollout {rollout.name!r}: the state kept changing "
+                         f"under {_ATTEMPTS} attempts; try again")

@@ -1,0 +1,310 @@
+"""The watcher: looks at the metrics every ``analysis.interval``, decides, writes, tells.
+
+One loop, off the request path (a daemon thread): every ``poll`` seconds it reads the state
+store and hands the weights to the router (the request path only ever reads those in-memory
+weights); every analysis interval it takes a metric snapshot, asks the pure policy what to do
+for each scheduled rollout, writes the result with compare-and-set (a manual action that landed
+in between wins: the watcher re-reads and decides again at its next look), and emits the
+decision as telemetry. Any fault in the store, the source or the policy is logged and the loop
+carries on; calls keep the last known weights (blue when none was ever known).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from . import _telemetry as T
+from ._config import Config, Rollout
+from ._rollout import Action, InvalidTransition, Phase, RolloutState, initial_state, transition
+from ._version import __version__
+from .policy import Decision, Evidence, StepWindow, decide
+from .sources import MetricSource, RolloutStats, Snapshot, SourceUnavailable
+from .stores import StateStore, StoreUnavailable
+
+__all__ = ["Watcher"]
+
+logger = logging.getLogger("openai_bluegreen.watcher")
+
+DECISION = "bluegreen.decision"
+STATE = "bluegreen.state"
+_PHASES = tuple(p.value for p in Phase)
+
+
+@dataclass
+class _Run:
+    """The step windows of one rollout run as this watcher saw them."""
+
+    windows: list[tuple[int, float, RolloutStats]] = field(default_factory=list)
+    closed: list[RolloutStats] = field(default_factory=list)  # each closed window's counts
+
+
+class _ControllerInstruments:
+    def __init__(self, meter: metrics.Meter, watcher: Watcher, with_weight: bool) -> None:
+        self.decisions = meter.create_counter(
+            "bluegreen.rollout.decisions", unit="{decision}",
+            description="Watcher decisions per rollout, by decision.")
+
+        def observe_state(_options: CallbackOptions) -> Iterable[Observation]:
+            out = []
+            for name, state in watcher.states().items():
+                for phase in _PHASES:
+                    out.append(Observation(1 if state.phase.value == phase else 0,
+                                           {T.ROLLOUT: name, STATE: phase}))
+            return out
+
+        meter.create_observable_gauge(
+            "bluegreen.rollout.state", callbacks=[observe_state], unit="1",
+            description="1 for the rollout's current state (attribute bluegreen.state), else 0.")
+        if with_weight:
+            def observe_weight(_options: CallbackOptions) -> Iterable[Observation]:
+                return [Observation(s.weight / 100.0, {T.ROLLOUT: n})
+                        for n, s in watcher.states().items()]
+
+            meter.create_observable_gauge(
+                "bluegreen.rollout.weight", callbacks=[observe_weight], unit="1",
+                description="Share of calls routed to green, 0..1, per rollout.")
+
+
+class Watcher:
+    """Drives the scheduled rollouts of a config.
+
+    Args:
+        config: The validated config; rollouts without a schedule are left alone.
+        store: Where states live.
+        source: Where metrics come from; ``None`` follows the store without deciding.
+        apply_weight: Called with ``(rollout, percent)`` when a weight should take effect
+            (the router's ``set_weight`` in an app; nothing in ``run-watcher``).
+        clock: Seconds; injectable for tests.
+        poll: Seconds between store reads.
+    """
+
+    def __init__(self, config: Config, store: StateStore, source: MetricSource | None, *,
+                 apply_weight: Callable[[str, float], None] | None = None,
+                 tracer_provider: trace.TracerProvider | None = None,
+                 meter_provider: metrics.MeterProvider | None = None,
+                 clock: Callable[[], float] = time.time, poll: float = 1.0) -> None:
+        self.config = config
+        self.store = store
+        self.source = source
+        self.rollouts: dict[str, Rollout] = {r.name: r for r in config.rollouts if r.schedule}
+        self.interval = min((r.effective_analysis.interval for r in self.rollouts.values()),
+                            default=30.0)
+        self.poll = min(poll, self.interval)
+        self._apply_weight = apply_weight
+        self._clock = clock
+        self._states: dict[str, RolloutState] = {}
+        self._applied: dict[str, float] = {}
+        self._runs: dict[str, _Run] = {}
+        self.last_decisions: dict[str, Decision] = {}
+        self.problem: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._tracer = T.tracer_for(tracer_provider)
+        meter = (meter_provider.get_meter(T.SCOPE, __version__) if meter_provider is not None
+                 else metrics.get_meter(T.SCOPE, __version__))
+        self._instruments = _ControllerInstruments(meter, self, with_weight=apply_weight is None)
+
+    # -- state ---------------------------------------------------------------------------
+    def states(self) -> dict[str, RolloutState]:
+        """The last states read or written (rollouts never stored yet show their initial state)."""
+        return {name: self._states.get(name) or initial_state(r)
+                for name, r in self.rollouts.items()}
+
+    def sync(self) -> None:
+        """Read the store; hand changed weights to the router. Raises StoreUnavailable."""
+        stored = self.store.load_all()
+        for name in self.rollouts:
+            state = stored.get(name)
+            if state is not None:
+                self._states[name] = state
+        self._push_weights()
+
+    def _push_weights(self) -> None:
+        if self._apply_weight is None:
+            return
+        for name, state in self.states().items():
+            if self._applied.get(name) != state.weight:
+                self._apply_weight(name, state.weight)
+                self._applied[name] = state.weight
+
+    # -- one look ------------------------------------------------------------------------
+    def look(self, now: float | None = None) -> list[Decision]:
+        """Take one snapshot, decide for every scheduled rollout, write, and emit telemetry."""
+        now = self._clock() if now is None else now
+        try:
+            self.sync()
+        except StoreUnavailable as exc:
+            self._set_problem(f"state store unavailable, not deciding: {exc}")
+            return []
+        snapshot: Snapshot | None = None
+        note = ""
+        if self.source is None:
+            note = "no metric source"
+        else:
+            try:
+                snapshot = self.source.snapshot(now)
+            except SourceUnavailable as exc:
+                note = str(exc)
+            except Exception as exc:  # a broken source must not stop the loop
+                note = f"metric source failed: {exc!r}"
+        self._set_problem(None if snapshot is not None else f"holding: {note}")
+        decisions = []
+        for rollout in self.rollouts.values():
+            decision = self._decide_one(rollout, snapshot, note, now)
+            if decision is not None:
+                decisions.append(decision)
+        self._push_weights()
+        return decisions
+
+    def _decide_one(self, rollout: Rollout, snapshot: Snapshot | None, note: str,
+                    now: float) -> Decision | None:
+        name = rollout.name
+        for _attempt in range(3):
+            stored = self._states.get(name)
+            state = stored or initial_state(rollout)
+            evidence = self._evidence(rollout, state, snapshot, note)
+            decision = decide(rollout, state, evidence, now)
+            if decision.action is Action.HOLD:
+                self._emit(decision, state)
+                return decision
+            try:
+                new = transition(rollout, state, decision.action, now, actor="watcher",
+                                 reason=decision.reason)
+            except InvalidTransition:
+                return None
+            try:
+                written = self.store.compare_and_set(new, None if stored is None else
+                                                     stored.version)
+            except StoreUnavailable as exc:
+                self._set_problem(f"state store unavailable, decision not written: {exc}")
+                return None
+            if written:
+                self._states[name] = new
+                if snapshot is not None:
+                    self._open_window(rollout, new, snapshot)
+                self._emit(decision, new)
+                return decision
+            # Someone (an operator) wrote first: their action wins; judge the new state.
+            try:
+                fresh = self.store.load(name)
+            except StoreUnavailable:
+                return None
+            if fresh is not None:
+                self._states[name] = fresh
+        return None
+
+    # -- evidence ------------------------------------------------------------------------
+    def _open_window(self, rollout: Rollout, state: RolloutState, snapshot: Snapshot) -> None:
+        run = self._runs.setdefault(rollout.name, _Run())
+        now_stats = snapshot.get(rollout.name)
+        if state.phase in (Phase.PENDING, Phase.PROMOTED, Phase.ROLLED_BACK):
+            self._runs[rollout.name] = _Run()
+            return
+        step = state.step if state.step is not None else -1
+        if run.windows and run.windows[-1][0] == step and run.windows[-1][1] == state.weight:
+            return
+        if run.windows:
+            run.closed.append(now_stats.minus(run.windows[-1][2]))
+        run.windows.append((step, state.weight, now_stats))
+
+    def _evidence(self, rollout: Rollout, state: RolloutState, snapshot: Snapshot | None,
+                  note: str) -> Evidence:
+        if snapshot is None:
+            return Evidence(available=False, note=note)
+        if state.phase in (Phase.PROGRESSING, Phase.PAUSED):
+            self._open_window(rollout, state, snapshot)
+        run = self._runs.get(rollout.name)
+        if run is None or not run.windows:
+            return Evidence()
+        current = snapshot.get(rollout.name)
+        windows = [StepWindow(step, weight, stats) for (step, weight, _), stats
+                   in zip(run.windows[:-1], run.closed, strict=True)]
+        step, weight, baseline = run.windows[-1]
+        windows.append(StepWindow(step, weight, current.minus(baseline)))
+        return Evidence(tuple(windows))
+
+    # -- telemetry -----------------------------------------------------------------------
+    def _emit(self, decision: Decision, state: RolloutState) -> None:
+        self.last_decisions[decision.rollout] = decision
+        attrs = {T.ROLLOUT: decision.rollout, DECISION: decision.action.value}
+        try:
+            self._instruments.decisions.add(1, attrs)
+            evidence = json.dumps([c.to_dict() for c in decision.checks], default=str)
+            with self._tracer.start_as_current_span(
+                    f"bluegreen.decide {decision.rollout}",
+                    attributes={**attrs, STATE: state.phase.value,
+                                "bluegreen.weight": state.weight}) as span:
+                span.add_event(DECISION, {**attrs, "bluegreen.reasons": list(decision.reasons),
+                                          "bluegreen.evidence": evidence,
+                                          STATE: state.phase.value,
+                                          "bluegreen.weight": state.weight})
+        except Exception:  # telemetry faults never stop the watcher
+            logger.debug("openai-bluegreen: decision telemetry failed", exc_info=True)
+        level = logging.DEBUG if decision.action is Action.HOLD else logging.INFO
+        logger.log(level, "rollout %s: %s at %g%% (%s): %s", decision.rollout,
+                   decision.action.value, state.weight, state.phase.value, decision.reason,
+                   extra={"bluegreen_rollout": decision.rollout,
+                          "bluegreen_decision": decision.action.value,
+                          "bluegreen_reasons": list(decision.reasons),
+                          "bluegreen_evidence": [c.to_dict() for c in decision.checks]})
+
+    def _set_problem(self, problem: str | None) -> None:
+        if problem != self.problem:
+            if problem is not None:
+                logger.warning("openai-bluegreen watcher: %s", problem)
+            elif self.problem is not None:
+                logger.info("openai-bluegreen watcher: recovered")
+        self.problem = problem
+
+    # -- loop ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Run in a daemon thread until :meth:`stop`."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self.run, name="openai-bluegreen-watcher",
+                                        daemon=True)
+        self._thread.start()
+
+    def run(self) -> None:
+        """The loop (blocks): follow the store every ``poll``, decide every ``interval``."""
+        next_look = 0.0
+        while not self._stop.is_set():
+            try:
+                if self.source is not None and time.monotonic() >= next_look:
+                    next_look = time.monotonic() + self.interval
+                    self.look()
+                else:
+                    self.sync()
+            except StoreUnavailable as exc:
+                self._set_problem(f"state store unavailable: {exc}")
+            except Exception as exc:  # keep looking; calls keep the last weights
+                logger.debug("openai-bluegreen watcher: look failed", exc_info=True)
+                self._set_problem(f"look failed, keeping the last weights: {exc!r}")
+            self._stop.wait(min(self.poll, max(0.0, next_look - time.monotonic()))
+                            if self.source is not None else self.poll)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._thread = None
+
+    def status(self) -> list[dict[str, Any]]:
+        out = []
+        for name, state in self.states().items():
+            decision = self.last_decisions.get(name)
+            out.append({"name": name, "phase": state.phase.value, "step": state.step,
+                        "weight": state.weight, "version": state.version,
+                        "last_decision": None if decision is None else decision.to_dict(),
+                        "history": [h.to_dict() for h in state.history[-10:]]})
+        return out

@@ -1,0 +1,71 @@
+"""State stores: where rollout states live, shared by the watcher, the CLI and the app.
+
+Every write is a compare-and-set on the state's ``version``: a writer that read version ``v``
+succeeds only if the stored version is still ``v``, so two writers never lose each other's
+update (the loser re-reads and decides again). Readers on the request path never touch a store:
+the app keeps an in-memory copy refreshed in the background.
+
+Built in, chosen by URL: ``memory`` (this process) and ``file:///path/state.json`` (processes
+on one host; atomic replace and a lock file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+from .._errors import BlueGreenError
+from .._rollout import RolloutState
+
+__all__ = ["StateStore", "StoreUnavailable", "open_store"]
+
+
+class StoreUnavailable(BlueGreenError):
+    """The state store cannot be read or written now."""
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """What the watcher, the CLI and the app need from a state backend."""
+
+    url: str
+
+    def load(self, rollout: str) -> RolloutState | None:
+        """The stored state of ``rollout``, ``None`` when it has none yet.
+
+        Raises:
+            StoreUnavailable: The store cannot be read.
+        """
+        ...
+
+    def load_all(self) -> Mapping[str, RolloutState]:
+        """Every stored state by rollout name."""
+        ...
+
+    def compare_and_set(self, state: RolloutState, expected_version: int | None) -> bool:
+        """Store ``state`` if the stored version is ``expected_version`` (``None``: absent).
+
+        Returns:
+            Whether the write happened (``False``: someone else wrote first; re-read).
+
+        Raises:
+            StoreUnavailable: The store cannot be written.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
+        ...
+
+
+def open_store(url: str) -> StateStore:
+    """The store a config's ``state`` names: ``memory`` or ``file:///path``."""
+    if url == "memory":
+        from .memory import MemoryStore
+
+        return MemoryStore()
+    if url.startswith("file://"):
+        from .file import FileStore
+
+        return FileStore(url)
+    raise StoreUnavailable(f"unknown state store {url!r} (use 'memory' or 'file:///path')")

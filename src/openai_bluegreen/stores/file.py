@@ -1,0 +1,120 @@
+"""The ``file://`` state store: one JSON file shared by processes on one host.
+
+Writes take an exclusive ``flock`` on ``<path>.lock``, re-read the file, check the version,
+write a temporary file in the same directory, ``fsync`` it and ``os.replace`` it over the
+original, so readers (who take no lock) always see a whole file, and a crash mid-write leaves
+the previous file intact. A file that does not parse is never overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from .._rollout import RolloutState
+from . import StoreUnavailable
+
+__all__ = ["FileStore"]
+
+_FORMAT = 1
+
+
+class FileStore:
+    """States in a JSON file, safe for several processes on one host."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "file" or parts.netloc not in ("", "localhost") or not parts.path:
+            raise StoreUnavailable(f"file store URL must look like file:///path/state.json "
+                                   f"(got {url!r})")
+        self.url = url
+        self.path = Path(unquote(parts.path))
+        self._lock_path = self.path.with_name(self.path.name + ".lock")
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {"format": _FORMAT, "rollouts": {}}
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot read state file {str(self.path)!r}: "
+                                   f"{exc.strerror}") from exc
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict) or not isinstance(data.get("rollouts"), dict):
+                raise ValueError("no 'rollouts' mapping")
+        except ValueError as exc:
+            raise StoreUnavailable(
+                f"state file {str(self.path)!r} is not a valid state file ({exc}); it is left "
+                "untouched: fix or move it") from exc
+        return data
+
+    def _parse(self, name: str, raw: Any) -> RolloutState:
+        try:
+            return RolloutState.from_dict(raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreUnavailable(f"state file {str(self.path)!r}: rollout {name!r} is not a "
+                                   f"valid state ({exc})") from exc
+
+    def load(self, rollout: str) -> RolloutState | None:
+        raw = self._read()["rollouts"].get(rollout)
+        return None if raw is None else self._parse(rollout, raw)
+
+    def load_all(self) -> Mapping[str, RolloutState]:
+        return {name: self._parse(name, raw) for name, raw in self._read()["rollouts"].items()}
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot open lock file {str(self._lock_path)!r}: "
+                                   f"{exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def compare_and_set(self, state: RolloutState, expected_version: int | None) -> bool:
+        with self._locked():
+            data = self._read()
+            current = data["rollouts"].get(state.rollout)
+            version = None if current is None else current.get("version")
+            if version != expected_version:
+                return False
+            data["rollouts"][state.rollout] = state.to_dict()
+            data["format"] = _FORMAT
+            self._write(data)
+            return True
+
+    def _write(self, data: dict[str, Any]) -> None:
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp",
+                                       dir=self.path.parent)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    json.dump(data, handle, indent=1, sort_keys=True)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, self.path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot write state file {str(self.path)!r}: "
+                                   f"{exc.strerror}") from exc
+
+    def close(self) -> None:
+        """Nothing held between calls."""

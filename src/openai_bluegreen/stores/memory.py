@@ -1,0 +1,37 @@
+"""The ``memory`` state store: one process, a dict behind a lock."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+
+from .._rollout import RolloutState
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """States in this process only (the default; single-process apps and tests)."""
+
+    url = "memory"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[str, RolloutState] = {}
+
+    def load(self, rollout: str) -> RolloutState | None:
+        return self._states.get(rollout)
+
+    def load_all(self) -> Mapping[str, RolloutState]:
+        return dict(self._states)
+
+    def compare_and_set(self, state: RolloutState, expected_version: int | None) -> bool:
+        with self._lock:
+            current = self._states.get(state.rollout)
+            if (None if current is None else current.version) != expected_version:
+                return False
+            self._states[state.rollout] = state
+            return True
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,143 @@
+"""The watcher in a real process: real ``openai`` calls through the plugin, simulated upstreams."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import openai
+import pytest
+
+import openai_bluegreen
+from openai_bluegreen.testing import SimulatedUpstream
+
+from .conftest import BLUE_KEY, Telemetry, rollout_config
+
+SCHEDULE = {"steps": [20, 50, 100], "min_step_duration": "0.6s", "min_requests": 25,
+            "progress_deadline": "20s"}
+ANALYSIS = {"interval": "0.2s", "alpha": 0.01,
+            "checks": [{"signal": "error_rate", "max_ratio": 1.5},
+                       {"signal": "latency", "quantile": 0.95, "max_ratio": 1.5}]}
+
+
+def _drive(client: openai.OpenAI, seconds: float, until: Any = None) -> int:
+    """Call for up to ``seconds`` (each call with a distinct user); stop early when ``until()``."""
+    deadline = time.monotonic() + seconds
+    calls = 0
+    while time.monotonic() < deadline:
+        try:
+            client.chat.completions.create(model="gpt-4.1", user=f"user-{calls}",
+                                           messages=[{"role": "user", "content": "hi"}])
+        except openai.APIError:
+            pass
+        calls += 1
+        if until is not None and calls % 20 == 0 and until():
+            break
+    return calls
+
+
+def _phase() -> str:
+    return str(openai_bluegreen.status()["rollouts"][0]["phase"])
+
+
+def _decision_events(telemetry: Telemetry) -> list[dict[str, Any]]:
+    out = []
+    for span in telemetry.spans():
+        for event in span.events:
+            if event.name == "bluegreen.decision":
+                out.append(dict(event.attributes or {}))
+    return out
+
+
+def test_watcher_rolls_back_a_degrading_green_on_its_own(
+        install: Any, telemetry: Telemetry, blue: SimulatedUpstream,
+        green: SimulatedUpstream) -> None:
+    green.configure(error_rates={503: 0.4})
+    install(rollout_config(green, schedule=SCHEDULE, analysis=ANALYSIS,
+                           fallback={"enabled": False}))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    _drive(client, 20.0, until=lambda: _phase() == "rolled_back")
+
+    status = openai_bluegreen.status()["rollouts"][0]
+    assert status["phase"] == "rolled_back", status
+    assert status["weight"] == 0.0
+    last = status["history"][-1]
+    assert last["action"] == "rollback" and last["actor"] == "watcher"
+    assert "error_rate ratio<=1.5 failed" in last["reason"]
+
+    # Every call after the rollback goes to blue.
+    before = len(green.requests)
+    _drive(client, 0.3)
+    assert len(green.requests) == before
+
+    # The decision is in the telemetry: counter, state gauge, and a span event with numbers.
+    assert telemetry.count("bluegreen.rollout.decisions", bluegreen__rollout="chat-upgrade",
+                           bluegreen__decision="rollback") == 1
+    assert telemetry.count("bluegreen.rollout.decisions", bluegreen__decision="start") == 1
+    states = {p[0]["bluegreen.state"]: p[1].value
+              for p in telemetry.points("bluegreen.rollout.state")}
+    assert states["rolled_back"] == 1 and states["progressing"] == 0
+    weights = [p[1].value for p in telemetry.points("bluegreen.rollout.weight")]
+    assert weights == [0.0]
+    rollbacks = [e for e in _decision_events(telemetry) if e["bluegreen.decision"] == "rollback"]
+    assert len(rollbacks) == 1
+    evidence = json.loads(str(rollbacks[0]["bluegreen.evidence"]))
+    failed = [c for c in evidence if c["status"] == "fail"]
+    assert failed and failed[0]["check"] == "error_rate ratio<=1.5"
+    assert failed[0]["green_errors"] > 0 and failed[0]["e_value"] >= failed[0]["threshold"]
+
+
+def test_watcher_promotes_a_healthy_green_through_every_step(
+        install: Any, telemetry: Telemetry, blue: SimulatedUpstream,
+        green: SimulatedUpstream) -> None:
+    install(rollout_config(green, schedule=SCHEDULE, analysis=ANALYSIS))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    _drive(client, 30.0, until=lambda: _phase() == "promoted")
+
+    status = openai_bluegreen.status()["rollouts"][0]
+    assert status["phase"] == "promoted", status
+    actions = [h["action"] for h in status["history"]]
+    assert actions == ["start", "advance", "promote"]
+    assert [h["weight"] for h in status["history"]] == [20.0, 50.0, 100.0]
+    before_blue = len(blue.requests)
+    _drive(client, 0.3)
+    assert len(blue.requests) == before_blue
+
+
+def test_a_manual_pause_wins_over_the_watcher_and_resume_continues(
+        install: Any, telemetry: Telemetry, blue: SimulatedUpstream,
+        green: SimulatedUpstream) -> None:
+    install(rollout_config(green, schedule=SCHEDULE, analysis=ANALYSIS))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    _drive(client, 5.0, until=lambda: _phase() == "progressing")
+    openai_bluegreen.pause("chat-upgrade", reason="waiting for the eval run", actor="alice")
+    _drive(client, 2.0)
+    status = openai_bluegreen.status()["rollouts"][0]
+    assert status["phase"] == "paused" and status["weight"] == 20.0
+    assert status["history"][-1]["actor"] == "alice"
+    assert status["history"][-1]["reason"] == "waiting for the eval run"
+    openai_bluegreen.resume("chat-upgrade", reason="eval passed", actor="alice")
+    _drive(client, 30.0, until=lambda: _phase() == "promoted")
+    assert _phase() == "promoted"
+
+
+def test_watcher_faults_keep_calls_on_the_last_weights(
+        install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    install(rollout_config(green, schedule=SCHEDULE, analysis=ANALYSIS))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    _drive(client, 5.0, until=lambda: _phase() == "progressing")
+    watcher = openai_bluegreen._state.watcher
+    assert watcher is not None
+
+    def broken(_now: float) -> Any:
+        raise RuntimeError("metric backend exploded")
+
+    monkeypatch.setattr(watcher.source, "snapshot", broken)
+    monkeypatch.setattr(watcher.store, "load_all", lambda: (_ for _ in ()).throw(OSError("x")))
+    calls = _drive(client, 1.0)
+    assert calls > 20
+    status = openai_bluegreen.status()
+    assert status["rollouts"][0]["weight"] == 20.0
+    assert status["watcher"]["problem"] is not None
