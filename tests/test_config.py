@@ -38,7 +38,45 @@ def with_change(path: str, value: Any) -> dict[str, Any]:
     return config
 
 
+def scheduled(schedule: Any = None, analysis: Any = None, **rollout: Any) -> dict[str, Any]:
+    config = good()
+    entry = config["rollouts"][0]
+    entry.pop("weight")
+    entry["schedule"] = schedule or {"steps": [5, 50, 100], "min_step_duration": "10m"}
+    if analysis is not None:
+        entry["analysis"] = analysis
+    entry.update(rollout)
+    return config
+
+
 BAD = [
+    ("steps not increasing", scheduled({"steps": [5, 50, 25]}), "rollouts[0].schedule.steps",
+     "step 2 is 25"),
+    ("step above 100", scheduled({"steps": [5, 150]}), "rollouts[0].schedule.steps",
+     "step 1 is 150"),
+    ("bad duration", scheduled({"steps": [5], "min_step_duration": "ten minutes"}),
+     "rollouts[0].schedule.min_step_duration", "'ten minutes'"),
+    ("zero min_requests", scheduled({"steps": [5], "min_requests": 0}),
+     "rollouts[0].schedule.min_requests", "0"),
+    ("weight with schedule", scheduled(weight=10), "rollouts[0]", "weight is 10"),
+    ("analysis without schedule", with_change("analysis", {"alpha": 0.01}), "rollouts[0]",
+     "analysis needs a schedule"),
+    ("alpha too large", scheduled(analysis={"alpha": 0.5}), "rollouts[0].analysis.alpha", "0.5"),
+    ("interval too short", scheduled(analysis={"interval": "1ms"}),
+     "rollouts[0].analysis.interval", "50ms"),
+    ("check with two bounds", scheduled(analysis={"checks": [
+        {"signal": "error_rate", "max_ratio": 1.5, "max": 0.1}]}),
+     "rollouts[0].analysis.checks[0]", "exactly one of"),
+    ("latency without quantile", scheduled(analysis={"checks": [
+        {"signal": "latency", "max_ratio": 1.5}]}),
+     "rollouts[0].analysis.checks[0]", "needs a quantile"),
+    ("latency with max_increase", scheduled(analysis={"checks": [
+        {"signal": "latency", "quantile": 0.95, "max_increase": 0.1}]}),
+     "rollouts[0].analysis.checks[0]", "max_ratio, max"),
+    ("unknown signal", scheduled(analysis={"checks": [{"signal": "vibes", "max": 1}]}),
+     "rollouts[0].analysis.checks[0].signal", "'vibes'"),
+    ("bad on_failure", scheduled(analysis={"on_failure": "panic"}),
+     "rollouts[0].analysis.on_failure", "'panic'"),
     ("weight out of range", with_change("weight", 150), "rollouts[0].weight", "150"),
     ("weight wrong type", with_change("weight", "lots"), "rollouts[0].weight", "'lots'"),
     ("unknown field", with_change("green.temperature", 0.2), "rollouts[0].green.temperature",
@@ -75,6 +113,31 @@ def test_bad_config_is_refused_naming_field_and_value(
     assert not is_patched()
     assert openai.resources.chat.completions.Completions.__dict__["create"] is original
     assert openai_bluegreen.status()["installed"] is False
+
+
+def test_schedule_and_analysis_take_durations_and_defaults() -> None:
+    config = openai_bluegreen.load_config(scheduled(
+        {"steps": [1, 10, 100], "min_step_duration": "1h30m", "min_requests": 50},
+        {"interval": 15, "checks": [{"signal": "ttft", "quantile": 0.9, "max": 2}]}))
+    rollout = config.rollouts[0]
+    assert rollout.schedule is not None and rollout.schedule.min_step_duration == 5400.0
+    assert rollout.effective_analysis.interval == 15.0
+    assert rollout.effective_analysis.alpha == 0.01
+    assert rollout.effective_analysis.on_failure == "rollback"
+    assert rollout.progress_deadline == 3 * 5400.0
+    assert rollout.effective_analysis.checks[0].describe() == "ttft p90<=2s"
+    defaults = openai_bluegreen.load_config(scheduled()).rollouts[0].effective_analysis
+    assert [c.describe() for c in defaults.checks] == [
+        "error_rate ratio<=1.5", "latency p95 ratio<=1.5", "ttft p95 ratio<=1.5"]
+
+
+def test_state_store_urls_are_checked() -> None:
+    assert openai_bluegreen.load_config({"state": "file:///tmp/x.json"}).state == \
+        "file:///tmp/x.json"
+    with pytest.raises(ConfigError, match="redis store is not available"):
+        openai_bluegreen.load_config({"state": "redis://localhost:6379/0"})
+    with pytest.raises(ConfigError, match=r"state: must be 'memory' or 'file:///path"):
+        openai_bluegreen.load_config({"state": "s3://bucket"})
 
 
 def test_api_key_value_never_appears_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:

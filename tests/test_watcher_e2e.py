@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -26,11 +27,9 @@ def _drive(client: openai.OpenAI, seconds: float, until: Any = None) -> int:
     deadline = time.monotonic() + seconds
     calls = 0
     while time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(openai.APIError):
             client.chat.completions.create(model="gpt-4.1", user=f"user-{calls}",
                                            messages=[{"role": "user", "content": "hi"}])
-        except openai.APIError:
-            pass
         calls += 1
         if until is not None and calls % 20 == 0 and until():
             break

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import random
 import socket
 import time
 
@@ -18,7 +19,7 @@ from .stores import StateStore
 
 __all__ = ["apply_action", "default_actor", "find_rollout"]
 
-_ATTEMPTS = 20
+_ATTEMPTS = 50
 
 
 def default_actor(prefix: str = "") -> str:
@@ -51,7 +52,9 @@ def apply_action(store: StateStore, rollout: Rollout, action: Action, *, actor: 
         StoreUnavailable: The store cannot be read or written.
         BlueGreenError: Too many concurrent writers (gave up after retrying).
     """
-    for _ in range(_ATTEMPTS):
+    for attempt in range(_ATTEMPTS):
+        if attempt:  # someone else wrote first: back off with jitter, then re-read
+            time.sleep(random.uniform(0.0, min(0.2, 0.002 * 2 ** min(attempt, 7))))
         stored = store.load(rollout.name)
         base = stored if stored is not None else initial_state(rollout)
         new = transition(rollout, base, action, time.time() if now is None else now,

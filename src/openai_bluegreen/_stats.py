@@ -196,8 +196,8 @@ def log_e_rate_ratio(batches: list[tuple[int, int, int, int]], max_ratio: float,
         grid: The ratios the numerator mixes over, with equal weight, as multiples of
             ``max_ratio``.
     """
-    if not max_ratio > 0.0:
-        raise ValueError(f"max_ratio must be > 0 (got {max_ratio})")
+    if not 0.0 < max_ratio < math.inf:
+        raise ValueError(f"max_ratio must be finite and > 0 (got {max_ratio})")
     usable: list[tuple[int, int, float]] = []
     for green_events, green_calls, blue_events, blue_calls in batches:
         _check_counts(green_events, green_calls, "green")
@@ -221,7 +221,8 @@ def _max_label_log_likelihood(batches: list[tuple[int, int, float]], max_ratio: 
         return 0.0
     if blue == 0:
         return _label_log_likelihood(batches, max_ratio)  # increasing in r
-    lo, hi = math.log(1e-9), math.log(max_ratio)
+    hi = math.log(max_ratio)
+    lo = min(math.log(1e-12), hi) - 30.0
 
     def slope(log_r: float) -> float:
         r = math.exp(log_r)

@@ -1,0 +1,148 @@
+"""Operator subcommands: status, promote, pause, resume, rollback, set-weight, run-watcher.
+
+They read the same config as the app (``--config`` or ``OPENAI_BLUEGREEN_CONFIG``) and act on
+its state store. Exit codes: 0 done, 1 the action does not apply (e.g. resuming a promoted
+rollout) or the store failed, 2 bad arguments or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._config import Config, load_config
+from ._control import apply_action, default_actor, find_rollout
+from ._errors import BlueGreenError, ConfigError
+from ._rollout import Action, InvalidTransition, RolloutState, initial_state
+from .stores import StoreUnavailable, open_store
+
+__all__ = ["add_control_commands"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+def _fmt_time(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+def _state_rows(config: Config) -> list[dict[str, Any]]:
+    store = open_store(config.state)
+    stored = store.load_all()
+    rows = []
+    for rollout in config.rollouts:
+        state = stored.get(rollout.name) or initial_state(rollout)
+        rows.append({"name": rollout.name, "phase": state.phase.value, "step": state.step,
+                     "steps": rollout.schedule.steps if rollout.schedule else None,
+                     "weight": state.weight, "version": state.version,
+                     "blue": rollout.blue.model, "green": rollout.green.model,
+                     "history": [h.to_dict() for h in state.history[-10:]]})
+    return rows
+
+
+def _status(args: argparse.Namespace) -> int:
+    config = _load(args)
+    rows = _state_rows(config)
+    if args.json:
+        print(json.dumps({"state": config.state, "rollouts": rows}, indent=2))
+        return EXIT_OK
+    print(f"state store: {config.state}")
+    for row in rows:
+        step = ("-" if row["step"] is None or row["steps"] is None
+                else f"{row['step'] + 1}/{len(row['steps'])}")
+        print(f"\n{row['name']}: {row['phase']}  step {step}  green {row['weight']:g}%  "
+              f"({row['blue']} -> {row['green']})")
+        for entry in row["history"][-5:]:
+            print(f"  {_fmt_time(entry['at'])}  {entry['action']:<10} {entry['weight']:>5g}%  "
+                  f"{entry['actor']}: {entry['reason']}")
+    return EXIT_OK
+
+
+def _act(action: Action) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        config = _load(args)
+        rollout = find_rollout(config, args.rollout)
+        store = open_store(config.state)
+        state: RolloutState = apply_action(
+            store, rollout, action, actor=args.actor or default_actor(), reason=args.reason,
+            weight=getattr(args, "percent", None))
+        if args.json:
+            print(json.dumps(state.to_dict(), indent=2))
+        else:
+            print(f"{rollout.name}: {state.phase.value}, green {state.weight:g}% "
+                  f"(version {state.version})")
+        return EXIT_OK
+    return run
+
+
+def _run_watcher(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config.metrics_source == "local":
+        print("run-watcher: metrics_source is 'local', which reads the metrics of the process "
+              "it runs in; a separate watcher process needs a shared metric source (Prometheus, "
+              "coming with fleet mode). Until then the watcher runs inside the app: install() "
+              "starts it for every rollout with a schedule.", file=sys.stderr)
+        return EXIT_USAGE
+    raise BlueGreenError(f"unknown metrics_source {config.metrics_source!r}")  # pragma: no cover
+
+
+def _guard(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except InvalidTransition as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except StoreUnavailable as exc:
+            print(f"error: state store: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except BlueGreenError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    return run
+
+
+def add_control_commands(commands: Any, percent: Callable[[str], float]) -> None:
+    """Register the operator subcommands on an ``add_subparsers()`` object."""
+    def common(parser: argparse.ArgumentParser, *, json_help: str) -> None:
+        parser.add_argument("--config", metavar="PATH", default=None,
+                            help="config file (default: $OPENAI_BLUEGREEN_CONFIG or "
+                            "./openai-bluegreen.yaml)")
+        parser.add_argument("--json", action="store_true", help=json_help)
+
+    status = commands.add_parser("status", help="show every rollout's state, weight and "
+                                 "recent history")
+    common(status, json_help="print JSON for scripts")
+    status.set_defaults(handler=_guard(_status))
+
+    helps = {Action.PROMOTE: "send every call to green now and end the rollout",
+             Action.PAUSE: "hold the rollout at its current weight",
+             Action.RESUME: "let the watcher drive a paused rollout again",
+             Action.ROLLBACK: "send every call to blue now and end the rollout",
+             Action.SET_WEIGHT: "set the percent to green by hand (pauses the schedule)"}
+    for action, text in helps.items():
+        parser = commands.add_parser(action.value.replace("_", "-"), help=text)
+        parser.add_argument("rollout", help="rollout name")
+        if action is Action.SET_WEIGHT:
+            parser.add_argument("percent", type=percent, help="percent to green, 0-100")
+        parser.add_argument("--reason", required=True,
+                            help="why (kept in the rollout's history)")
+        parser.add_argument("--actor", default=None,
+                            help="who (default: $OPENAI_BLUEGREEN_ACTOR or user@host)")
+        common(parser, json_help="print the new state as JSON")
+        parser.set_defaults(handler=_guard(_act(action)))
+
+    watcher = commands.add_parser("run-watcher", help="run the rollout watcher as its own "
+                                  "process")
+    watcher.add_argument("--config", metavar="PATH", default=None)
+    watcher.set_defaults(handler=_guard(_run_watcher))

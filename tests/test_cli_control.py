@@ -1,0 +1,120 @@
+"""The operator commands, run as a user would: the installed CLI against a file state store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import yaml
+
+import openai_bluegreen
+from openai_bluegreen.testing import SimulatedUpstream
+
+from .conftest import BLUE_KEY, rollout_config
+
+SCHEDULE = {"steps": [10, 50, 100], "min_step_duration": "10m", "min_requests": 50}
+
+
+def _write_config(tmp_path: Path, green: SimulatedUpstream | None = None) -> Path:
+    if green is None:
+        config: dict[str, Any] = {"rollouts": [{
+            "name": "chat-upgrade", "match": {"model": "gpt-4.1"}, "blue": {"model": "a"},
+            "green": {"model": "b"}, "schedule": SCHEDULE}]}
+    else:
+        config = rollout_config(green, schedule=SCHEDULE, analysis={"interval": "0.2s"})
+    config["state"] = f"file://{tmp_path}/state.json"
+    path = tmp_path / "openai-bluegreen.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def cli(config: Path, *args: str, actor: str = "alice") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "openai_bluegreen", *args, "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+        env={"OPENAI_BLUEGREEN_ACTOR": actor, "PATH": "/usr/bin:/bin"}, check=False)
+
+
+def _status(config: Path) -> dict[str, Any]:
+    done = cli(config, "status", "--json")
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout)["rollouts"][0])
+
+
+def test_pause_resume_rollback_are_recorded_with_actor_reason_and_time(tmp_path: Path) -> None:
+    config = _write_config(tmp_path)
+    assert _status(config)["phase"] == "pending"
+    before = time.time()
+    assert cli(config, "pause", "chat-upgrade", "--reason", "change freeze").returncode == 0
+    assert cli(config, "resume", "chat-upgrade", "--reason", "freeze over",
+               actor="bob").returncode == 0
+    done = cli(config, "set-weight", "chat-upgrade", "25", "--reason", "more eval traffic")
+    assert done.returncode == 0 and "paused, green 25%" in done.stdout
+    assert cli(config, "rollback", "chat-upgrade", "--reason", "bad evals").returncode == 0
+    status = _status(config)
+    assert (status["phase"], status["weight"]) == ("rolled_back", 0.0)
+    history = status["history"]
+    assert [(h["action"], h["actor"], h["reason"]) for h in history] == [
+        ("pause", "alice", "change freeze"), ("resume", "bob", "freeze over"),
+        ("set_weight", "alice", "more eval traffic"), ("rollback", "alice", "bad evals")]
+    assert all(before <= h["at"] <= time.time() for h in history)
+    text = cli(config, "status")
+    assert text.returncode == 0
+    assert "chat-upgrade: rolled_back" in text.stdout and "bad evals" in text.stdout
+
+
+def test_cli_errors_say_what_is_wrong_with_meaningful_exit_codes(tmp_path: Path) -> None:
+    config = _write_config(tmp_path)
+    done = cli(config, "resume", "chat-upgrade", "--reason", "x")
+    assert done.returncode == 1
+    assert "cannot resume rollout 'chat-upgrade': it is pending" in done.stderr
+    done = cli(config, "pause", "nope", "--reason", "x")
+    assert done.returncode == 2 and "unknown rollout 'nope' (configured: chat-upgrade)" in \
+        done.stderr
+    done = cli(config, "pause", "chat-upgrade")
+    assert done.returncode == 2 and "--reason" in done.stderr
+    done = cli(tmp_path / "missing.yaml", "status")
+    assert done.returncode == 2 and "cannot read" in done.stderr
+
+
+def test_concurrent_cli_writers_lose_no_update(tmp_path: Path) -> None:
+    config = _write_config(tmp_path)
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "openai_bluegreen", "set-weight", "chat-upgrade", str(i),
+         "--reason", f"writer {i}", "--config", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={"PATH": "/usr/bin:/bin"}) for i in range(6)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    stored = json.loads((tmp_path / "state.json").read_text(encoding="utf-8"))
+    state = stored["rollouts"]["chat-upgrade"]
+    assert state["version"] == 6
+    assert sorted(h["reason"] for h in state["history"]) == [f"writer {i}" for i in range(6)]
+
+
+def test_a_running_app_follows_the_operators_actions(
+        tmp_path: Path, install: Any, blue: SimulatedUpstream, green: SimulatedUpstream) -> None:
+    config = _write_config(tmp_path, green)
+    install(str(config))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    assert cli(config, "set-weight", "chat-upgrade", "100", "--reason", "all in").returncode == 0
+    deadline = time.monotonic() + 5
+    while openai_bluegreen.status()["rollouts"][0]["weight"] != 100.0:
+        assert time.monotonic() < deadline, "the app did not pick up the new weight"
+        time.sleep(0.05)
+    before = len(green.requests)
+    client.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "x"}])
+    assert len(green.requests) == before + 1
+    assert cli(config, "rollback", "chat-upgrade", "--reason", "stop").returncode == 0
+    deadline = time.monotonic() + 5
+    while openai_bluegreen.status()["rollouts"][0]["phase"] != "rolled_back":
+        assert time.monotonic() < deadline, "the app did not pick up the rollback"
+        time.sleep(0.05)
+    client.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "x"}])
+    assert len(green.requests) == before + 1

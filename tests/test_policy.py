@@ -1,0 +1,233 @@
+"""The pure policy and the watcher under an injected clock: hours of rollout in milliseconds."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from typing import Any
+
+import pytest
+
+from openai_bluegreen import InvalidTransition, Phase, load_config
+from openai_bluegreen._config import Rollout
+from openai_bluegreen._control import apply_action
+from openai_bluegreen._rollout import Action, initial_state, transition
+from openai_bluegreen._telemetry import DURATION_BUCKETS
+from openai_bluegreen._watcher import Watcher
+from openai_bluegreen.policy import Evidence, StepWindow, decide
+from openai_bluegreen.sources import EnvStats, Histogram, RolloutStats, Snapshot, SourceUnavailable
+from openai_bluegreen.stores.memory import MemoryStore
+
+HOUR = 3600.0
+
+
+def _config(**analysis: Any) -> Any:
+    return load_config({"rollouts": [{
+        "name": "chat", "match": {"model": "gpt-4.1"},
+        "blue": {"model": "old"}, "green": {"model": "new"},
+        "schedule": {"steps": [1, 5, 25, 50, 100], "min_step_duration": "10m",
+                     "min_requests": 200, "progress_deadline": "1h"},
+        "analysis": {"interval": "30s", "alpha": 0.01,
+                     "checks": [{"signal": "error_rate", "max_ratio": 1.5},
+                                {"signal": "latency", "quantile": 0.95, "max_ratio": 1.5},
+                                {"signal": "error_rate", "max": 0.2}],
+                     **analysis},
+    }]})
+
+
+class SimulatedTraffic:
+    """A MetricSource fed by simulated calls: cumulative counts and semconv latency buckets."""
+
+    def __init__(self, seed: int = 7) -> None:
+        self.rng = random.Random(seed)
+        self.stats = {"blue": EnvStats(), "green": EnvStats()}
+        self.error_rate = {"blue": 0.01, "green": 0.01}
+        self.median = {"blue": 0.3, "green": 0.3}
+        self.down = False
+
+    def serve(self, calls: int, weight: float) -> None:
+        bounds = tuple(DURATION_BUCKETS)
+        for env in ("blue", "green"):
+            n = round(calls * (weight if env == "green" else 100 - weight) / 100)
+            errors = sum(self.rng.random() < self.error_rate[env] for _ in range(n))
+            counts = list(self.stats[env].duration.counts) if self.stats[env].duration.bounds \
+                else [0] * (len(bounds) + 1)
+            for _ in range(n - errors):
+                value = self.median[env] * math.exp(self.rng.gauss(0, 0.5))
+                counts[next((i for i, b in enumerate(bounds) if value <= b), len(bounds))] += 1
+            old = self.stats[env]
+            self.stats[env] = EnvStats(old.requests + n, old.errors + errors, {},
+                                       Histogram(bounds, tuple(counts)))
+
+    def snapshot(self, now: float) -> Snapshot:
+        if self.down:
+            raise SourceUnavailable("simulated outage of the metric backend")
+        return Snapshot(now, {"chat": RolloutStats(self.stats["blue"], self.stats["green"])})
+
+    def close(self) -> None:
+        pass
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _run(watcher: Watcher, traffic: SimulatedTraffic, clock: Clock, *, seconds: float,
+         rps: float = 20.0, stop: Any = None) -> None:
+    """Advance simulated time look by look, serving traffic at the current weight."""
+    end = clock.now + seconds
+    while clock.now < end:
+        state = watcher.states()["chat"]
+        traffic.serve(round(rps * watcher.interval), state.weight)
+        clock.now += watcher.interval
+        watcher.look()
+        if stop is not None and stop(watcher.states()["chat"]):
+            return
+
+
+def _watcher(config: Any, traffic: SimulatedTraffic, clock: Clock) -> Watcher:
+    return Watcher(config, MemoryStore(), traffic, clock=clock)
+
+
+def test_healthy_green_is_promoted_through_every_step() -> None:
+    config, traffic, clock = _config(), SimulatedTraffic(), Clock()
+    watcher = _watcher(config, traffic, clock)
+    _run(watcher, traffic, clock, seconds=12 * HOUR, stop=lambda s: s.phase.terminal)
+    state = watcher.states()["chat"]
+    assert state.phase is Phase.PROMOTED and state.weight == 100.0
+    assert [(h.action, h.weight) for h in state.history] == [
+        ("start", 1.0), ("advance", 5.0), ("advance", 25.0), ("advance", 50.0),
+        ("promote", 100.0)]
+    # Each step lasted at least min_step_duration and the history is timestamped.
+    times = [h.at for h in state.history]
+    assert all(b - a >= 600 for a, b in itertools.pairwise(times[1:]))
+
+
+def test_error_regression_is_rolled_back_naming_the_failing_check() -> None:
+    config, traffic, clock = _config(), SimulatedTraffic(), Clock()
+    traffic.error_rate["green"] = 0.06
+    watcher = _watcher(config, traffic, clock)
+    _run(watcher, traffic, clock, seconds=12 * HOUR, stop=lambda s: s.phase.terminal)
+    state = watcher.states()["chat"]
+    assert state.phase is Phase.ROLLED_BACK and state.weight == 0.0
+    assert state.history[-1].actor == "watcher"
+    assert "error_rate ratio<=1.5 failed" in state.history[-1].reason
+    decision = watcher.last_decisions["chat"]
+    failed = [c for c in decision.checks if c.status == "fail"]
+    assert failed[0].numbers["green_errors"] > 0
+    assert failed[0].log_e >= math.log(3 / 0.01)
+
+
+def test_latency_regression_is_rolled_back_by_the_latency_check() -> None:
+    config, traffic, clock = _config(), SimulatedTraffic(), Clock()
+    traffic.median["green"] = 0.6
+    watcher = _watcher(config, traffic, clock)
+    _run(watcher, traffic, clock, seconds=12 * HOUR, stop=lambda s: s.phase.terminal)
+    state = watcher.states()["chat"]
+    assert state.phase is Phase.ROLLED_BACK
+    assert "latency p95 ratio<=1.5 failed" in state.history[-1].reason
+
+
+def test_on_failure_pause_pauses_instead_of_rolling_back() -> None:
+    config, traffic, clock = _config(on_failure="pause"), SimulatedTraffic(), Clock()
+    traffic.error_rate["green"] = 0.3
+    watcher = _watcher(config, traffic, clock)
+    _run(watcher, traffic, clock, seconds=HOUR, stop=lambda s: s.phase is Phase.PAUSED)
+    state = watcher.states()["chat"]
+    assert state.phase is Phase.PAUSED and state.weight == 1.0
+    assert "failed" in state.history[-1].reason
+
+
+def test_no_data_holds_then_pauses_at_the_progress_deadline() -> None:
+    config, traffic, clock = _config(), SimulatedTraffic(), Clock()
+    watcher = _watcher(config, traffic, clock)
+    _run(watcher, traffic, clock, seconds=59 * 60, rps=0.0)
+    state = watcher.states()["chat"]
+    assert state.phase is Phase.PROGRESSING and state.weight == 1.0
+    assert watcher.last_decisions["chat"].action is Action.HOLD
+    assert "collecting data" in watcher.last_decisions["chat"].reason
+    _run(watcher, traffic, clock, seconds=5 * 60, rps=0.0)
+    state = watcher.states()["chat"]
+    assert state.phase is Phase.PAUSED
+    assert state.history[-1].reason.startswith("progress deadline: step 1/5 (1%) lacks data")
+    assert "blue 0/200 calls" in state.history[-1].reason
+
+
+def test_an_unreachable_metric_source_holds_and_never_advances() -> None:
+    config, traffic, clock = _config(), SimulatedTraffic(), Clock()
+    watcher = _watcher(config, traffic, clock)
+    _run(watcher, traffic, clock, seconds=60)
+    traffic.down = True
+    _run(watcher, traffic, clock, seconds=40 * 60)
+    state = watcher.states()["chat"]
+    assert state.phase is Phase.PROGRESSING and state.step == 0
+    assert "no metrics: simulated outage" in watcher.last_decisions["chat"].reason
+    assert watcher.problem is not None and "holding" in watcher.problem
+    traffic.down = False
+    _run(watcher, traffic, clock, seconds=12 * HOUR, stop=lambda s: s.phase.terminal)
+    assert watcher.states()["chat"].phase is Phase.PROMOTED
+    assert watcher.problem is None
+
+
+def test_manual_actions_win_over_the_watcher() -> None:
+    config, traffic, clock = _config(), SimulatedTraffic(), Clock()
+    rollout = config.rollouts[0]
+    watcher = _watcher(config, traffic, clock)
+    _run(watcher, traffic, clock, seconds=HOUR, stop=lambda s: s.step == 1)
+    assert watcher.states()["chat"].step == 1
+    apply_action(watcher.store, rollout, Action.PAUSE, actor="alice", reason="eval pending",
+                 now=clock.now)
+    _run(watcher, traffic, clock, seconds=3 * HOUR)
+    state = watcher.states()["chat"]
+    assert state.phase is Phase.PAUSED and state.weight == 5.0
+    assert (state.history[-1].actor, state.history[-1].reason) == ("alice", "eval pending")
+    # A manual weight holds the schedule too; resume continues from the next step above it.
+    apply_action(watcher.store, rollout, Action.SET_WEIGHT, weight=30.0, actor="bob",
+                 reason="more traffic for the eval", now=clock.now)
+    _run(watcher, traffic, clock, seconds=HOUR)
+    assert watcher.states()["chat"].weight == 30.0
+    apply_action(watcher.store, rollout, Action.RESUME, actor="bob", reason="go", now=clock.now)
+    _run(watcher, traffic, clock, seconds=12 * HOUR, stop=lambda s: s.phase.terminal)
+    state = watcher.states()["chat"]
+    assert state.phase is Phase.PROMOTED
+    assert [h.weight for h in state.history][-2:] == [50.0, 100.0]
+    # The watcher's stale view loses a compare-and-set race to an operator's rollback.
+    stale = state
+    apply_action(watcher.store, rollout, Action.ROLLBACK, actor="carol", reason="incident",
+                 now=clock.now)
+    assert not watcher.store.compare_and_set(stale, stale.version)
+    assert watcher.store.load("chat").phase is Phase.ROLLED_BACK  # type: ignore[union-attr]
+
+
+def test_decide_is_pure_and_never_advances_without_data() -> None:
+    rollout: Rollout = _config().rollouts[0]
+    state = transition(rollout, initial_state(rollout), Action.START, 0.0, actor="w", reason="")
+    empty = Evidence()
+    first = decide(rollout, state, empty, 10 * HOUR)
+    assert first == decide(rollout, state, empty, 10 * HOUR)
+    assert first.action is Action.PAUSE  # deadline passed without data
+    few = Evidence((StepWindow(0, 1.0, RolloutStats(EnvStats(requests=10_000),
+                                                    EnvStats(requests=199))),))
+    assert decide(rollout, state, few, 601.0).action is Action.HOLD
+    enough = Evidence((StepWindow(0, 1.0, RolloutStats(EnvStats(requests=10_000),
+                                                       EnvStats(requests=200))),))
+    assert decide(rollout, state, enough, 599.0).action is Action.HOLD
+    assert decide(rollout, state, enough, 601.0).action is Action.ADVANCE
+
+
+def test_transitions_refuse_what_does_not_apply_and_say_why() -> None:
+    rollout: Rollout = _config().rollouts[0]
+    state = initial_state(rollout)
+    with pytest.raises(InvalidTransition, match="cannot resume rollout 'chat': it is pending"):
+        transition(rollout, state, Action.RESUME, 0.0, actor="a", reason="")
+    done = transition(rollout, state, Action.PROMOTE, 0.0, actor="a", reason="ship it")
+    with pytest.raises(InvalidTransition, match="it is promoted"):
+        transition(rollout, done, Action.PAUSE, 1.0, actor="a", reason="")
+    with pytest.raises(InvalidTransition, match="between 0 and 100"):
+        transition(rollout, state, Action.SET_WEIGHT, 0.0, actor="a", reason="", weight=101.0)
+    assert done.history[-1].actor == "a" and done.version == state.version + 1

@@ -1,0 +1,98 @@
+"""One contract suite for every state store, plus what only the file store promises."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from openai_bluegreen import load_config
+from openai_bluegreen._control import apply_action
+from openai_bluegreen._rollout import Action, Phase, RolloutState, initial_state
+from openai_bluegreen.stores import StateStore, StoreUnavailable, open_store
+
+CONFIG = {"rollouts": [{"name": "chat", "match": {"model": "m"}, "blue": {"model": "a"},
+                        "green": {"model": "b"},
+                        "schedule": {"steps": [10, 50], "min_step_duration": 1}}]}
+
+
+@pytest.fixture(params=["memory", "file"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    url = "memory" if request.param == "memory" else f"file://{tmp_path}/state/rollouts.json"
+    made = open_store(url)
+    yield made
+    made.close()
+
+
+def test_compare_and_set_writes_only_over_the_expected_version(store: StateStore) -> None:
+    rollout = load_config(CONFIG).rollouts[0]
+    first = initial_state(rollout)
+    assert store.load("chat") is None
+    assert store.compare_and_set(first, None)
+    assert not store.compare_and_set(first, None)  # it exists now
+    moved = apply_action(store, rollout, Action.PAUSE, actor="alice", reason="hold on", now=5.0)
+    assert moved.version == first.version + 1
+    assert not store.compare_and_set(first, first.version - 1)
+    loaded = store.load("chat")
+    assert loaded == moved
+    assert store.load_all() == {"chat": moved}
+
+
+def test_states_round_trip_with_their_history(store: StateStore) -> None:
+    rollout = load_config(CONFIG).rollouts[0]
+    apply_action(store, rollout, Action.SET_WEIGHT, weight=12.5, actor="bob", reason="why not",
+                 now=1.0)
+    state = store.load("chat")
+    assert isinstance(state, RolloutState)
+    assert (state.phase, state.weight, state.step) == (Phase.PAUSED, 12.5, 0)
+    entry = state.history[-1]
+    assert (entry.action, entry.actor, entry.reason, entry.at) == ("set_weight", "bob",
+                                                                    "why not", 1.0)
+
+
+def _bump(url: str, times: int) -> None:
+    rollout = load_config(CONFIG).rollouts[0]
+    store = open_store(url)
+    for i in range(times):
+        apply_action(store, rollout, Action.SET_WEIGHT, weight=float(i % 100), actor="w",
+                     reason="race")
+
+
+def test_file_store_loses_no_update_between_concurrent_processes(tmp_path: Path) -> None:
+    url = f"file://{tmp_path}/state.json"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_bump, args=(url, 40)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    state = open_store(url).load("chat")
+    assert state is not None and state.version == 160
+    assert len(state.history) == 160
+
+
+def test_file_store_never_overwrites_a_file_it_cannot_parse(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text("{not json", encoding="utf-8")
+    store = open_store(f"file://{path}")
+    rollout = load_config(CONFIG).rollouts[0]
+    with pytest.raises(StoreUnavailable, match=r"is not a valid state file.*left untouched"):
+        apply_action(store, rollout, Action.PAUSE, actor="a", reason="")
+    assert path.read_text(encoding="utf-8") == "{not json"
+
+
+def test_file_store_reports_an_unwritable_location(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("", encoding="utf-8")
+    store = open_store(f"file://{blocker}/sub/state.json")
+    rollout = load_config(CONFIG).rollouts[0]
+    with pytest.raises(StoreUnavailable, match="cannot"):
+        apply_action(store, rollout, Action.PAUSE, actor="a", reason="")
+
+
+def test_unknown_store_urls_are_refused_by_name() -> None:
+    with pytest.raises(StoreUnavailable, match="unknown state store 'etcd://x'"):
+        open_store("etcd://x")
