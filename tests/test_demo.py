@@ -1,72 +1,131 @@
-"""The ``demo`` command: real traffic through two simulated upstreams, read back from metrics."""
+"""The ``demo`` command: real rollouts judged by the watcher, two simulated upstreams, no mocks."""
 
 from __future__ import annotations
 
 import io
-import subprocess
+import socket
 import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from openai_bluegreen._demo import histogram_quantile, run_demo
+from openai_bluegreen._demo import DemoError, DemoRun, run_demo
 from openai_bluegreen.cli import main
 
+# Small but real: 1.5-2 s steps, enough traffic for the checks to decide within a step or two.
+FAST: dict[str, Any] = {"rate": 300.0, "concurrency": 40, "tail": 0.5, "duration": 25.0}
 
-def test_demo_routes_traffic_and_reports_per_environment() -> None:
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_healthy_green_is_promoted_and_the_report_plots_it(tmp_path: Path) -> None:
     out = io.StringIO()
-    result = run_demo(duration=3, weight=50, rate=80, live=False, out=out)
+    report = tmp_path / "report.html"
+    run = run_demo("healthy", step_seconds=1.5, out=out, live=True, report=report, **FAST)
 
-    assert result.blue.requests > 20
-    assert result.green.requests > 20
-    assert 0.3 <= result.green_share <= 0.7
-    assert result.weight == 50
-    assert result.blue.p95_latency is not None and result.green.p95_latency is not None
-    assert result.blue.p95_latency > result.green.p95_latency  # blue is the slower upstream
-    assert result.blue.p95_ttfc is not None and result.green.p95_ttfc is not None
-    assert result.blue.output_tokens > 0 and result.green.output_tokens > 0
-    # Green's 503s fall back to blue; only blue's own 0.5 % can reach the caller.
-    assert result.fallbacks == result.green.errors
-    assert result.calls_failed_for_caller <= max(1, 0.02 * result.calls)
-    assert result.calls == result.blue.requests + result.green.requests - result.fallbacks
-    assert not result.interrupted
+    (result,) = run.results
+    assert run.ok, result.why
+    assert result.outcome == "promoted"
+    assert [d.action for d in result.decisions] == ["start", "advance", "advance", "promote"]
+    assert [d.weight for d in result.decisions] == [5.0, 25.0, 50.0, 100.0]
+    assert result.deciding_check is None
+    assert result.time_to_decision is not None and result.time_to_decision >= 3 * 1.5 - 0.5
+    assert result.final.green.requests > 0 and result.final.blue.requests > 0
 
     text = out.getvalue()
+    assert "\x1b[J" in text  # the live view redraws in place
+    assert "PROMOTED" in text and "decisions (time since start)" in text
+    assert "Summary of scenario 'healthy': promoted (as expected)" in text
+
+    assert run.report == report
+    page = report.read_text(encoding="utf-8")
+    assert page.count("<svg") == 4  # weight, error rate, p95 latency, p95 time to first chunk
+    assert "<script" not in page and "http://" not in page.replace("http://www.w3", "")
+    assert 'class="decision" data-action="promote"' in page
+    assert "<title>+" in page and "promoting to 100%" in page
+    assert "polyline" in page
+
+
+def test_erroring_green_is_rolled_back_and_prometheus_serves_the_metrics(
+        tmp_path: Path) -> None:
+    port = _free_port()
+    out = io.StringIO()
+    runs: list[DemoRun] = []
+    thread = threading.Thread(target=lambda: runs.append(run_demo(
+        "errors", step_seconds=2.5, out=out, live=False, report=tmp_path / "r.html",
+        prometheus_port=port, **FAST)))
+    thread.start()
+    scraped = ""
+    deadline = time.monotonic() + 20
+    while thread.is_alive() and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+                scraped = resp.read().decode()
+        except OSError:
+            scraped = ""
+        if ("gen_ai_client_operation_duration_seconds_bucket" in scraped
+                and "bluegreen_rollout_weight" in scraped):
+            break
+        time.sleep(0.2)
+    thread.join(30)
+    assert not thread.is_alive()
+
+    assert "gen_ai_client_operation_duration_seconds_bucket" in scraped
+    assert "bluegreen_rollout_weight" in scraped
+    assert 'bluegreen_environment="blue"' in scraped
+    (result,) = runs[0].results
+    assert result.ok, result.why
+    assert result.outcome == "rolled_back"
+    assert result.deciding_check == "error_rate ratio<=1.5"
+    assert result.degraded_at is not None
+    assert result.decisions[-1].action == "rollback"
+    assert result.final.green.fallbacks == result.final.green.errors
+    text = out.getvalue()
+    assert f"Prometheus metrics: http://127.0.0.1:{port}/metrics" in text
+    assert "decision: rollback -> 0% green (rolled_back): error_rate ratio<=1.5 failed" in text
     assert "\x1b[" not in text
-    assert text.count("[  ") >= 2  # one compact line per second
-    assert "Summary" in text
-    assert "deepseek-v3.2" in text
-    assert "green share" in text
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert 'data-action="rollback"' in page and 'class="degraded"' in page
+    # The server is gone with the run.
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1)
 
 
-def test_live_view_redraws_in_place() -> None:
-    out = io.StringIO()
-    run_demo(duration=2.2, weight=30, rate=40, concurrency=4, live=True, out=out)
-    text = out.getvalue()
-    assert "\x1b[J" in text  # the second frame erases the first
-    assert "s left)" in text
-    assert "Summary" in text
+def test_cli_slow_green_is_rolled_back_by_a_latency_check(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "slow.html"
+    code = main(["demo", "--scenario", "slow", "--no-live", "--step-seconds", "1.5",
+                 "--rate", "300", "--concurrency", "40", "--duration", "25",
+                 "--report", str(report)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    assert "Summary of scenario 'slow': rolled_back (as expected)" in captured.out
+    assert ("latency p95 ratio<=1.5 failed" in captured.out
+            or "ttft p95 ratio<=1.5 failed" in captured.out)
+    assert captured.err == ""
+    assert report.is_file() and 'data-action="rollback"' in report.read_text(encoding="utf-8")
 
 
-def test_cli_demo_runs_as_module() -> None:
-    done = subprocess.run(
-        [sys.executable, "-W", "error", "-m", "openai_bluegreen", "demo", "--duration", "2",
-         "--no-live"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "Summary" in done.stdout
-    assert "calls failed for the caller" in done.stdout
-    assert done.stderr == ""
+def test_cli_rejects_an_unknown_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--scenario", "flaky"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--scenario" in err and "'flaky'" in err
 
 
 @pytest.mark.parametrize(("flag", "value"), [
-    ("--weight", "150"),
-    ("--weight", "-1"),
-    ("--weight", "nan"),
-    ("--duration", "0"),
-    ("--concurrency", "0"),
-    ("--rate", "-5"),
-    ("--rate", "fast"),
+    ("--duration", "0"), ("--rate", "fast"), ("--concurrency", "0"),
+    ("--prometheus-port", "70000"), ("--step-seconds", "-1"),
 ])
 def test_cli_rejects_bad_values(flag: str, value: str, capsys: pytest.CaptureFixture[str]
                                 ) -> None:
@@ -74,40 +133,27 @@ def test_cli_rejects_bad_values(flag: str, value: str, capsys: pytest.CaptureFix
         main(["demo", flag, value])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert flag in err
-    assert value in err
+    assert flag in err and value in err
 
 
-def test_cli_weight_out_of_range_exits_2_as_a_process() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "openai_bluegreen", "demo", "--weight", "150"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )
-    assert done.returncode == 2
-    assert "--weight" in done.stderr
-    assert "150" in done.stderr
+def test_missing_exporter_packages_name_the_extra(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
+    with pytest.raises(DemoError, match=r"pip install 'openai-bluegreen\[prometheus\]'"):
+        run_demo("healthy", prometheus_port=_free_port(), report=None)
+    monkeypatch.delitem(sys.modules, "prometheus_client")
 
-
-def test_cli_requires_a_command(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main([])
-    assert exc.value.code == 2
-    assert "demo" in capsys.readouterr().err
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+                        None)
+    assert main(["demo", "--no-live", "--report", "unused.html"]) == 1
+    err = capsys.readouterr().err
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in err
+    assert "pip install 'openai-bluegreen[otlp]'" in err
 
 
 def test_run_demo_rejects_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="weight must be between 0 and 100"):
-        run_demo(weight=101)
-
-
-def test_histogram_quantile_interpolates_inside_the_bucket() -> None:
-    bounds = [0.1, 0.2, 0.4]
-    assert histogram_quantile(bounds, [0, 0, 0, 0], 0.95) is None
-    # 10 values in (0.1, 0.2]: p50 is half-way through that bucket.
-    assert histogram_quantile(bounds, [0, 10, 0, 0], 0.5) == pytest.approx(0.15)
-    # Observed min/max narrow the bucket being interpolated.
-    assert histogram_quantile(bounds, [0, 10, 0, 0], 0.5, low=0.12, high=0.18) == (
-        pytest.approx(0.15))
-    # The open last bucket is closed by the observed max.
-    assert histogram_quantile(bounds, [0, 0, 0, 4], 1.0, high=0.9) == pytest.approx(0.9)
-    assert histogram_quantile(bounds, [90, 10, 0, 0], 0.95) == pytest.approx(0.15)
+    with pytest.raises(ValueError, match="unknown scenario 'nope'"):
+        run_demo("nope")
+    with pytest.raises(ValueError, match="rate must be > 0"):
+        run_demo("healthy", rate=0)

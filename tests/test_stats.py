@@ -120,8 +120,8 @@ def _numpy_rate_ratio(batches: list[tuple[int, int, int, int]], max_ratio: float
     """The count test recomputed: numpy mixture over the grid, scipy maximum over the null."""
     if all(n_g == 0 or n_b == 0 or g + b == 0 for g, n_g, b, n_b in batches):
         return 0.0
-    ratios = max_ratio * np.geomspace(1.0, 500.0, 128)
-    numerator = float(special.logsumexp(_label_loglik_np(batches, ratios)) - math.log(128))
+    ratios = max_ratio * np.geomspace(1.0, 20.0, 96)
+    numerator = float(special.logsumexp(_label_loglik_np(batches, ratios)) - math.log(96))
     log_hi = math.log(max_ratio)
     result = optimize.minimize_scalar(
         lambda s: -float(_label_loglik_np(batches, np.array([math.exp(s)]))[0]),
@@ -144,8 +144,8 @@ ONE_SAMPLE_CASES = [
 ]
 
 
-def test_grid_is_log_uniform_from_1_to_500_with_128_points() -> None:
-    assert np.allclose(RATIO_GRID, np.geomspace(1.0, 500.0, 128), rtol=1e-13)
+def test_grid_is_log_uniform_from_1_to_20_with_96_points() -> None:
+    assert np.allclose(RATIO_GRID, np.geomspace(1.0, 20.0, 96), rtol=1e-13)
 
 
 @pytest.mark.parametrize(("events", "trials", "null_rate"), ONE_SAMPLE_CASES)

@@ -1,53 +1,76 @@
-"""``openai-bluegreen demo``: a blue/green rollout under live traffic, on this machine only.
+"""``openai-bluegreen demo``: a progressive rollout judged by the watcher, on this machine only.
 
-Two simulated OpenAI-compatible upstreams run on loopback: blue (``gpt-4.1``, a little slower)
-and green (``deepseek-v3.2``, faster but with twice the 503s). An unchanged-style app calls
-``client.chat.completions.create(model="gpt-4.1", ...)`` from several threads; the installed
-rollout sends ``weight`` percent of users to green, falls back to blue when green fails, and
-records the GenAI metrics that the live view reads back from an in-memory metric reader.
+Two simulated OpenAI-compatible upstreams run on loopback: blue (``gpt-4.1``) and green
+(``deepseek-v3.2``), both answering like a healthy provider (log-normal latency, about 1 % of
+503s). An unchanged-style app calls ``client.chat.completions.create(model="gpt-4.1", ...)``
+from several threads, 30 % of the calls streamed. openai-bluegreen is installed with a schedule
+(5 % → 25 % → 50 % → 100 %) and analysis checks; its watcher reads this process's metrics and
+advances, promotes or rolls back on its own. A scenario decides what green does:
+
+* ``healthy``: green stays like blue and is promoted to 100 %;
+* ``errors``: a few seconds in, green's error rate rises from 1 % to 8 %: rolled back;
+* ``slow``: a few seconds in, green's latency and time to first chunk double: rolled back.
+
+The run shows a live view, prints a summary, and writes a self-contained HTML report with
+plots of the weight, error rates and latencies over time and the watcher's decisions.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import html
+import importlib
+import logging
 import math
 import os
 import random
+import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TextIO
+from pathlib import Path
+from typing import Any, TextIO
 
 import openai
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    HistogramDataPoint,
-    InMemoryMetricReader,
-    MetricsData,
-    NumberDataPoint,
-)
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
-from . import _telemetry as T
+from ._config import Check
 from ._install import flush, install, status, uninstall
+from .sources import EnvStats, RolloutStats
+from .sources.local import LocalSource
 from .testing import SimulatedUpstream
 
-__all__ = ["DemoResult", "EnvironmentStats", "histogram_quantile", "run_demo"]
+__all__ = ["SCENARIOS", "DemoError", "DemoRun", "Scenario", "ScenarioResult", "run_demo"]
 
 ROLLOUT = "chat-upgrade"
 REQUESTED_MODEL = "gpt-4.1"
 BLUE_MODEL = "gpt-4.1"
 GREEN_MODEL = "deepseek-v3.2"
 GREEN_KEY_ENV = "DEMO_GREEN_API_KEY"
-STREAM_SHARE = 0.2
+STREAM_SHARE = 0.3
 USERS = 100_000
 SEED = 20_240_601
+STEPS = (5.0, 25.0, 50.0, 100.0)
+CHECKS: tuple[dict[str, Any], ...] = (
+    {"signal": "error_rate", "max_ratio": 1.5},
+    {"signal": "latency", "quantile": 0.95, "max_ratio": 1.5},
+    {"signal": "ttft", "quantile": 0.95, "max_ratio": 1.5},
+    {"signal": "error_rate", "max": 0.2},
+)
+CHECK_NAMES = tuple(Check.model_validate(c).describe() for c in CHECKS)
+DEFAULT_REPORT = "openai-bluegreen-demo-report.html"
+ENVIRONMENTS = ("blue", "green")
+WINDOW = 5.0  # seconds of the trailing window the live view and the plots show
+TICK = 0.25  # seconds between live frames and samples
 
-Environment = Literal["blue", "green"]
-ENVIRONMENTS: tuple[Environment, Environment] = ("blue", "green")
+# Both environments start as the same healthy provider (only their random draws differ).
+HEALTHY: Mapping[str, Any] = {"latency": 0.08, "latency_sigma": 0.3, "ttfc": 0.03,
+                              "chunk_interval": 0.004, "error_rates": {503: 0.01}}
 
 _PROMPTS = (
     "Summarize our refund policy in two sentences.",
@@ -58,200 +81,171 @@ _PROMPTS = (
 )
 
 
+class DemoError(RuntimeError):
+    """The demo cannot run as asked (a missing optional package, a port in use)."""
+
+
 @dataclass(frozen=True)
-class EnvironmentStats:
-    """What one environment served, as read back from the GenAI metrics.
+class Scenario:
+    """What green does during one demo run, and how the rollout should end.
 
     Attributes:
-        requests: Calls this environment answered or failed (``gen_ai.client.operation.duration``
-            points). Blue's include the fallback retries of failed green calls.
-        errors: Those whose duration point carries ``error.type``.
-        p95_latency: 95th percentile of the operation duration in seconds, estimated from the
-            histogram buckets; ``None`` before the first call.
-        p95_ttfc: 95th percentile time to first chunk of streamed calls, in seconds.
-        output_tokens: Output tokens reported by ``gen_ai.client.token.usage``.
-        fallbacks: Failed calls retried on blue (``bluegreen.fallbacks``; green only).
+        name: ``healthy``, ``errors`` or ``slow``.
+        story: One line for the view and the report.
+        expected: The phase the rollout should end in.
+        failing_signals: For a rollback, the check signals that may be the reason.
+        change: Settings given to ``green.configure()`` when green degrades (empty: never).
+        change_label: What the change is, for the plots.
     """
 
-    requests: int = 0
-    errors: int = 0
-    p95_latency: float | None = None
-    p95_ttfc: float | None = None
-    output_tokens: int = 0
-    fallbacks: int = 0
+    name: str
+    story: str
+    expected: str
+    failing_signals: tuple[str, ...] = ()
+    change: Mapping[str, Any] = field(default_factory=dict)
+    change_label: str = ""
+
+
+SCENARIOS: Mapping[str, Scenario] = {
+    "healthy": Scenario(
+        "healthy", "green behaves like blue: the watcher should promote it step by step",
+        "promoted"),
+    "errors": Scenario(
+        "errors", "a few seconds in, green's error rate rises from 1% to 10%: the watcher "
+        "should roll back", "rolled_back", ("error_rate",), {"error_rates": {503: 0.10}},
+        "green errors 1% -> 10%"),
+    "slow": Scenario(
+        "slow", "a few seconds in, green's latency and time to first chunk double: the "
+        "watcher should roll back", "rolled_back", ("latency", "ttft"),
+        {"latency": HEALTHY["latency"] * 2, "ttfc": HEALTHY["ttfc"] * 2},
+        "green latency and TTFC x2"),
+}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The cumulative metrics and the rollout's state at one moment (``t``: s since start)."""
+
+    t: float
+    stats: RolloutStats
+    weight: float
+    phase: str
+    step: int | None
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One decision that changed the rollout (start, advance, promote, rollback, pause)."""
+
+    t: float
+    action: str
+    weight: float
+    phase: str
+    reasons: tuple[str, ...]
+    checks: tuple[Mapping[str, Any], ...] = ()
 
     @property
-    def error_rate(self) -> float:
-        """Errors per request, 0..1 (0 when nothing was served)."""
-        return self.errors / self.requests if self.requests else 0.0
+    def reason(self) -> str:
+        return "; ".join(self.reasons)
 
 
 @dataclass(frozen=True)
-class DemoResult:
-    """The outcome of :func:`run_demo`.
+class ScenarioResult:
+    """How one scenario ended.
 
     Attributes:
-        blue: What blue served.
-        green: What green served.
-        fallbacks: Green calls retried on blue.
-        green_share: Share of the app's calls routed to green first, 0..1: green's requests
-            over the logical calls (blue + green requests - fallbacks).
-        weight: The configured percentage to green.
-        calls: Calls the app made (finished ones).
-        calls_failed_for_caller: Calls that raised in the app despite fallback.
-        failures: Exception class names of those calls, with counts.
+        scenario: The scenario that ran.
+        outcome: The rollout's phase at the end (``promoted``, ``rolled_back``, ...).
+        ok: The rollout ended as the scenario expects.
+        why: When not ``ok``, what went wrong.
+        deciding_check: The failed check named by a rollback (its ``describe()`` name).
+        decisions: Every decision that changed the rollout, oldest first.
+        time_to_decision: Seconds from the rollout's start to its promotion or rollback.
+        degraded_at: Seconds since start at which green degraded (``None``: never).
         elapsed: Seconds the traffic ran.
-        interrupted: The demo was stopped early with Ctrl-C.
+        calls: App calls made; ``failed``: those that raised despite fallback.
+        final: Cumulative per-environment metrics at the end.
+        samples: The time series behind the report's plots.
+        interrupted: Stopped early with Ctrl-C.
     """
 
-    blue: EnvironmentStats
-    green: EnvironmentStats
-    fallbacks: int
-    green_share: float
-    weight: float
+    scenario: Scenario
+    outcome: str
+    ok: bool
+    why: str
+    deciding_check: str | None
+    decisions: tuple[DecisionRecord, ...]
+    time_to_decision: float | None
+    degraded_at: float | None
+    elapsed: float
     calls: int
-    calls_failed_for_caller: int
-    failures: Mapping[str, int] = field(default_factory=dict)
-    elapsed: float = 0.0
+    failed: int
+    final: RolloutStats
+    samples: tuple[Sample, ...] = ()
     interrupted: bool = False
 
-    def environment(self, name: Environment) -> EnvironmentStats:
-        """The stats of ``"blue"`` or ``"green"``."""
-        return self.green if name == "green" else self.blue
+    @property
+    def deciding(self) -> DecisionRecord | None:
+        """The promotion or rollback (``None`` when the rollout did not end)."""
+        return next((d for d in reversed(self.decisions)
+                     if d.phase in ("promoted", "rolled_back")), None)
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """Every scenario that ran, and where the report went."""
+
+    results: tuple[ScenarioResult, ...]
+    report: Path | None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.results) and all(r.ok for r in self.results)
 
 
 # -- reading the metrics -------------------------------------------------------------------
 
 
-def histogram_quantile(bounds: Iterable[float], counts: Iterable[int], q: float, *,
-                       low: float | None = None, high: float | None = None) -> float | None:
-    """Estimate a quantile from explicit-bucket histogram counts, as Prometheus does.
+@dataclass(frozen=True)
+class _Window:
+    """One environment over a trailing window."""
 
-    The value is interpolated linearly inside the bucket that holds the rank. The open first and
-    last buckets are closed with ``low`` (default 0) and ``high`` (the observed min and max).
+    rate: float
+    error_rate: float | None
+    p95: float | None
+    ttfc_p95: float | None
 
-    Args:
-        bounds: The histogram's ``explicit_bounds`` (upper bounds, ascending).
-        counts: Its ``bucket_counts``: one more than ``bounds``, the last one unbounded.
-        q: The quantile, 0..1.
-        low: Smallest observed value, if known.
-        high: Largest observed value, if known.
 
-    Returns:
-        The estimate, or ``None`` when the histogram is empty.
-    """
-    edges = list(bounds)
-    tally = list(counts)
-    total = sum(tally)
-    if total == 0:
+_EMPTY = _Window(0.0, None, None, None)
+
+
+def _window(now: EnvStats, then: EnvStats, seconds: float, *, min_calls: int = 10) -> _Window:
+    diff = now.minus(then)
+    rate = diff.requests / seconds if seconds > 0 else 0.0
+    error_rate = diff.error_rate if diff.requests >= min_calls else None
+    p95 = diff.duration.quantile(0.95) if diff.duration.total >= min_calls else None
+    ttfc = diff.ttfc.quantile(0.95) if diff.ttfc.total >= min_calls else None
+    return _Window(rate, error_rate, p95, ttfc)
+
+
+def _sample_before(samples: Sequence[Sample], t: float) -> Sample | None:
+    """The latest sample at or before ``t`` (the first one when none is that old)."""
+    best = samples[0] if samples else None
+    for sample in samples:
+        if sample.t > t:
+            break
+        best = sample
+    return best
+
+
+def _windows(samples: Sequence[Sample], index: int, seconds: float = WINDOW
+             ) -> dict[str, _Window] | None:
+    now = samples[index]
+    then = _sample_before(samples[:index], now.t - seconds)
+    if then is None or now.t - then.t <= 0:
         return None
-    rank = q * total
-    seen = 0
-    for i, count in enumerate(tally):
-        if count and seen + count >= rank:
-            lower = edges[i - 1] if i > 0 else 0.0
-            upper = edges[i] if i < len(edges) else (high if high is not None else lower)
-            if low is not None:
-                lower = max(lower, low)
-            if high is not None:
-                upper = min(upper, high)
-            upper = max(upper, lower)
-            return lower + (upper - lower) * (rank - seen) / count
-        seen += count
-    return high
-
-
-@dataclass
-class _Merged:
-    """Histogram points of one environment summed bucket by bucket."""
-
-    bounds: tuple[float, ...] = ()
-    counts: list[int] = field(default_factory=list)
-    low: float = math.inf
-    high: float = -math.inf
-    total: float = 0.0
-
-    def add(self, point: HistogramDataPoint) -> None:
-        bounds = tuple(point.explicit_bounds)
-        if not self.counts:
-            self.bounds = bounds
-            self.counts = [0] * len(point.bucket_counts)
-        if bounds != self.bounds:  # never happens with one instrument; skip rather than mix
-            return
-        self.counts = [a + b for a, b in zip(self.counts, point.bucket_counts, strict=True)]
-        if point.count:
-            self.low = min(self.low, point.min)
-            self.high = max(self.high, point.max)
-        self.total += point.sum
-
-    def p95(self) -> float | None:
-        if not any(self.counts):
-            return None
-        return histogram_quantile(self.bounds, self.counts, 0.95, low=self.low, high=self.high)
-
-
-def _points(data: MetricsData | None, name: str) -> Iterator[tuple[Mapping[str, Any], Any]]:
-    for resource_metrics in data.resource_metrics if data is not None else ():
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                if metric.name == name:
-                    for point in metric.data.data_points:
-                        yield (point.attributes or {}), point
-
-
-def read_stats(reader: InMemoryMetricReader) -> dict[Environment, EnvironmentStats]:
-    """Flush the telemetry worker and summarize the reader's metrics per environment.
-
-    Args:
-        reader: The reader of the meter provider given to ``install()`` (cumulative).
-
-    Returns:
-        ``{"blue": ..., "green": ...}``.
-    """
-    flush()
-    data = reader.get_metrics_data()
-    durations = {env: _Merged() for env in ENVIRONMENTS}
-    ttfcs = {env: _Merged() for env in ENVIRONMENTS}
-    errors = dict.fromkeys(ENVIRONMENTS, 0)
-    tokens = dict.fromkeys(ENVIRONMENTS, 0)
-    fallbacks = dict.fromkeys(ENVIRONMENTS, 0)
-    for attrs, point in _points(data, "gen_ai.client.operation.duration"):
-        env = attrs.get(T.ENVIRONMENT)
-        if env in durations and isinstance(point, HistogramDataPoint):
-            durations[env].add(point)
-            if T.ERROR_TYPE in attrs:
-                errors[env] += point.count
-    for attrs, point in _points(data, "gen_ai.client.operation.time_to_first_chunk"):
-        env = attrs.get(T.ENVIRONMENT)
-        if env in ttfcs and isinstance(point, HistogramDataPoint):
-            ttfcs[env].add(point)
-    for attrs, point in _points(data, "gen_ai.client.token.usage"):
-        env = attrs.get(T.ENVIRONMENT)
-        if env in tokens and attrs.get(T.TOKEN_TYPE) == "output" and isinstance(
-                point, HistogramDataPoint):
-            tokens[env] += round(point.sum)
-    for attrs, point in _points(data, "bluegreen.fallbacks"):
-        env = attrs.get(T.ENVIRONMENT)
-        if env in fallbacks and isinstance(point, NumberDataPoint):
-            fallbacks[env] += round(point.value)
-    return {
-        env: EnvironmentStats(
-            requests=sum(durations[env].counts),
-            errors=errors[env],
-            p95_latency=durations[env].p95(),
-            p95_ttfc=ttfcs[env].p95(),
-            output_tokens=tokens[env],
-            fallbacks=fallbacks[env],
-        )
-        for env in ENVIRONMENTS
-    }
-
-
-def green_share(stats: Mapping[Environment, EnvironmentStats]) -> float:
-    """Share of logical calls routed to green first (a fallback is one call, two requests)."""
-    blue, green = stats["blue"], stats["green"]
-    calls = blue.requests + green.requests - green.fallbacks
-    return green.requests / calls if calls > 0 else 0.0
+    return {env: _window(now.stats.env(env), then.stats.env(env), now.t - then.t)
+            for env in ENVIRONMENTS}
 
 
 # -- traffic -------------------------------------------------------------------------------
@@ -312,11 +306,11 @@ def _one_call(client: openai.OpenAI, rng: random.Random) -> None:
 
 
 def _drive(client: openai.OpenAI, pacer: _Pacer, tally: _Tally, *, stop: threading.Event,
-           deadline: float, seed: int) -> None:
+           seed: int) -> None:
     rng = random.Random(seed)
     while not stop.is_set():
         slot = pacer.next_slot()
-        if slot >= deadline or stop.wait(max(0.0, slot - time.monotonic())):
+        if stop.wait(max(0.0, slot - time.monotonic())):
             return
         try:
             _one_call(client, rng)
@@ -326,6 +320,130 @@ def _drive(client: openai.OpenAI, pacer: _Pacer, tally: _Tally, *, stop: threadi
             tally.done(None)
 
 
+# -- the watcher's decisions ---------------------------------------------------------------
+
+
+class _DecisionLog(logging.Handler):
+    """Collects the watcher's non-hold decisions, with the checks' numbers, as they happen.
+
+    The watcher logs each decision at INFO with structured extras; holds go to DEBUG.
+    """
+
+    def __init__(self, started: float) -> None:
+        super().__init__(logging.INFO)
+        self._started = started
+        self._lock2 = threading.Lock()
+        self.records: list[DecisionRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        action = getattr(record, "bluegreen_decision", None)
+        if getattr(record, "bluegreen_rollout", None) != ROLLOUT or not isinstance(action, str):
+            return
+        args = record.args if isinstance(record.args, tuple) else ()
+        weight = float(str(args[2])) if len(args) > 3 else math.nan
+        phase = str(args[3]) if len(args) > 3 else ""
+        with self._lock2:
+            self.records.append(DecisionRecord(
+                record.created - self._started, action, weight, phase,
+                tuple(getattr(record, "bluegreen_reasons", ()) or ()),
+                tuple(getattr(record, "bluegreen_evidence", ()) or ())))
+
+    def snapshot(self) -> list[DecisionRecord]:
+        with self._lock2:
+            return list(self.records)
+
+
+@contextlib.contextmanager
+def _decision_log(started: float) -> Iterator[_DecisionLog]:
+    logger = logging.getLogger("openai_bluegreen.watcher")
+    handler = _DecisionLog(started)
+    level = logger.level
+    if not logger.isEnabledFor(logging.INFO):
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _failed_check(decision: DecisionRecord | None) -> str | None:
+    if decision is None:
+        return None
+    failed = [str(c.get("check")) for c in decision.checks if c.get("status") == "fail"]
+    if failed:
+        return failed[0]
+    return next((name for name in CHECK_NAMES if f"{name} failed" in decision.reason), None)
+
+
+# -- telemetry export ----------------------------------------------------------------------
+
+
+def _import(module: str, extra: str, what: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise DemoError(f"{what} needs the {exc.name or module!r} package: "
+                        f"pip install 'openai-bluegreen[{extra}]'") from None
+
+
+class _Exporters:
+    """Prometheus (``/metrics`` on 127.0.0.1) and OTLP export for the demo's providers.
+
+    One HTTP server serves every scenario of the run; each scenario's MeterProvider gets its own
+    Prometheus reader (unregistered again when the provider shuts down).
+    """
+
+    def __init__(self, prometheus_port: int | None, otlp: bool) -> None:
+        self._prometheus: Any = None
+        self._otlp_metrics: Any = None
+        self._otlp_traces: Any = None
+        self._server: Any = None
+        self.url: str | None = None
+        if prometheus_port is not None:
+            what = "--prometheus-port"
+            self._prometheus = _import("opentelemetry.exporter.prometheus", "prometheus", what)
+            client = _import("prometheus_client", "prometheus", what)
+            try:
+                started = client.start_http_server(prometheus_port, addr="127.0.0.1")
+            except OSError as exc:
+                raise DemoError(f"cannot serve /metrics on 127.0.0.1:{prometheus_port}: "
+                                f"{exc.strerror or exc}") from None
+            self._server = started[0] if isinstance(started, tuple) else None
+            self.url = f"http://127.0.0.1:{prometheus_port}/metrics"
+        if otlp:
+            what = "OTEL_EXPORTER_OTLP_ENDPOINT"
+            self._otlp_metrics = _import(
+                "opentelemetry.exporter.otlp.proto.http.metric_exporter", "otlp", what)
+            self._otlp_traces = _import(
+                "opentelemetry.exporter.otlp.proto.http.trace_exporter", "otlp", what)
+
+    def metric_readers(self) -> list[MetricReader]:
+        readers: list[MetricReader] = []
+        if self._prometheus is not None:
+            readers.append(self._prometheus.PrometheusMetricReader())
+        if self._otlp_metrics is not None:
+            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+            readers.append(PeriodicExportingMetricReader(
+                self._otlp_metrics.OTLPMetricExporter(), export_interval_millis=5_000))
+        return readers
+
+    def span_processors(self) -> list[SpanProcessor]:
+        if self._otlp_traces is None:
+            return []
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        return [BatchSpanProcessor(self._otlp_traces.OTLPSpanExporter())]
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
 # -- rendering -----------------------------------------------------------------------------
 
 
@@ -333,17 +451,8 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
-def _table(stats: Mapping[Environment, EnvironmentStats]) -> list[str]:
-    models = {"blue": BLUE_MODEL, "green": GREEN_MODEL}
-    lines = [f"{'env':<6} {'model':<14} {'requests':>8} {'errors':>6} {'error %':>7} "
-             f"{'p95 latency':>11} {'p95 ttfc':>8} {'tokens out':>10} {'fallbacks':>9}"]
-    for env in ENVIRONMENTS:
-        s = stats[env]
-        fallbacks = str(s.fallbacks) if env == "green" else "-"
-        lines.append(f"{env:<6} {models[env]:<14} {s.requests:>8} {s.errors:>6} "
-                     f"{s.error_rate:>7.2%} {_ms(s.p95_latency):>11} {_ms(s.p95_ttfc):>8} "
-                     f"{s.output_tokens:>10} {fallbacks:>9}")
-    return lines
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.1%}"
 
 
 def _bar(fraction: float, width: int = 30) -> str:
@@ -351,95 +460,171 @@ def _bar(fraction: float, width: int = 30) -> str:
     return "[" + "#" * filled + "-" * (width - filled) + "]"
 
 
-def _live_frame(stats: Mapping[Environment, EnvironmentStats], elapsed: float, duration: float,
-                weight: float, tally: _Tally) -> list[str]:
-    rate = tally.calls / elapsed if elapsed > 0 else 0.0
-    return [
-        f"openai-bluegreen demo: rollout {ROLLOUT!r}, app asks for {REQUESTED_MODEL}",
-        f"{_bar(elapsed / duration)} {elapsed:5.1f} s / {duration:g} s "
-        f"({max(0.0, duration - elapsed):.1f} s left)",
-        f"app calls: {tally.calls} ({rate:.0f}/s), failed for the caller: {tally.failed}",
-        "",
-        *_table(stats),
-        "",
-        f"green share {green_share(stats):6.1%} (configured {weight:g}%)",
-        "Ctrl-C stops early and prints the summary",
-    ]
+_COLORS = {"promoted": "32", "rolled_back": "31", "paused": "33", "progressing": "36",
+           "rollback": "31", "promote": "32", "advance": "36", "pause": "33", "start": "36"}
 
 
-def _compact_line(stats: Mapping[Environment, EnvironmentStats], elapsed: float,
-                  duration: float, weight: float, tally: _Tally) -> str:
-    blue, green = stats["blue"], stats["green"]
-    return (f"[{elapsed:5.1f}/{duration:g} s] "
-            f"blue {blue.requests} req {blue.errors} err p95 {_ms(blue.p95_latency)} | "
-            f"green {green.requests} req {green.errors} err p95 {_ms(green.p95_latency)} | "
-            f"fallbacks {green.fallbacks} | green {green_share(stats):.1%} (target {weight:g}%) | "
-            f"failed {tally.failed}")
+def _paint(text: str, key: str, color: bool) -> str:
+    code = _COLORS.get(key)
+    return f"\x1b[1;{code}m{text}\x1b[0m" if color and code else text
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:max(0, width - 3)] + "..."
+
+
+def _steps_line(step: int | None, phase: str) -> str:
+    parts = []
+    for i, weight in enumerate(STEPS):
+        label = f"{weight:g}%"
+        current = (phase == "progressing" and step == i) or (
+            phase == "promoted" and i == len(STEPS) - 1)
+        parts.append(f"[{label}]" if current else label)
+    return " -> ".join(parts)
+
+
+def _decision_line(d: DecisionRecord, width: int, color: bool) -> str:
+    head = f"  +{d.t:5.1f} s  {d.action:<8} {d.weight:>4g}%  "
+    return _paint(head, d.action, color) + _clip(d.reason, width - len(head))
 
 
 class _View:
-    """Writes frames: redrawn in place on a terminal, one compact line each otherwise."""
+    """Redraws a frame in place on a terminal; prints a compact line a second otherwise."""
 
-    def __init__(self, out: TextIO, live: bool) -> None:
+    def __init__(self, out: TextIO, live: bool, scenario: Scenario) -> None:
         self._out = out
         self._live = live
+        self._scenario = scenario
         self._height = 0
+        self._last_line = -math.inf
+        self._shown = 0
 
-    def show(self, stats: Mapping[Environment, EnvironmentStats], elapsed: float,
-             duration: float, weight: float, tally: _Tally) -> None:
+    def show(self, samples: Sequence[Sample], decisions: Sequence[DecisionRecord],
+             current: Mapping[str, Any] | None, tally: _Tally, degraded_at: float | None,
+             final: bool = False) -> None:
+        sample = samples[-1]
         if self._live:
-            lines = _live_frame(stats, elapsed, duration, weight, tally)
+            lines = self._frame(samples, decisions, current, tally, degraded_at)
             erase = f"\x1b[{self._height}A\r\x1b[J" if self._height else ""
             self._out.write(erase + "\n".join(lines) + "\n")
             self._height = len(lines)
         else:
-            self._out.write(_compact_line(stats, elapsed, duration, weight, tally) + "\n")
+            for d in decisions[self._shown:]:
+                self._out.write(f"[{d.t:5.1f} s] decision: {d.action} -> {d.weight:g}% green "
+                                f"({d.phase}): {d.reason}\n")
+            self._shown = len(decisions)
+            if final or sample.t - self._last_line >= 1.0:
+                self._last_line = sample.t
+                self._out.write(self._compact(samples) + "\n")
         self._out.flush()
 
+    def _compact(self, samples: Sequence[Sample]) -> str:
+        sample = samples[-1]
+        windows = _windows(samples, len(samples) - 1)
+        parts = [f"[{sample.t:5.1f} s] {sample.phase} green {sample.weight:g}%"]
+        for env in ENVIRONMENTS:
+            w = windows[env] if windows else _EMPTY
+            parts.append(f"{env} {w.rate:.0f}/s err {_pct(w.error_rate)} "
+                         f"p95 {_ms(w.p95)} ttfc {_ms(w.ttfc_p95)}")
+        parts.append(f"fallbacks {sample.stats.green.fallbacks}")
+        return " | ".join(parts)
 
-def _comparison(blue: EnvironmentStats, green: EnvironmentStats) -> str | None:
-    if blue.p95_latency is None or green.p95_latency is None or not blue.p95_latency:
-        return None
-    change = (green.p95_latency - blue.p95_latency) / blue.p95_latency
-    points = (green.error_rate - blue.error_rate) * 100
-    return f"green vs blue: p95 latency {change:+.0%}, error rate {points:+.2f} points"
+    def _frame(self, samples: Sequence[Sample], decisions: Sequence[DecisionRecord],
+               current: Mapping[str, Any] | None, tally: _Tally, degraded_at: float | None
+               ) -> list[str]:
+        width = max(60, shutil.get_terminal_size((100, 24)).columns - 1)
+        sample = samples[-1]
+        windows = _windows(samples, len(samples) - 1)
+        step = (f"step {sample.step + 1}/{len(STEPS)}" if sample.step is not None
+                and sample.step >= 0 else "")
+        lines = [
+            _clip(f"openai-bluegreen demo · scenario {self._scenario.name}: "
+                  f"{self._scenario.story}", width),
+            f"rollout {ROLLOUT!r} {_paint(sample.phase.upper(), sample.phase, True)} {step}"
+            f"   green {sample.weight:5.1f}% {_bar(sample.weight / 100)}   t = {sample.t:5.1f} s",
+            f"  steps: {_steps_line(sample.step, sample.phase)}",
+            "",
+            f"{'env':<6} {'model':<14} {'req/s':>6} {'calls':>7} {'error %':>8} "
+            f"{'p95 latency':>11} {'p95 ttfc':>9} {'fallbacks':>9}   (last {WINDOW:g} s)",
+        ]
+        models = {"blue": BLUE_MODEL, "green": GREEN_MODEL}
+        for env in ENVIRONMENTS:
+            w = windows[env] if windows else _EMPTY
+            stats = sample.stats.env(env)
+            fallbacks = str(stats.fallbacks) if env == "green" else "-"
+            lines.append(f"{env:<6} {models[env]:<14} {w.rate:>6.0f} "
+                         f"{stats.requests:>7} {_pct(w.error_rate):>8} "
+                         f"{_ms(w.p95):>11} {_ms(w.ttfc_p95):>9} {fallbacks:>9}")
+        lines += [f"app: {tally.calls} calls, {tally.failed} failed for the caller", "",
+                  "decisions (time since start):"]
+        shown = list(decisions[-6:])
+        for d in shown:
+            lines.append(_decision_line(d, width, True))
+        if degraded_at is not None:
+            lines.append(_paint(f"  +{degraded_at:5.1f} s  ! {self._scenario.change_label}",
+                                "rollback", True))
+        if current is not None and current.get("action") == "hold":
+            reason = "; ".join(current.get("reasons") or ()) or "-"
+            lines.append(_clip(f"  now      hold            {reason}", width))
+        lines.append("Ctrl-C stops early and still writes the report")
+        return lines
 
 
-def render_summary(result: DemoResult) -> str:
-    """The end-of-demo report as text."""
-    stats: dict[Environment, EnvironmentStats] = {"blue": result.blue, "green": result.green}
-    rate = result.calls / result.elapsed if result.elapsed > 0 else 0.0
-    head = "Summary" + (" (interrupted)" if result.interrupted else "")
-    failed = f"calls failed for the caller: {result.calls_failed_for_caller}"
-    if result.failures:
-        failed += " (" + ", ".join(f"{name} x{n}" for name, n in
-                                   sorted(result.failures.items())) + ")"
-    lines = [
-        "",
-        f"{head}: {result.calls} calls in {result.elapsed:.1f} s ({rate:.0f}/s), rollout "
-        f"{ROLLOUT!r} at {result.weight:g}% green",
-        *_table(stats),
-        f"fallbacks green -> blue: {result.fallbacks}; green share {result.green_share:.1%} "
-        f"(configured {result.weight:g}%)",
-        failed,
-    ]
-    comparison = _comparison(result.blue, result.green)
-    if comparison is not None:
-        lines.append(comparison)
+# -- the summary ---------------------------------------------------------------------------
+
+
+def _check_numbers(check: Mapping[str, Any]) -> str:
+    skip = {"check", "status"}
+    return ", ".join(f"{k}={v}" for k, v in check.items() if k not in skip)
+
+
+def render_summary(result: ScenarioResult) -> str:
+    """The end-of-scenario report as text."""
+    s = result.scenario
+    verdict = "as expected" if result.ok else f"NOT as expected: {result.why}"
+    lines = ["", f"Summary of scenario {s.name!r}: {result.outcome} ({verdict})"
+             + (" (interrupted)" if result.interrupted else "")]
+    if result.time_to_decision is not None:
+        caught = ""
+        deciding = result.deciding
+        if result.degraded_at is not None and deciding is not None:
+            caught = f", {deciding.t - result.degraded_at:.1f} s after green degraded"
+        lines.append(f"  time to decision: {result.time_to_decision:.1f} s after the rollout "
+                     f"started{caught}")
+    blue, green = result.final.blue, result.final.green
+    lines.append(f"  app calls: {result.calls} in {result.elapsed:.1f} s, {result.failed} "
+                 "failed for the caller")
+    for env, stats in (("blue", blue), ("green", green)):
+        extra = f", {stats.fallbacks} fell back to blue" if env == "green" else ""
+        lines.append(f"  {env:<5}: {stats.requests} requests, {stats.errors} errors "
+                     f"({_pct(stats.error_rate)}), p95 latency {_ms(stats.p(0.95))}, "
+                     f"p95 ttfc {_ms(stats.ttfc.quantile(0.95))}{extra}")
+    deciding = result.deciding
+    if deciding is not None:
+        lines.append(f"  decided by the watcher at +{deciding.t:.1f} s: {deciding.action}: "
+                     f"{deciding.reason}")
+        for check in deciding.checks:
+            if check.get("status") == "fail" or deciding.action == "promote":
+                lines.append(f"    {check.get('check')}: {check.get('status')} "
+                             f"({_check_numbers(check)})")
     return "\n".join(lines) + "\n"
 
 
-# -- the demo ------------------------------------------------------------------------------
+# -- one scenario --------------------------------------------------------------------------
 
 
-def _config(blue: SimulatedUpstream, green: SimulatedUpstream, weight: float) -> dict[str, Any]:
+def _config(blue: SimulatedUpstream, green: SimulatedUpstream, *, step_seconds: float,
+            min_requests: int, interval: float) -> dict[str, Any]:
     return {"rollouts": [{
         "name": ROLLOUT,
         "match": {"model": REQUESTED_MODEL},
         "blue": {"model": BLUE_MODEL, "base_url": blue.base_url},
         "green": {"model": GREEN_MODEL, "base_url": green.base_url,
                   "api_key_env": GREEN_KEY_ENV},
-        "weight": weight,
+        "schedule": {"steps": list(STEPS), "min_step_duration": step_seconds,
+                     "min_requests": min_requests,
+                     "progress_deadline": max(15.0, 4 * step_seconds)},
+        "analysis": {"interval": interval, "alpha": 0.01, "checks": [dict(c) for c in CHECKS]},
     }]}
 
 
@@ -464,95 +649,126 @@ def _is_terminal(out: TextIO) -> bool:
         return False
 
 
-def run_demo(duration: float = 20.0, weight: float = 30.0, concurrency: int = 8,
-             rate: float = 100.0, *, out: TextIO = sys.stdout, live: bool | None = None
-             ) -> DemoResult:
-    """Run a blue/green rollout against two local simulated upstreams and report on it.
+def _rollout_status() -> Mapping[str, Any]:
+    rollouts = status().get("rollouts") or [{}]
+    first: Mapping[str, Any] = rollouts[0]
+    return first
 
-    Installs openai-bluegreen with its own tracer and meter providers for the duration (an
-    existing installation is replaced and uninstalled at the end), drives chat traffic from
-    ``concurrency`` threads, shows the per-environment metrics once a second, and prints a
-    summary. Ctrl-C ends the traffic early and still prints the summary.
+
+def _judge(scenario: Scenario, outcome: str, deciding_check: str | None) -> str:
+    """Why the run did not end as expected ('' when it did)."""
+    if outcome != scenario.expected:
+        return (f"expected the rollout to be {scenario.expected}, but it is {outcome} "
+                "(longer --duration, or more --rate for more data per step?)")
+    if scenario.failing_signals:
+        if deciding_check is None:
+            return "rolled back, but no failed check was named"
+        if not deciding_check.startswith(scenario.failing_signals):
+            return (f"rolled back by {deciding_check}, expected a check of "
+                    f"{' or '.join(scenario.failing_signals)}")
+    return ""
+
+
+def run_scenario(scenario: Scenario | str, *, duration: float = 60.0, rate: float = 200.0,
+                 concurrency: int = 32, step_seconds: float = 5.0, seed: int = SEED,
+                 tail: float = 2.0, out: TextIO | None = None, live: bool | None = None,
+                 exporters: _Exporters | None = None) -> ScenarioResult:
+    """Run one scenario: a scheduled rollout under traffic until it ends (plus ``tail``).
 
     Args:
-        duration: Seconds of traffic.
-        weight: Percent of users routed to green.
+        scenario: A :class:`Scenario` or the name of one in :data:`SCENARIOS`.
+        duration: Cap in seconds; the run ends earlier once the rollout is promoted or rolled
+            back and ``tail`` more seconds of traffic have shown where calls go.
+        rate: Target app calls per second (the threads' capacity caps it).
         concurrency: Threads making calls.
-        rate: Target calls per second over all threads (the threads' capacity caps it).
-        out: Where the view and summary are written.
+        step_seconds: The schedule's ``min_step_duration``; green degrades half-way
+            through the first step.
+        seed: Seeds the upstreams' and the callers' random draws.
+        tail: Seconds of traffic after the rollout ended.
+        out: Where the view and summary go (default: ``sys.stdout``).
         live: Redraw in place with ANSI escapes; ``None`` does so when ``out`` is a terminal.
-
-    Returns:
-        The per-environment numbers, fallbacks, green share and failures seen by the app.
-
-    Raises:
-        ValueError: An argument is out of range.
+        exporters: Extra readers and span processors for the providers (Prometheus, OTLP).
     """
-    problems = []
-    if not (math.isfinite(duration) and duration > 0):
-        problems.append(f"duration must be > 0 seconds (got {duration!r})")
-    if not (math.isfinite(weight) and 0 <= weight <= 100):
-        problems.append(f"weight must be between 0 and 100 (got {weight!r})")
-    if concurrency < 1:
-        problems.append(f"concurrency must be >= 1 (got {concurrency!r})")
-    if not (math.isfinite(rate) and rate > 0):
-        problems.append(f"rate must be > 0 calls per second (got {rate!r})")
-    if problems:
-        raise ValueError("; ".join(problems))
+    if isinstance(scenario, str):
+        scenario = SCENARIOS[scenario]
+    out = sys.stdout if out is None else out
     live = _is_terminal(out) if live is None else live
-    view = _View(out, live)
+    view = _View(out, live, scenario)
     tally = _Tally()
     stop = threading.Event()
-    reader = InMemoryMetricReader()
-    meter_provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    source = LocalSource()
+    extra_readers = exporters.metric_readers() if exporters is not None else []
+    meter_provider = MeterProvider(metric_readers=[source, *extra_readers],
+                                   shutdown_on_exit=False)
     tracer_provider = TracerProvider(shutdown_on_exit=False)
-    blue = SimulatedUpstream("blue", latency=0.08, latency_sigma=0.3, ttfc=0.03,
-                             error_rates={503: 0.005}, seed=SEED)
-    green = SimulatedUpstream("green", latency=0.06, latency_sigma=0.3, ttfc=0.02,
-                              error_rates={503: 0.01}, seed=SEED + 1)
+    for processor in exporters.span_processors() if exporters is not None else []:
+        tracer_provider.add_span_processor(processor)
+    blue = SimulatedUpstream("blue", seed=seed, **HEALTHY)
+    green = SimulatedUpstream("green", seed=seed + 1, **HEALTHY)
+    # Enough calls per step that green's share of the first step gets there in ~60 % of it.
+    min_requests = max(5, int(rate * STEPS[0] / 100 * step_seconds * 0.6))
+    interval = max(0.05, min(0.5, step_seconds / 4))
+    degrade_after = 0.5 * step_seconds if scenario.change else None
     threads: list[threading.Thread] = []
+    samples: list[Sample] = []
     client: openai.OpenAI | None = None
     interrupted = False
+    degraded_at: float | None = None
     started = time.monotonic()
-    elapsed = 0.0
+    decisions: list[DecisionRecord] = []
+
+    def sample() -> Sample:
+        now = time.monotonic() - started
+        state = _rollout_status()
+        stats = source.snapshot(time.time()).get(ROLLOUT)
+        taken = Sample(now, stats, float(state.get("weight", 0.0)),
+                       str(state.get("phase", "pending")), state.get("step"))
+        samples.append(taken)
+        return taken
+
     try:
-        with _demo_key():
-            blue.start()
-            green.start()
-            install(_config(blue, green, weight), tracer_provider=tracer_provider,
-                    meter_provider=meter_provider)
-            configured = float(status()["rollouts"][0]["weight"])
-            client = openai.OpenAI(base_url=blue.base_url, api_key="demo-blue-key",
-                                   max_retries=0)
+        blue.start()
+        green.start()
+        client = openai.OpenAI(base_url=blue.base_url, api_key="demo-blue-key", max_retries=0)
+        wall_start = time.time()
+        started = time.monotonic()
+        with _demo_key(), _decision_log(wall_start) as log:
+            install(_config(blue, green, step_seconds=step_seconds, min_requests=min_requests,
+                            interval=interval),
+                    tracer_provider=tracer_provider, meter_provider=meter_provider)
             pacer = _Pacer(rate)
-            started = time.monotonic()
-            deadline = started + duration
-            threads = [
-                threading.Thread(target=_drive, name=f"demo-caller-{i}", daemon=True,
-                                 args=(client, pacer, tally),
-                                 kwargs={"stop": stop, "deadline": deadline,
-                                         "seed": SEED + 100 + i})
-                for i in range(concurrency)
-            ]
+            threads = [threading.Thread(target=_drive, name=f"demo-caller-{i}", daemon=True,
+                                        args=(client, pacer, tally),
+                                        kwargs={"stop": stop, "seed": seed + 100 + i})
+                       for i in range(concurrency)]
             for thread in threads:
                 thread.start()
+            ended_at: float | None = None
             try:
-                tick = started
                 while True:
-                    now = time.monotonic()
-                    if now >= deadline:
+                    time.sleep(TICK)
+                    now = time.monotonic() - started
+                    if degrade_after is not None and degraded_at is None and now >= degrade_after:
+                        green.configure(**scenario.change)
+                        degraded_at = now
+                    taken = sample()
+                    decisions = log.snapshot()
+                    view.show(samples, decisions, _rollout_status().get("last_decision"),
+                              tally, degraded_at)
+                    if ended_at is None and taken.phase in ("promoted", "rolled_back"):
+                        ended_at = now
+                    if (ended_at is not None and now >= ended_at + tail) or now >= duration:
                         break
-                    tick = min(tick + 1.0, deadline)
-                    time.sleep(max(0.0, tick - now))
-                    elapsed = min(time.monotonic() - started, duration)
-                    view.show(read_stats(reader), elapsed, duration, configured, tally)
             except KeyboardInterrupt:
                 interrupted = True
-            elapsed = min(time.monotonic() - started, duration)
             stop.set()
             for thread in threads:
                 thread.join(10)
-            stats = read_stats(reader)
+            flush()
+            final_sample = sample()
+            decisions = log.snapshot()
+            if not live:
+                view.show(samples, decisions, None, tally, degraded_at, final=True)
     finally:
         stop.set()
         for thread in threads:  # reached first only when something above raised
@@ -565,18 +781,281 @@ def run_demo(duration: float = 20.0, weight: float = 30.0, concurrency: int = 8,
         blue.stop()
         meter_provider.shutdown()
         tracer_provider.shutdown()
-    result = DemoResult(
-        blue=stats["blue"],
-        green=stats["green"],
-        fallbacks=stats["green"].fallbacks,
-        green_share=green_share(stats),
-        weight=configured,
-        calls=tally.calls,
-        calls_failed_for_caller=tally.failed,
-        failures=dict(tally.failures),
-        elapsed=elapsed,
-        interrupted=interrupted,
-    )
+    outcome = final_sample.phase
+    start = next((d.t for d in decisions if d.action == "start"), 0.0)
+    deciding = next((d for d in reversed(decisions) if d.phase in ("promoted", "rolled_back")),
+                    None)
+    deciding_check = _failed_check(deciding) if outcome == "rolled_back" else None
+    why = _judge(scenario, outcome, deciding_check)
+    if interrupted:
+        why = why or "interrupted"
+    result = ScenarioResult(
+        scenario=scenario, outcome=outcome, ok=not why, why=why,
+        deciding_check=deciding_check, decisions=tuple(decisions),
+        time_to_decision=None if deciding is None else deciding.t - start,
+        degraded_at=degraded_at, elapsed=final_sample.t, calls=tally.calls,
+        failed=tally.failed, final=final_sample.stats, samples=tuple(samples),
+        interrupted=interrupted)
     out.write(render_summary(result))
     out.flush()
     return result
+
+
+# -- the report ----------------------------------------------------------------------------
+
+_ENV_COLORS = {"blue": "#1f6feb", "green": "#1a7f37"}
+_ACTION_COLORS = {"start": "#6e7781", "advance": "#0969da", "promote": "#1a7f37",
+                  "rollback": "#cf222e", "pause": "#bf8700", "resume": "#0969da"}
+_W, _H, _L, _R, _T, _B = 760, 190, 58, 14, 26, 28
+
+
+def _nice_step(span: float, ticks: int = 5) -> float:
+    raw = span / ticks if span > 0 else 1.0
+    power = 10.0 ** math.floor(math.log10(raw))
+    for mult in (1.0, 2.0, 2.5, 5.0):
+        if raw <= mult * power:
+            return mult * power
+    return 10.0 * power
+
+
+Series = tuple[str, str, Sequence[tuple[float, float | None]]]
+
+
+def _svg_chart(title: str, series: Sequence[Series], *, t_max: float,
+               fmt: Callable[[float], str], y_max: float | None = None,
+               decisions: Sequence[DecisionRecord] = (), degraded_at: float | None = None,
+               step: bool = False, markers_on: int | None = None) -> str:
+    """One line chart as inline SVG; decision markers get a hover title with the reason."""
+    values = [v for _, _, pts in series for _, v in pts if v is not None]
+    top = y_max if y_max is not None else max(values, default=0.0) * 1.15
+    top = top if top > 0 else 1.0
+    y_tick = _nice_step(top, 4)
+    top = math.ceil(top / y_tick) * y_tick
+    t_max = max(t_max, 1.0)
+    plot_w, plot_h = _W - _L - _R, _H - _T - _B
+
+    def x(t: float) -> float:
+        return _L + plot_w * t / t_max
+
+    def y(v: float) -> float:
+        return _T + plot_h * (1 - v / top)
+
+    out = [f'<svg class="chart" viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" '
+           f'role="img" aria-label="{html.escape(title)}">',
+           f'<text x="{_L}" y="16" class="title">{html.escape(title)}</text>']
+    tick = 0.0
+    while tick <= top + 1e-9:
+        out.append(f'<line x1="{_L}" x2="{_W - _R}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" '
+                   'class="grid"/>'
+                   f'<text x="{_L - 6}" y="{y(tick) + 4:.1f}" class="axis" '
+                   f'text-anchor="end">{html.escape(fmt(tick))}</text>')
+        tick += y_tick
+    t_tick = _nice_step(t_max, 8)
+    tick = 0.0
+    while tick <= t_max + 1e-9:
+        out.append(f'<text x="{x(tick):.1f}" y="{_H - _B + 16}" class="axis" '
+                   f'text-anchor="middle">{tick:g}s</text>')
+        tick += t_tick
+    if degraded_at is not None:
+        out.append(f'<line x1="{x(degraded_at):.1f}" x2="{x(degraded_at):.1f}" y1="{_T}" '
+                   f'y2="{_H - _B}" class="degraded"><title>green degraded at '
+                   f'+{degraded_at:.1f} s</title></line>')
+    for d in decisions:
+        color = _ACTION_COLORS.get(d.action, "#6e7781")
+        out.append(f'<line x1="{x(d.t):.1f}" x2="{x(d.t):.1f}" y1="{_T}" y2="{_H - _B}" '
+                   f'stroke="{color}" class="mark"/>')
+    for index, (label, color, points) in enumerate(series):
+        segments: list[list[tuple[float, float]]] = [[]]
+        previous: float | None = None
+        for t, v in points:
+            if v is None:
+                segments.append([])
+                previous = None
+                continue
+            if step and previous is not None:
+                segments[-1].append((x(t), y(previous)))
+            segments[-1].append((x(t), y(min(v, top))))
+            previous = v
+        for seg in segments:
+            if len(seg) > 1:
+                path = " ".join(f"{px:.1f},{py:.1f}" for px, py in seg)
+                out.append(f'<polyline points="{path}" fill="none" stroke="{color}" '
+                           'stroke-width="2"/>')
+        out.append(f'<text x="{_W - _R - 150 + index * 75}" y="16" fill="{color}" '
+                   f'class="legend">&#9632; {html.escape(label)}</text>')
+    if markers_on is not None:
+        _, _, points = series[markers_on]
+        for d in decisions:
+            level = d.weight if math.isfinite(d.weight) else 0.0
+            color = _ACTION_COLORS.get(d.action, "#6e7781")
+            out.append(f'<circle cx="{x(d.t):.1f}" cy="{y(level):.1f}" r="6" fill="{color}" '
+                       f'class="decision" data-action="{d.action}"><title>'
+                       f'+{d.t:.1f} s {html.escape(d.action)} -> {level:g}%: '
+                       f'{html.escape(d.reason)}</title></circle>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _report_section(result: ScenarioResult) -> str:
+    s = result.scenario
+    samples = result.samples
+    t_max = samples[-1].t if samples else 1.0
+    windows = [(smp.t, _windows(samples, i)) for i, smp in enumerate(samples)]
+
+    def env_series(pick: Callable[[_Window], float | None]) -> list[Series]:
+        return [(env, _ENV_COLORS[env],
+                 [(t, pick(w[env]) if w is not None else None) for t, w in windows])
+                for env in ENVIRONMENTS]
+
+    common: dict[str, Any] = {"t_max": t_max, "decisions": result.decisions,
+                              "degraded_at": result.degraded_at}
+    charts = [
+        _svg_chart("Green weight (% of calls)", [("weight", _ENV_COLORS["green"],
+                                                 [(smp.t, smp.weight) for smp in samples])],
+                   fmt=lambda v: f"{v:g}%", y_max=100.0, step=True, markers_on=0, **common),
+        _svg_chart(f"Error rate (last {WINDOW:g} s)", env_series(lambda w: w.error_rate),
+                   fmt=lambda v: f"{v * 100:.3g}%", **common),
+        _svg_chart(f"p95 latency (last {WINDOW:g} s, successful calls)",
+                   env_series(lambda w: w.p95), fmt=lambda v: f"{v * 1000:.0f} ms", **common),
+        _svg_chart(f"p95 time to first chunk (last {WINDOW:g} s, streamed calls)",
+                   env_series(lambda w: w.ttfc_p95), fmt=lambda v: f"{v * 1000:.0f} ms",
+                   **common),
+    ]
+    verdict = ("ok" if result.ok else "bad")
+    rows = []
+    for d in result.decisions:
+        color = _ACTION_COLORS.get(d.action, "#6e7781")
+        rows.append(f'<tr><td>+{d.t:.1f} s</td><td style="color:{color}"><b>'
+                    f'{html.escape(d.action)}</b></td><td>{d.weight:g}%</td>'
+                    f'<td>{html.escape(d.phase)}</td><td>{html.escape(d.reason)}</td></tr>')
+    if result.degraded_at is not None:
+        rows.append(f'<tr><td>+{result.degraded_at:.1f} s</td><td>(green degraded)</td>'
+                    f'<td></td><td></td><td>{html.escape(s.change_label)}</td></tr>')
+    check_rows = []
+    deciding = result.deciding
+    for check in deciding.checks if deciding is not None else ():
+        check_rows.append(f'<tr class="{html.escape(str(check.get("status")))}"><td>'
+                          f'{html.escape(str(check.get("check")))}</td><td>'
+                          f'{html.escape(str(check.get("status")))}</td><td>'
+                          f'{html.escape(_check_numbers(check))}</td></tr>')
+    summary = html.escape(render_summary(result).strip())
+    return f"""
+<section>
+<h2>Scenario <code>{html.escape(s.name)}</code>: <span class="{verdict}">
+{html.escape(result.outcome)}</span></h2>
+<p>{html.escape(s.story)}.</p>
+<pre>{summary}</pre>
+{"".join(f'<div class="chart-box">{c}</div>' for c in charts)}
+<h3>Decisions</h3>
+<table><tr><th>time</th><th>action</th><th>green weight</th><th>phase</th><th>reason</th></tr>
+{"".join(rows)}</table>
+<h3>Checks at the deciding decision</h3>
+<table><tr><th>check</th><th>status</th><th>numbers</th></tr>{"".join(check_rows)}</table>
+</section>"""
+
+
+def render_report(results: Sequence[ScenarioResult]) -> str:
+    """A self-contained HTML page (inline SVG and CSS, no script, no network)."""
+    legend = " ".join(f'<span style="color:{c}">&#9679; {a}</span>'
+                      for a, c in _ACTION_COLORS.items())
+    sections = "".join(_report_section(r) for r in results)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>openai-bluegreen demo report</title>
+<style>
+body {{ font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 800px;
+       color: #1f2328; }}
+h2 {{ border-bottom: 1px solid #d0d7de; padding-bottom: 4px; margin-top: 36px; }}
+.ok {{ color: #1a7f37; }} .bad {{ color: #cf222e; }}
+pre {{ background: #f6f8fa; padding: 8px; white-space: pre-wrap; font-size: 12px; }}
+table {{ border-collapse: collapse; width: 100%; font-size: 12px; }}
+td, th {{ border: 1px solid #d0d7de; padding: 3px 6px; text-align: left;
+          vertical-align: top; }}
+tr.fail td {{ background: #ffebe9; }}
+.chart-box {{ margin: 10px 0; }}
+svg .title {{ font-weight: 600; font-size: 13px; }}
+svg .axis {{ font-size: 11px; fill: #57606a; }}
+svg .legend {{ font-size: 12px; }}
+svg .grid {{ stroke: #eaeef2; }}
+svg .mark {{ stroke-dasharray: 2 3; stroke-width: 1; opacity: .7; }}
+svg .degraded {{ stroke: #cf222e; stroke-dasharray: 6 3; stroke-width: 1.5; }}
+svg .decision {{ stroke: white; stroke-width: 1.5; }}
+</style></head><body>
+<h1>openai-bluegreen demo</h1>
+<p>Rollout <code>{ROLLOUT}</code>: the app asks for <code>{REQUESTED_MODEL}</code>; blue serves
+<code>{BLUE_MODEL}</code>, green <code>{GREEN_MODEL}</code> (both simulated on loopback). The
+watcher steps green through {" → ".join(f"{w:g}%" for w in STEPS)} and judges it with:
+{", ".join(f"<code>{html.escape(n)}</code>" for n in CHECK_NAMES)}.
+Decision markers: {legend}; a dashed red line marks the moment green degraded. Hover a
+marker for the watcher's reason.</p>
+{sections}
+</body></html>
+"""
+
+
+# -- the demo ------------------------------------------------------------------------------
+
+
+def run_demo(scenarios: Sequence[str] | str = "healthy", *, duration: float = 60.0,
+             rate: float = 200.0, concurrency: int = 32, step_seconds: float = 5.0,
+             seed: int = SEED, tail: float = 2.0, out: TextIO | None = None,
+             live: bool | None = None, report: str | os.PathLike[str] | None = DEFAULT_REPORT,
+             prometheus_port: int | None = None) -> DemoRun:
+    """Run scenarios one after the other, print summaries, and write the HTML report.
+
+    Args:
+        scenarios: Names from :data:`SCENARIOS`, or one name, or ``"all"``.
+        duration: Cap per scenario in seconds.
+        rate: Target app calls per second.
+        concurrency: Threads making calls.
+        step_seconds: Minimum seconds per rollout step.
+        seed: Seed of the random draws.
+        tail: Seconds of traffic after the rollout ended.
+        out: Where the view and summaries go (default: ``sys.stdout``).
+        live: Redraw in place; ``None`` does so when ``out`` is a terminal.
+        report: Path of the HTML report; ``None`` writes none.
+        prometheus_port: Serve ``/metrics`` on ``127.0.0.1`` at this port while running.
+
+    Raises:
+        ValueError: An argument is out of range or a scenario is unknown.
+        DemoError: An optional exporter package is missing, or the port is taken.
+    """
+    names = list(SCENARIOS) if scenarios == "all" else (
+        [scenarios] if isinstance(scenarios, str) else list(scenarios))
+    problems = [f"unknown scenario {n!r} (choose from {', '.join(SCENARIOS)} or all)"
+                for n in names if n not in SCENARIOS]
+    for label, value in (("duration", duration), ("rate", rate), ("step_seconds", step_seconds)):
+        if not (math.isfinite(value) and value > 0):
+            problems.append(f"{label} must be > 0 (got {value!r})")
+    if concurrency < 1:
+        problems.append(f"concurrency must be >= 1 (got {concurrency!r})")
+    if problems:
+        raise ValueError("; ".join(problems))
+    out = sys.stdout if out is None else out
+    exporters = _Exporters(prometheus_port, bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")))
+    results: list[ScenarioResult] = []
+    try:
+        if exporters.url is not None:
+            out.write(f"Prometheus metrics: {exporters.url}\n")
+        for name in names:
+            out.write(f"\n== scenario {name}: {SCENARIOS[name].story}\n")
+            out.flush()
+            result = run_scenario(name, duration=duration, rate=rate, concurrency=concurrency,
+                                  step_seconds=step_seconds, seed=seed, tail=tail, out=out,
+                                  live=live, exporters=exporters)
+            results.append(result)
+            if result.interrupted:
+                break
+    finally:
+        exporters.close()
+    path: Path | None = None
+    if report is not None and results:
+        path = Path(report)
+        path.write_text(render_report(results), encoding="utf-8")
+        out.write(f"\nReport: {path.resolve()}\n")
+    if len(results) > 1:
+        for r in results:
+            out.write(f"  {r.scenario.name:<8} {r.outcome:<12} {r.elapsed:5.1f} s  "
+                      f"{'ok' if r.ok else 'NOT as expected: ' + r.why}\n")
+    out.flush()
+    return DemoRun(tuple(results), path)

@@ -1,7 +1,7 @@
 """The ``openai-bluegreen`` command line (also ``python -m openai_bluegreen``).
 
 Subcommands:
-    demo: a blue/green rollout under live traffic against two local simulated upstreams.
+    demo: a progressive rollout under live traffic against two local simulated upstreams.
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
+from typing import Any
 
-from ._demo import run_demo
+from ._cli_control import add_control_commands
+from ._demo import DEFAULT_REPORT, SCENARIOS, SEED, DemoError, run_demo
 from ._version import __version__
 
 __all__ = ["build_parser", "main"]
@@ -51,10 +53,77 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number (got {text!r})") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 65535 (got {text!r})")
+    return value
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number (got {text!r})") from None
+
+
 def _run_demo(args: argparse.Namespace) -> int:
-    run_demo(duration=args.duration, weight=args.weight, concurrency=args.concurrency,
-             rate=args.rate, live=False if args.no_live else None)
-    return 0
+    try:
+        run = run_demo(args.scenario, duration=args.duration, rate=args.rate,
+                       concurrency=args.concurrency, step_seconds=args.step_seconds,
+                       seed=args.seed, live=False if args.no_live else None,
+                       report=args.report, prometheus_port=args.prometheus_port)
+    except DemoError as exc:
+        print(f"openai-bluegreen demo: error: {exc}", file=sys.stderr)
+        return 1
+    for result in run.results:
+        if not result.ok:
+            print(f"openai-bluegreen demo: scenario {result.scenario.name!r} did not end as "
+                  f"expected: {result.why}", file=sys.stderr)
+    if any(r.interrupted for r in run.results):
+        return 130
+    return 0 if run.ok else 1
+
+
+def _add_demo(commands: Any) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="watch a progressive rollout judged by the watcher (local simulated upstreams, "
+        "no API keys)",
+        description="Start two simulated OpenAI-compatible upstreams on loopback (blue: "
+        "gpt-4.1, green: deepseek-v3.2), route an unchanged app's gpt-4.1 calls between them "
+        "with a scheduled rollout (5%% -> 25%% -> 50%% -> 100%%), and watch the watcher "
+        "promote or roll back green. Scenarios: healthy (green is promoted), errors (green's "
+        "error rate rises to 10%%: rolled back), slow (green's latency doubles: rolled back). "
+        "Ends with a summary and an HTML report with plots; exit status 0 when every scenario "
+        "ended as expected, 1 otherwise.",
+    )
+    demo.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="healthy",
+                      help="what green does; 'all' runs the three in sequence "
+                      "(default: healthy)")
+    demo.add_argument("--duration", type=_positive, default=60.0, metavar="SECONDS",
+                      help="longest run per scenario; a run ends ~2 s after the rollout is "
+                      "promoted or rolled back (default: 60)")
+    demo.add_argument("--rate", type=_positive, default=200.0, metavar="CALLS_PER_S",
+                      help="target calls per second over all threads (default: 200)")
+    demo.add_argument("--concurrency", type=_at_least_one, default=32, metavar="THREADS",
+                      help="threads making calls (default: 32)")
+    demo.add_argument("--step-seconds", type=_positive, default=5.0, metavar="SECONDS",
+                      help="minimum time per rollout step (default: 5)")
+    demo.add_argument("--seed", type=_whole, default=SEED, metavar="N",
+                      help=f"seed of the simulated upstreams and callers (default: {SEED})")
+    demo.add_argument("--report", default=DEFAULT_REPORT, metavar="PATH",
+                      help=f"where to write the HTML report (default: ./{DEFAULT_REPORT})")
+    demo.add_argument("--no-live", action="store_true",
+                      help="print compact lines instead of redrawing the screen")
+    demo.add_argument("--prometheus-port", type=_port, default=None, metavar="PORT",
+                      help="serve Prometheus /metrics on 127.0.0.1:PORT while running (needs "
+                      "openai-bluegreen[prometheus])")
+    handler: Callable[[argparse.Namespace], int] = _run_demo
+    demo.set_defaults(handler=handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,26 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", title="commands", required=True)
 
-    demo = commands.add_parser(
-        "demo",
-        help="watch a rollout under live traffic (local simulated upstreams, no API keys)",
-        description="Start two simulated OpenAI-compatible upstreams on loopback (blue: "
-        "gpt-4.1, green: deepseek-v3.2), route an unchanged app's gpt-4.1 calls between them, "
-        "and show per-environment requests, errors, p95 latency, time to first chunk, tokens, "
-        "fallbacks and the green share once a second.",
-    )
-    demo.add_argument("--duration", type=_positive, default=20.0, metavar="SECONDS",
-                      help="how long to send traffic (default: 20)")
-    demo.add_argument("--weight", type=_percent, default=30.0, metavar="PERCENT",
-                      help="percent of users routed to green, 0-100 (default: 30)")
-    demo.add_argument("--concurrency", type=_at_least_one, default=8, metavar="THREADS",
-                      help="threads making calls (default: 8)")
-    demo.add_argument("--rate", type=_positive, default=100.0, metavar="CALLS_PER_S",
-                      help="target calls per second over all threads (default: 100)")
-    demo.add_argument("--no-live", action="store_true",
-                      help="print one line per second instead of redrawing the screen")
-    handler: Callable[[argparse.Namespace], int] = _run_demo
-    demo.set_defaults(handler=handler)
+    _add_demo(commands)
+    add_control_commands(commands, _percent)
     return parser
 
 

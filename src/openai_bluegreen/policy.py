@@ -157,10 +157,10 @@ def _run_check(check: Check, windows: tuple[StepWindow, ...], total: RolloutStat
         log_e = log_e_one_sample(slow, green_hist.total, tail)
         return result(log_e, numbers, enough=green_hist.total > 0)
     assert check.max_ratio is not None
-    bound = blue_hist.quantile_bound(check.quantile)
+    bound = blue_hist.tail_bound(check.quantile)
     if bound is None:
         note = ("blue has no calls of this kind yet" if blue_hist.total == 0 else
-                "blue's quantile is above the largest bucket bound")
+                "blue's calls all fall in one histogram bucket")
         return CheckResult(name, "no_data", 0.0, threshold, {"note": note})
     batches = []
     for window in windows:

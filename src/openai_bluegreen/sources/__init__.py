@@ -53,21 +53,25 @@ class Histogram:
         index = bisect.bisect_left(self.bounds, bound)
         return sum(self.counts[index + 1:])
 
-    def quantile_bound(self, q: float) -> float | None:
-        """The smallest bucket bound at or above the ``q``-quantile; ``None`` when unknown.
+    def tail_bound(self, q: float) -> float | None:
+        """The bucket bound whose share of values above it is closest to ``1 - q``.
 
-        Unknown means no data, or the quantile falls in the ``+Inf`` bucket.
+        Closest in ratio (``|log(share / (1 - q))|``), among bounds with some values on each
+        side; ``None`` when there is none (no data, or everything in one bucket).
         """
         total = self.total
         if total == 0:
             return None
-        rank = q * total
-        running = 0
+        target = 1.0 - q
+        best: tuple[float, float] | None = None
+        above = total
         for bound, count in zip(self.bounds, self.counts, strict=False):
-            running += count
-            if running >= rank:
-                return bound
-        return None
+            above -= count
+            if 0 < above < total:
+                distance = abs(math.log((above / total) / target))
+                if best is None or distance < best[0]:
+                    best = (distance, bound)
+        return None if best is None else best[1]
 
     def quantile(self, q: float) -> float | None:
         """The ``q``-quantile by linear interpolation in its bucket (``histogram_quantile``)."""
