@@ -35,6 +35,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/hotpath.py
+	$(BIN)/python benchmarks/detection.py
 
 install: $(STAMP) $(PRISM)
 

@@ -526,7 +526,7 @@ class _View:
             w = windows[env] if windows else _EMPTY
             parts.append(f"{env} {w.rate:.0f}/s err {_pct(w.error_rate)} "
                          f"p95 {_ms(w.p95)} ttfc {_ms(w.ttfc_p95)}")
-        parts.append(f"fallbacks {sample.stats.green.fallbacks}")
+        parts.append(f"fallbacks {sample.stats.green.fallbacks} (rates: last {WINDOW:g} s)")
         return " | ".join(parts)
 
     def _frame(self, samples: Sequence[Sample], decisions: Sequence[DecisionRecord],

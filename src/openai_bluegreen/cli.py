@@ -95,9 +95,9 @@ def _add_demo(commands: Any) -> None:
         "no API keys)",
         description="Start two simulated OpenAI-compatible upstreams on loopback (blue: "
         "gpt-4.1, green: deepseek-v3.2), route an unchanged app's gpt-4.1 calls between them "
-        "with a scheduled rollout (5%% -> 25%% -> 50%% -> 100%%), and watch the watcher "
+        "with a scheduled rollout (5% -> 25% -> 50% -> 100%), and watch the watcher "
         "promote or roll back green. Scenarios: healthy (green is promoted), errors (green's "
-        "error rate rises to 10%%: rolled back), slow (green's latency doubles: rolled back). "
+        "error rate rises to 10%: rolled back), slow (green's latency doubles: rolled back). "
         "Ends with a summary and an HTML report with plots; exit status 0 when every scenario "
         "ended as expected, 1 otherwise.",
     )
