@@ -134,10 +134,17 @@ def test_schedule_and_analysis_take_durations_and_defaults() -> None:
 def test_state_store_urls_are_checked() -> None:
     assert openai_bluegreen.load_config({"state": "file:///tmp/x.json"}).state == \
         "file:///tmp/x.json"
-    with pytest.raises(ConfigError, match="redis store is not available"):
-        openai_bluegreen.load_config({"state": "redis://localhost:6379/0"})
-    with pytest.raises(ConfigError, match=r"state: must be 'memory' or 'file:///path"):
+    assert openai_bluegreen.load_config({"state": "redis://:pw@localhost:6379/0"}).state == \
+        "redis://:pw@localhost:6379/0"
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config({"state": "redis://:hunter2@local host:6379/0"})
+    assert "hunter2" not in str(caught.value) and "redis://:***@local host" in str(caught.value)
+    with pytest.raises(ConfigError, match=r"state: must be 'memory', 'file:///path"):
         openai_bluegreen.load_config({"state": "s3://bucket"})
+    assert openai_bluegreen.load_config(
+        {"metrics_source": "http://127.0.0.1:9090"}).metrics_source == "http://127.0.0.1:9090"
+    with pytest.raises(ConfigError, match="metrics_source: must be 'local' or a Prometheus URL"):
+        openai_bluegreen.load_config({"metrics_source": "prometheus"})
 
 
 def test_api_key_value_never_appears_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:

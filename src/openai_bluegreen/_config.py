@@ -30,6 +30,7 @@ __all__ = [
     "Rollout",
     "Schedule",
     "load_config",
+    "mask_url",
     "parse_duration",
 ]
 
@@ -50,6 +51,17 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _ENV_VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _URL_RE = re.compile(r"^https?://[^/\s:]+(:\d{1,5})?(/\S*)?$")
 _RESERVED_PARAMS = frozenset({"model", "stream", "messages", "input", "prompt"})
+_REDIS_RE = re.compile(r"^rediss?://([^@/\s]*@)?[^/:@\s]+(:\d{1,5})?(/\d{1,2})?/?$")
+_USERINFO_RE = re.compile(r"^([a-z][a-z0-9+.-]*://)([^@/]*)@")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe to print and log)."""
+    match = _USERINFO_RE.match(url)
+    if match is None:
+        return url
+    user = match.group(2).split(":", 1)[0] if ":" in match.group(2) else ""
+    return f"{match.group(1)}{user}:***@{url[match.end():]}"
 
 
 class _Strict(BaseModel):
@@ -347,16 +359,19 @@ class Config(_Strict):
         if value == "memory" or (value.startswith("file://") and len(value) > len("file://")):
             return value
         if value.startswith(("redis://", "rediss://")):
-            raise ValueError("the redis store is not available in this version (fleet mode); "
-                             "use 'memory' or 'file:///path/state.json'")
-        raise ValueError("must be 'memory' or 'file:///path/state.json'")
+            if not _REDIS_RE.match(value):
+                raise ValueError(f"must look like redis://[:password@]host[:port][/db] "
+                                 f"(got {mask_url(value)!r})")
+            return value
+        raise ValueError("must be 'memory', 'file:///path/state.json' or "
+                         "'redis://[:password@]host[:port][/db]'")
 
     @field_validator("metrics_source")
     @classmethod
     def _check_source(cls, value: str) -> str:
-        if value != "local":
-            raise ValueError("only 'local' is supported in this version")
-        return value
+        if value == "local" or _URL_RE.match(value):
+            return value
+        raise ValueError("must be 'local' or a Prometheus URL such as http://prometheus:9090")
 
     @model_validator(mode="after")
     def _check_unique(self) -> Config:
@@ -412,7 +427,10 @@ def _problems(error: ValidationError) -> list[tuple[str, str]]:
         elif item["type"] == "missing":
             message = "required field is missing"
         if item["type"] != "missing" and "input" in item and not isinstance(item["input"], Mapping):
-            message += f" (got {_show_value(loc, item['input'])})"
+            shown = (repr(mask_url(item["input"])) if loc and loc[-1] == "state"
+                     and isinstance(item["input"], str) else _show_value(loc, item["input"]))
+            if "(got " not in message:
+                message += f" (got {shown})"
         problems.append((_format_loc(loc), message))
     return problems
 

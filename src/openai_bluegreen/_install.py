@@ -18,6 +18,7 @@ from ._errors import BlueGreenError
 from ._rollout import Action, RolloutState
 from ._router import Router
 from ._watcher import Watcher
+from .sources import MetricSource, open_source
 from .sources.local import LocalSource
 from .stores import StoreUnavailable, open_store
 
@@ -94,9 +95,12 @@ def install(
         if (current is not None and current.config == validated
                 and current.providers == (tracer_provider, meter_provider)):
             return
-        effective_mp, source = meter_provider, None
-        if scheduled:
+        effective_mp: metrics.MeterProvider | None = meter_provider
+        source: MetricSource | None = None
+        if scheduled and validated.metrics_source == "local":
             effective_mp, source = _local_source(meter_provider)
+        elif scheduled:
+            source = open_source(validated.metrics_source)
         router = Router(validated, tracer_provider=tracer_provider, meter_provider=effective_mp)
         router.providers = (tracer_provider, meter_provider)
         watcher = None
@@ -203,7 +207,7 @@ def status() -> dict[str, Any]:
                 entry.update({k: v for k, v in extra.items() if k not in ("name", "weight")})
         return {"installed": True, "rollouts": rollouts, "watcher": {
             "state": watcher.store.url, "interval_s": watcher.interval,
-            "problem": watcher.problem}}
+            "role": "leader" if watcher.leader else "follower", "problem": watcher.problem}}
     return {"installed": True, "rollouts": rollouts}
 
 

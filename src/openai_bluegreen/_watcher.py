@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +109,8 @@ class Watcher:
         self._runs: dict[str, _Run] = {}
         self.last_decisions: dict[str, Decision] = {}
         self.problem: str | None = None
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.leader = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._tracer = T.tracer_for(tracer_provider)
@@ -142,8 +147,14 @@ class Watcher:
         now = self._clock() if now is None else now
         try:
             self.sync()
+            # Only the lease holder decides; a lease outlives a few missed looks, not more.
+            self.leader = self.store.acquire_lease(self.holder, ttl=3 * self.interval + 1.0)
         except StoreUnavailable as exc:
+            self.leader = False
             self._set_problem(f"state store unavailable, not deciding: {exc}")
+            return []
+        if not self.leader:
+            self._set_problem(None)
             return []
         snapshot: Snapshot | None = None
         note = ""
@@ -298,6 +309,12 @@ class Watcher:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         self._thread = None
+        if self.leader:  # hand over at once instead of after the lease expires
+            try:
+                self.store.release_lease(self.holder)
+            except Exception:
+                logger.debug("openai-bluegreen: lease release failed", exc_info=True)
+            self.leader = False
 
     def status(self) -> list[dict[str, Any]]:
         out = []

@@ -27,6 +27,7 @@ __all__ = [
     "RolloutStats",
     "Snapshot",
     "SourceUnavailable",
+    "open_source",
 ]
 
 
@@ -89,11 +90,11 @@ class Histogram:
         return self.bounds[-1] if self.bounds else None
 
     def minus(self, earlier: Histogram) -> Histogram:
-        """Counts since ``earlier``; a reset (a count went down) gives the counts as they are."""
+        """Counts since ``earlier``, each at least 0 (sources handle counter resets)."""
         if earlier.bounds != self.bounds or len(earlier.counts) != len(self.counts):
-            return self
-        diff = tuple(a - b for a, b in zip(self.counts, earlier.counts, strict=True))
-        return self if any(d < 0 for d in diff) else Histogram(self.bounds, diff)
+            return self if earlier.total == 0 else Histogram(self.bounds, (0,) * len(self.counts))
+        return Histogram(self.bounds, tuple(max(0, a - b) for a, b in
+                                            zip(self.counts, earlier.counts, strict=True)))
 
     def plus(self, other: Histogram) -> Histogram:
         if not other.bounds and other.total == 0:
@@ -122,12 +123,15 @@ class EnvStats:
         return self.errors / self.requests if self.requests else None
 
     def minus(self, earlier: EnvStats) -> EnvStats:
-        """Counts since ``earlier``; after a counter reset, the counts as they are."""
-        if self.requests < earlier.requests or self.errors < earlier.errors:
-            return self
+        """Counts since ``earlier``, each at least 0.
+
+        Sources report cumulative counts that never go down (the local reader lives as long as
+        the process; the Prometheus source sums ``increase()``, which handles counter resets),
+        so a negative difference is estimation noise and is clamped.
+        """
         return EnvStats(
-            requests=self.requests - earlier.requests,
-            errors=self.errors - earlier.errors,
+            requests=max(0, self.requests - earlier.requests),
+            errors=max(0, self.errors - earlier.errors),
             errors_by_type={k: v - earlier.errors_by_type.get(k, 0)
                             for k, v in self.errors_by_type.items()
                             if v - earlier.errors_by_type.get(k, 0) > 0},
@@ -203,3 +207,17 @@ class MetricSource(Protocol):
     def close(self) -> None:
         """Release what the source holds (readers, connections)."""
         ...
+
+
+def open_source(url: str) -> MetricSource:
+    """The source a config's ``metrics_source`` names, other than ``local``.
+
+    ``local`` is built by ``install()``, which knows the MeterProvider to read; here:
+    ``http(s)://…`` → :class:`~openai_bluegreen.sources.prometheus.PrometheusSource`.
+    """
+    if url.startswith(("http://", "https://")):
+        from .prometheus import PrometheusSource
+
+        return PrometheusSource(url)
+    raise SourceUnavailable(f"metrics_source {url!r} cannot be opened here (use 'local' inside "
+                            "the app, or a Prometheus URL such as http://prometheus:9090)")

@@ -5,8 +5,8 @@ succeeds only if the stored version is still ``v``, so two writers never lose ea
 update (the loser re-reads and decides again). Readers on the request path never touch a store:
 the app keeps an in-memory copy refreshed in the background.
 
-Built in, chosen by URL: ``memory`` (this process) and ``file:///path/state.json`` (processes
-on one host; atomic replace and a lock file).
+Built in, chosen by URL: ``memory`` (this process), ``file:///path/state.json`` (processes
+on one host; atomic replace and a lock file) and ``redis://…`` (a fleet).
 """
 
 from __future__ import annotations
@@ -53,6 +53,21 @@ class StateStore(Protocol):
         """
         ...
 
+    def acquire_lease(self, holder: str, ttl: float) -> bool:
+        """Take or renew the leader lease for ``ttl`` seconds; ``True`` when ``holder`` has it.
+
+        Only the holder of the lease decides; other watchers follow the stored states. A
+        holder that stops renewing loses the lease when it expires.
+
+        Raises:
+            StoreUnavailable: The store cannot be reached.
+        """
+        ...
+
+    def release_lease(self, holder: str) -> None:
+        """Give the lease up now if ``holder`` has it (a clean shutdown)."""
+        ...
+
     def close(self) -> None:
         """Release connections and files."""
         ...
@@ -68,4 +83,9 @@ def open_store(url: str) -> StateStore:
         from .file import FileStore
 
         return FileStore(url)
-    raise StoreUnavailable(f"unknown state store {url!r} (use 'memory' or 'file:///path')")
+    if url.startswith(("redis://", "rediss://")):
+        from .redis import RedisStore
+
+        return RedisStore(url)
+    raise StoreUnavailable(f"unknown state store {url!r} (use 'memory', 'file:///path' or "
+                           "'redis://host:6379/0')")

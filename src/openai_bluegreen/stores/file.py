@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,27 @@ class FileStore:
         except OSError as exc:
             raise StoreUnavailable(f"cannot write state file {str(self.path)!r}: "
                                    f"{exc.strerror}") from exc
+
+    def acquire_lease(self, holder: str, ttl: float) -> bool:
+        """The lease lives in the file, under the same lock as the states."""
+        now = time.time()
+        with self._locked():
+            data = self._read()
+            lease = data.get("lease")
+            if (isinstance(lease, dict) and lease.get("holder") != holder
+                    and float(lease.get("expires", 0.0)) > now):
+                return False
+            data["lease"] = {"holder": holder, "expires": now + ttl}
+            self._write(data)
+            return True
+
+    def release_lease(self, holder: str) -> None:
+        with self._locked():
+            data = self._read()
+            lease = data.get("lease")
+            if isinstance(lease, dict) and lease.get("holder") == holder:
+                data.pop("lease")
+                self._write(data)
 
     def close(self) -> None:
         """Nothing held between calls."""

@@ -33,5 +33,12 @@ class MemoryStore:
             self._states[state.rollout] = state
             return True
 
+    def acquire_lease(self, holder: str, ttl: float) -> bool:
+        """One process: the lease is always this process's."""
+        return True
+
+    def release_lease(self, holder: str) -> None:
+        """Nothing to release."""
+
     def close(self) -> None:
         """Nothing to release."""
