@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from openai_bluegreen._demo import DemoError, DemoRun, run_demo
+from openai_bluegreen._demo import DemoRun, run_demo
+from openai_bluegreen._exporters import ExporterError
 from openai_bluegreen.cli import main
 
 # Small but real: 1.5-2 s steps, enough traffic for the checks to decide within a step or two.
@@ -139,7 +140,7 @@ def test_cli_rejects_bad_values(flag: str, value: str, capsys: pytest.CaptureFix
 def test_missing_exporter_packages_name_the_extra(monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
-    with pytest.raises(DemoError, match=r"pip install 'openai-bluegreen\[prometheus\]'"):
+    with pytest.raises(ExporterError, match=r"pip install 'openai-bluegreen\[prometheus\]'"):
         run_demo("healthy", prometheus_port=_free_port(), report=None)
     monkeypatch.delitem(sys.modules, "prometheus_client")
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from ._config import Config, load_config
+from ._config import Config, load_config, mask_url
 from ._control import apply_action, default_actor, find_rollout
 from ._errors import BlueGreenError, ConfigError
 from ._rollout import Action, InvalidTransition, RolloutState, initial_state
@@ -51,9 +55,9 @@ def _status(args: argparse.Namespace) -> int:
     config = _load(args)
     rows = _state_rows(config)
     if args.json:
-        print(json.dumps({"state": config.state, "rollouts": rows}, indent=2))
+        print(json.dumps({"state": mask_url(config.state), "rollouts": rows}, indent=2))
         return EXIT_OK
-    print(f"state store: {config.state}")
+    print(f"state store: {mask_url(config.state)}")
     for row in rows:
         step = ("-" if row["step"] is None or row["steps"] is None
                 else f"{row['step'] + 1}/{len(row['steps'])}")
@@ -85,12 +89,55 @@ def _act(action: Action) -> Callable[[argparse.Namespace], int]:
 def _run_watcher(args: argparse.Namespace) -> int:
     config = _load(args)
     if config.metrics_source == "local":
-        print("run-watcher: metrics_source is 'local', which reads the metrics of the process "
-              "it runs in; a separate watcher process needs a shared metric source (Prometheus, "
-              "coming with fleet mode). Until then the watcher runs inside the app: install() "
-              "starts it for every rollout with a schedule.", file=sys.stderr)
+        print("error: run-watcher runs in its own process, and metrics_source 'local' reads only "
+              "the metrics of the process it runs in. Point metrics_source at the Prometheus "
+              "that scrapes your app (e.g. http://prometheus:9090), or leave the watcher inside "
+              "the app: install() starts it for every rollout with a schedule.", file=sys.stderr)
         return EXIT_USAGE
-    raise BlueGreenError(f"unknown metrics_source {config.metrics_source!r}")  # pragma: no cover
+    if not any(r.schedule is not None for r in config.rollouts):
+        print("error: no rollout has a schedule: there is nothing to watch", file=sys.stderr)
+        return EXIT_USAGE
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    from ._exporters import Exporters
+    from ._watcher import Watcher
+    from .sources import open_source
+
+    exporters = Exporters(args.prometheus_port,
+                          bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")))
+    meter_provider = MeterProvider(metric_readers=exporters.metric_readers())
+    store = open_store(config.state)
+    source = open_source(config.metrics_source)
+    watcher = Watcher(config, store, source, meter_provider=meter_provider)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log = logging.getLogger("openai_bluegreen.watcher")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    names = ", ".join(sorted(watcher.rollouts))
+    print(f"watching {names}: state {store.url}, metrics {mask_url(config.metrics_source)}, "
+          f"every {watcher.interval:g}s" + (f"; /metrics at {exporters.url}"
+                                            if exporters.url else ""), flush=True)
+    watcher.start()
+    role = None
+    try:
+        while not stop.wait(0.5):
+            now_role = "leader" if watcher.leader else "follower"
+            if now_role != role:
+                role = now_role
+                print(f"{time.strftime('%H:%M:%S')} this watcher is the {role} "
+                      f"({watcher.holder})", flush=True)
+    finally:
+        watcher.stop()
+        source.close()
+        store.close()
+        meter_provider.shutdown()
+        exporters.close()
+    print("watcher stopped", flush=True)
+    return EXIT_OK
 
 
 def _guard(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -142,7 +189,15 @@ def add_control_commands(commands: Any, percent: Callable[[str], float]) -> None
         common(parser, json_help="print the new state as JSON")
         parser.set_defaults(handler=_guard(_act(action)))
 
-    watcher = commands.add_parser("run-watcher", help="run the rollout watcher as its own "
-                                  "process")
-    watcher.add_argument("--config", metavar="PATH", default=None)
+    watcher = commands.add_parser(
+        "run-watcher", help="run the rollout watcher as its own process",
+        description="Decide the scheduled rollouts from the fleet's metrics in Prometheus and "
+        "write the decisions to the shared state store. Several can run: one holds the lease "
+        "and decides, the others take over when it stops. Stops on SIGINT/SIGTERM.")
+    watcher.add_argument("--config", metavar="PATH", default=None,
+                         help="config file (default: $OPENAI_BLUEGREEN_CONFIG or "
+                         "./openai-bluegreen.yaml)")
+    watcher.add_argument("--prometheus-port", type=int, default=None, metavar="PORT",
+                         help="serve the watcher's own metrics (decisions, state, weight) on "
+                         "127.0.0.1:PORT/metrics")
     watcher.set_defaults(handler=_guard(_run_watcher))

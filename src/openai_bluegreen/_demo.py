@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import html
-import importlib
 import logging
 import math
 import os
@@ -36,10 +35,10 @@ from typing import Any, TextIO
 
 import openai
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 
 from ._config import Check
+from ._exporters import ExporterError, Exporters
 from ._install import flush, install, status, uninstall
 from .sources import EnvStats, RolloutStats
 from .sources.local import LocalSource
@@ -81,7 +80,7 @@ _PROMPTS = (
 )
 
 
-class DemoError(RuntimeError):
+class DemoError(ExporterError):
     """The demo cannot run as asked (a missing optional package, a port in use)."""
 
 
@@ -380,70 +379,6 @@ def _failed_check(decision: DecisionRecord | None) -> str | None:
 # -- telemetry export ----------------------------------------------------------------------
 
 
-def _import(module: str, extra: str, what: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise DemoError(f"{what} needs the {exc.name or module!r} package: "
-                        f"pip install 'openai-bluegreen[{extra}]'") from None
-
-
-class _Exporters:
-    """Prometheus (``/metrics`` on 127.0.0.1) and OTLP export for the demo's providers.
-
-    One HTTP server serves every scenario of the run; each scenario's MeterProvider gets its own
-    Prometheus reader (unregistered again when the provider shuts down).
-    """
-
-    def __init__(self, prometheus_port: int | None, otlp: bool) -> None:
-        self._prometheus: Any = None
-        self._otlp_metrics: Any = None
-        self._otlp_traces: Any = None
-        self._server: Any = None
-        self.url: str | None = None
-        if prometheus_port is not None:
-            what = "--prometheus-port"
-            self._prometheus = _import("opentelemetry.exporter.prometheus", "prometheus", what)
-            client = _import("prometheus_client", "prometheus", what)
-            try:
-                started = client.start_http_server(prometheus_port, addr="127.0.0.1")
-            except OSError as exc:
-                raise DemoError(f"cannot serve /metrics on 127.0.0.1:{prometheus_port}: "
-                                f"{exc.strerror or exc}") from None
-            self._server = started[0] if isinstance(started, tuple) else None
-            self.url = f"http://127.0.0.1:{prometheus_port}/metrics"
-        if otlp:
-            what = "OTEL_EXPORTER_OTLP_ENDPOINT"
-            self._otlp_metrics = _import(
-                "opentelemetry.exporter.otlp.proto.http.metric_exporter", "otlp", what)
-            self._otlp_traces = _import(
-                "opentelemetry.exporter.otlp.proto.http.trace_exporter", "otlp", what)
-
-    def metric_readers(self) -> list[MetricReader]:
-        readers: list[MetricReader] = []
-        if self._prometheus is not None:
-            readers.append(self._prometheus.PrometheusMetricReader())
-        if self._otlp_metrics is not None:
-            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-
-            readers.append(PeriodicExportingMetricReader(
-                self._otlp_metrics.OTLPMetricExporter(), export_interval_millis=5_000))
-        return readers
-
-    def span_processors(self) -> list[SpanProcessor]:
-        if self._otlp_traces is None:
-            return []
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-        return [BatchSpanProcessor(self._otlp_traces.OTLPSpanExporter())]
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-
 # -- rendering -----------------------------------------------------------------------------
 
 
@@ -672,7 +607,7 @@ def _judge(scenario: Scenario, outcome: str, deciding_check: str | None) -> str:
 def run_scenario(scenario: Scenario | str, *, duration: float = 60.0, rate: float = 200.0,
                  concurrency: int = 32, step_seconds: float = 5.0, seed: int = SEED,
                  tail: float = 2.0, out: TextIO | None = None, live: bool | None = None,
-                 exporters: _Exporters | None = None) -> ScenarioResult:
+                 exporters: Exporters | None = None) -> ScenarioResult:
     """Run one scenario: a scheduled rollout under traffic until it ends (plus ``tail``).
 
     Args:
@@ -1032,7 +967,7 @@ def run_demo(scenarios: Sequence[str] | str = "healthy", *, duration: float = 60
     if problems:
         raise ValueError("; ".join(problems))
     out = sys.stdout if out is None else out
-    exporters = _Exporters(prometheus_port, bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")))
+    exporters = Exporters(prometheus_port, bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")))
     results: list[ScenarioResult] = []
     try:
         if exporters.url is not None:

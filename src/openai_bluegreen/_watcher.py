@@ -108,7 +108,10 @@ class Watcher:
         self._applied: dict[str, float] = {}
         self._runs: dict[str, _Run] = {}
         self.last_decisions: dict[str, Decision] = {}
-        self.problem: str | None = None
+        self._store_problem: str | None = None
+        self._source_problem: str | None = None
+        self._wake = threading.Event()
+        self._unsubscribe: Callable[[], None] | None = None
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.leader = False
         self._stop = threading.Event()
@@ -124,9 +127,20 @@ class Watcher:
         return {name: self._states.get(name) or initial_state(r)
                 for name, r in self.rollouts.items()}
 
+    @property
+    def problem(self) -> str | None:
+        """Why the watcher is not working normally now (``None`` when it is)."""
+        return self._store_problem or self._source_problem
+
     def sync(self) -> None:
         """Read the store; hand changed weights to the router. Raises StoreUnavailable."""
-        stored = self.store.load_all()
+        try:
+            stored = self.store.load_all()
+        except StoreUnavailable as exc:
+            self._set_problem(f"state store unavailable, keeping the last weights: {exc}",
+                              kind="store")
+            raise
+        self._set_problem(None, kind="store")
         for name in self.rollouts:
             state = stored.get(name)
             if state is not None:
@@ -151,10 +165,10 @@ class Watcher:
             self.leader = self.store.acquire_lease(self.holder, ttl=3 * self.interval + 1.0)
         except StoreUnavailable as exc:
             self.leader = False
-            self._set_problem(f"state store unavailable, not deciding: {exc}")
+            self._set_problem(f"state store unavailable, not deciding: {exc}", kind="store")
             return []
         if not self.leader:
-            self._set_problem(None)
+            self._set_problem(None, kind="source")
             return []
         snapshot: Snapshot | None = None
         note = ""
@@ -167,7 +181,7 @@ class Watcher:
                 note = str(exc)
             except Exception as exc:  # a broken source must not stop the loop
                 note = f"metric source failed: {exc!r}"
-        self._set_problem(None if snapshot is not None else f"holding: {note}")
+        self._set_problem(None if snapshot is not None else f"holding: {note}", kind="source")
         decisions = []
         for rollout in self.rollouts.values():
             decision = self._decide_one(rollout, snapshot, note, now)
@@ -196,7 +210,8 @@ class Watcher:
                 written = self.store.compare_and_set(new, None if stored is None else
                                                      stored.version)
             except StoreUnavailable as exc:
-                self._set_problem(f"state store unavailable, decision not written: {exc}")
+                self._set_problem(f"state store unavailable, decision not written: {exc}",
+                                  kind="store")
                 return None
             if written:
                 self._states[name] = new
@@ -268,19 +283,29 @@ class Watcher:
                           "bluegreen_reasons": list(decision.reasons),
                           "bluegreen_evidence": [c.to_dict() for c in decision.checks]})
 
-    def _set_problem(self, problem: str | None) -> None:
-        if problem != self.problem:
+    def _set_problem(self, problem: str | None, *, kind: str) -> None:
+        current = self._store_problem if kind == "store" else self._source_problem
+        if problem != current:
             if problem is not None:
                 logger.warning("openai-bluegreen watcher: %s", problem)
-            elif self.problem is not None:
-                logger.info("openai-bluegreen watcher: recovered")
-        self.problem = problem
+            elif current is not None:
+                logger.info("openai-bluegreen watcher: recovered (%s)", kind)
+        if kind == "store":
+            self._store_problem = problem
+        else:
+            self._source_problem = problem
 
     # -- loop ----------------------------------------------------------------------------
     def start(self) -> None:
         """Run in a daemon thread until :meth:`stop`."""
         if self._thread is not None:
             return
+        subscribe = getattr(self.store, "subscribe", None)
+        if callable(subscribe):  # stores that push changes wake the loop at once
+            try:
+                self._unsubscribe = subscribe(self._wake.set)
+            except Exception:
+                logger.debug("openai-bluegreen: store subscription failed", exc_info=True)
         self._thread = threading.Thread(target=self.run, name="openai-bluegreen-watcher",
                                         daemon=True)
         self._thread.start()
@@ -295,16 +320,25 @@ class Watcher:
                     self.look()
                 else:
                     self.sync()
-            except StoreUnavailable as exc:
-                self._set_problem(f"state store unavailable: {exc}")
+            except StoreUnavailable:
+                pass  # already reported by sync()/look(); calls keep the last weights
             except Exception as exc:  # keep looking; calls keep the last weights
                 logger.debug("openai-bluegreen watcher: look failed", exc_info=True)
-                self._set_problem(f"look failed, keeping the last weights: {exc!r}")
-            self._stop.wait(min(self.poll, max(0.0, next_look - time.monotonic()))
+                self._set_problem(f"look failed, keeping the last weights: {exc!r}",
+                                  kind="source")
+            self._wake.wait(min(self.poll, max(0.0, next_look - time.monotonic()))
                             if self.source is not None else self.poll)
+            self._wake.clear()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._wake.set()
+        if self._unsubscribe is not None:
+            try:
+                self._unsubscribe()
+            except Exception:
+                logger.debug("openai-bluegreen: unsubscribe failed", exc_info=True)
+            self._unsubscribe = None
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ._cli_control import add_control_commands
-from ._demo import DEFAULT_REPORT, SCENARIOS, SEED, DemoError, run_demo
+from ._demo import DEFAULT_REPORT, SCENARIOS, SEED, run_demo
+from ._exporters import ExporterError
 from ._version import __version__
 
 __all__ = ["build_parser", "main"]
@@ -76,7 +77,7 @@ def _run_demo(args: argparse.Namespace) -> int:
                        concurrency=args.concurrency, step_seconds=args.step_seconds,
                        seed=args.seed, live=False if args.no_live else None,
                        report=args.report, prometheus_port=args.prometheus_port)
-    except DemoError as exc:
+    except ExporterError as exc:
         print(f"openai-bluegreen demo: error: {exc}", file=sys.stderr)
         return 1
     for result in run.results:
