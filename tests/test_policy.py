@@ -231,3 +231,18 @@ def test_transitions_refuse_what_does_not_apply_and_say_why() -> None:
     with pytest.raises(InvalidTransition, match="between 0 and 100"):
         transition(rollout, state, Action.SET_WEIGHT, 0.0, actor="a", reason="", weight=101.0)
     assert done.history[-1].actor == "a" and done.version == state.version + 1
+
+
+def test_a_state_the_store_lost_is_restored_not_restarted() -> None:
+    config, traffic, clock = _config(), SimulatedTraffic(), Clock()
+    traffic.error_rate["green"] = 0.3
+    watcher = _watcher(config, traffic, clock)
+    _run(watcher, traffic, clock, seconds=HOUR, stop=lambda s: s.phase.terminal)
+    assert watcher.states()["chat"].phase is Phase.ROLLED_BACK
+    store = watcher.store
+    assert isinstance(store, MemoryStore)
+    store._states.clear()  # as after a restart of a Redis without persistence
+    _run(watcher, traffic, clock, seconds=5 * 60)
+    restored = store.load("chat")
+    assert restored is not None and restored.phase is Phase.ROLLED_BACK
+    assert watcher.states()["chat"].weight == 0.0

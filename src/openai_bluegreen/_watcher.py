@@ -105,6 +105,7 @@ class Watcher:
         self._apply_weight = apply_weight
         self._clock = clock
         self._states: dict[str, RolloutState] = {}
+        self._missing: set[str] = set()
         self._applied: dict[str, float] = {}
         self._runs: dict[str, _Run] = {}
         self.last_decisions: dict[str, Decision] = {}
@@ -141,10 +142,13 @@ class Watcher:
                               kind="store")
             raise
         self._set_problem(None, kind="store")
+        self._missing = set()
         for name in self.rollouts:
             state = stored.get(name)
             if state is not None:
                 self._states[name] = state
+            elif name in self._states:
+                self._missing.add(name)  # the store lost it (e.g. a Redis without persistence)
         self._push_weights()
 
     def _push_weights(self) -> None:
@@ -170,6 +174,13 @@ class Watcher:
         if not self.leader:
             self._set_problem(None, kind="source")
             return []
+        for name in sorted(self._missing):  # put back what the store lost, never restart
+            try:
+                if self.store.compare_and_set(self._states[name], None):
+                    logger.warning("openai-bluegreen watcher: the state store had lost rollout "
+                                   "%s; restored the last known state", name)
+            except StoreUnavailable:
+                break
         snapshot: Snapshot | None = None
         note = ""
         if self.source is None:
