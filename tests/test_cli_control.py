@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -65,7 +66,8 @@ def test_pause_resume_rollback_are_recorded_with_actor_reason_and_time(tmp_path:
     assert all(before <= h["at"] <= time.time() for h in history)
     text = cli(config, "status")
     assert text.returncode == 0
-    assert "chat-upgrade: rolled_back" in text.stdout and "bad evals" in text.stdout
+    assert re.search(r"^chat-upgrade +rolled_back +- +0%", text.stdout, re.M), text.stdout
+    assert "alice: bad evals" in text.stdout
 
 
 def test_cli_errors_say_what_is_wrong_with_meaningful_exit_codes(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ and one of them (the lease holder) decides from the fleet's metrics in Prometheu
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -137,7 +138,7 @@ def test_fleet_follows_operators_and_rolls_back_a_degrading_green_from_prometheu
     assert sum(r.last.get("role") == "leader" for r in replicas) == 1
     status = cli(config, "status")
     assert status.returncode == 0, status.stderr
-    assert "chat-upgrade: progressing" in status.stdout
+    assert re.search(r"^chat-upgrade +progressing +1/3 +25%", status.stdout, re.M), status.stdout
     assert "fleet-secret" not in status.stdout + status.stderr
 
     # An operator's pause and resume reach every replica and the history.

@@ -37,9 +37,35 @@ def _fmt_time(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
 
-def _state_rows(config: Config) -> list[dict[str, Any]]:
+def _metrics(config: Config, window: float) -> tuple[dict[str, Any], str | None]:
+    """Per rollout and environment, calls/errors/p95 over the last ``window`` seconds.
+
+    Only with a shared metric source (Prometheus); ``local`` lives inside the app.
+    """
+    if config.metrics_source == "local":
+        return {}, "metrics_source is 'local' (inside the app): no fleet metrics here"
+    from .sources import SourceUnavailable
+    from .sources.prometheus import PrometheusSource
+
+    now = time.time()
+    source = PrometheusSource(config.metrics_source, origin=now - window)
+    try:
+        snapshot = source.snapshot(now)
+    except SourceUnavailable as exc:
+        return {}, str(exc)
+    finally:
+        source.close()
+    return {name: {"blue": stats.blue.to_dict(), "green": stats.green.to_dict()}
+            for name, stats in snapshot.rollouts.items()}, None
+
+
+def _state_rows(config: Config, window: float) -> tuple[list[dict[str, Any]], str | None]:
     store = open_store(config.state)
-    stored = store.load_all()
+    try:
+        stored = store.load_all()
+    finally:
+        store.close()
+    metrics, problem = _metrics(config, window)
     rows = []
     for rollout in config.rollouts:
         state = stored.get(rollout.name) or initial_state(rollout)
@@ -47,26 +73,75 @@ def _state_rows(config: Config) -> list[dict[str, Any]]:
                      "steps": rollout.schedule.steps if rollout.schedule else None,
                      "weight": state.weight, "version": state.version,
                      "blue": rollout.blue.model, "green": rollout.green.model,
+                     "metrics": metrics.get(rollout.name),
                      "history": [h.to_dict() for h in state.history[-10:]]})
-    return rows
+    return rows, problem
+
+
+def _env_cell(env: dict[str, Any] | None) -> str:
+    if not env or not env.get("requests"):
+        return "no calls"
+    rate = env["errors"] / env["requests"]
+    p95 = "-" if env.get("p95_s") is None else f"{env['p95_s'] * 1000:.0f}ms"
+    return f"{env['requests']} calls, {rate:.1%} err, p95 {p95}"
+
+
+def _render(config: Config, rows: list[dict[str, Any]], problem: str | None,
+            window: float) -> str:
+    out = [f"state store: {mask_url(config.state)}   metrics: {mask_url(config.metrics_source)}"
+           + (f" (last {window:g}s)" if config.metrics_source != "local" else "")]
+    if problem:
+        out.append(f"metrics: {problem}")
+    header = (f"{'ROLLOUT':<20} {'STATE':<12} {'STEP':<6} {'GREEN':>6}  "
+              f"{'BLUE (calls, errors, p95)':<36} GREEN")
+    out += ["", header]
+    for row in rows:
+        step = ("-" if row["step"] is None or row["steps"] is None
+                else f"{row['step'] + 1}/{len(row['steps'])}")
+        metrics = row["metrics"] or {}
+        out.append(f"{row['name']:<20} {row['phase']:<12} {step:<6} {row['weight']:>5g}%  "
+                   f"{_env_cell(metrics.get('blue')):<36} {_env_cell(metrics.get('green'))}")
+    for row in rows:
+        if row["history"]:
+            out += ["", f"{row['name']} ({row['blue']} -> {row['green']}), last decisions:"]
+            for entry in row["history"][-5:]:
+                out.append(f"  {_fmt_time(entry['at'])}  {entry['action']:<10} "
+                           f"{entry['weight']:>5g}%  {entry['actor']}: {entry['reason']}")
+    return "\n".join(out)
 
 
 def _status(args: argparse.Namespace) -> int:
     config = _load(args)
-    rows = _state_rows(config)
+    rows, problem = _state_rows(config, args.window)
     if args.json:
-        print(json.dumps({"state": mask_url(config.state), "rollouts": rows}, indent=2))
+        print(json.dumps({"state": mask_url(config.state),
+                          "metrics_source": mask_url(config.metrics_source),
+                          "metrics_problem": problem, "rollouts": rows}, indent=2))
         return EXIT_OK
-    print(f"state store: {mask_url(config.state)}")
-    for row in rows:
-        step = ("-" if row["step"] is None or row["steps"] is None
-                else f"{row['step'] + 1}/{len(row['steps'])}")
-        print(f"\n{row['name']}: {row['phase']}  step {step}  green {row['weight']:g}%  "
-              f"({row['blue']} -> {row['green']})")
-        for entry in row["history"][-5:]:
-            print(f"  {_fmt_time(entry['at'])}  {entry['action']:<10} {entry['weight']:>5g}%  "
-                  f"{entry['actor']}: {entry['reason']}")
+    print(_render(config, rows, problem, args.window))
     return EXIT_OK
+
+
+def _watch(args: argparse.Namespace) -> int:
+    config = _load(args)
+    live = sys.stdout.isatty()
+    try:
+        while True:
+            try:
+                rows, problem = _state_rows(config, args.window)
+                text = _render(config, rows, problem, args.window)
+            except StoreUnavailable as exc:
+                text = f"state store: {exc}"
+            stamp = time.strftime("%H:%M:%S")
+            if live:
+                sys.stdout.write("\x1b[H\x1b[2J" + f"openai-bluegreen watch  {stamp}  "
+                                 "(Ctrl-C to stop)\n\n" + text + "\n")
+            else:
+                sys.stdout.write(f"--- {stamp}\n{text}\n")
+            sys.stdout.flush()
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def _act(action: Action) -> Callable[[argparse.Namespace], int]:
@@ -167,10 +242,22 @@ def add_control_commands(commands: Any, percent: Callable[[str], float]) -> None
                             "./openai-bluegreen.yaml)")
         parser.add_argument("--json", action="store_true", help=json_help)
 
-    status = commands.add_parser("status", help="show every rollout's state, weight and "
-                                 "recent history")
+    status = commands.add_parser("status", help="show every rollout's state, weight, "
+                                 "per-environment calls/errors/p95 and recent decisions")
     common(status, json_help="print JSON for scripts")
+    status.add_argument("--window", type=float, default=300.0, metavar="SECONDS",
+                        help="metrics over the last SECONDS (default: 300)")
     status.set_defaults(handler=_guard(_status))
+
+    watch = commands.add_parser("watch", help="the status view, refreshed until Ctrl-C")
+    watch.add_argument("--config", metavar="PATH", default=None,
+                       help="config file (default: $OPENAI_BLUEGREEN_CONFIG or "
+                       "./openai-bluegreen.yaml)")
+    watch.add_argument("--window", type=float, default=60.0, metavar="SECONDS",
+                       help="metrics over the last SECONDS (default: 60)")
+    watch.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
+                       help="refresh every SECONDS (default: 2)")
+    watch.set_defaults(handler=_guard(_watch))
 
     helps = {Action.PROMOTE: "send every call to green now and end the rollout",
              Action.PAUSE: "hold the rollout at its current weight",
