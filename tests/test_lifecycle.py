@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import subprocess
 import sys
 import textwrap
@@ -117,16 +118,19 @@ class _BrokenTracerProvider:
         raise RuntimeError("tracer is broken")
 
 
-def test_routing_fault_fails_open_to_blue(telemetry: Telemetry, blue: SimulatedUpstream,
-                                          green: SimulatedUpstream, monkeypatch: Any) -> None:
+def test_a_broken_tracer_never_touches_routing_and_metrics_still_flow(
+        telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+        monkeypatch: Any) -> None:
     monkeypatch.setenv("GREEN_API_KEY", "k")
     openai_bluegreen.install(rollout_config(green, weight=100),
                              tracer_provider=_BrokenTracerProvider(),  # type: ignore[arg-type]
                              meter_provider=telemetry.meter_provider)
     with openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0) as client:
         out = client.chat.completions.create(model="gpt-4.1", messages=MSGS)
-    assert out.model == "blue-model"  # blue's model, on the caller's own client
-    assert not green.requests
+    assert out.model == "green-model"  # spans start off the request path: routing unaffected
+    assert len(green.requests) == 1
+    assert telemetry.count("gen_ai.client.operation.duration",
+                           bluegreen__environment="green") == 1
     from opentelemetry import context, trace
 
     assert trace.get_current_span(context.get_current()) is trace.INVALID_SPAN
@@ -144,3 +148,26 @@ def test_green_client_that_cannot_be_built_fails_open_to_blue(
         out = client.chat.completions.create(model="gpt-4.1", messages=MSGS)
     assert out.model == "blue-model"
     assert not green.requests
+
+
+def test_spans_are_children_of_the_callers_span_with_the_calls_own_times(
+        install: Any, telemetry: Telemetry, blue: SimulatedUpstream,
+        green: SimulatedUpstream) -> None:
+    green.configure(error_rates={503: 1.0})
+    install(rollout_config(green, weight=100))
+    tracer = telemetry.tracer_provider.get_tracer("app")
+    with openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0) as client, \
+            tracer.start_as_current_span("handle-request") as parent:
+        before = time.time_ns()
+        out = client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+        after = time.time_ns()
+    assert out.model == "blue-model"  # green failed, fell back to blue
+    ours = [s for s in telemetry.spans() if s.name.startswith("chat ")]
+    assert len(ours) == 1
+    span = ours[0]
+    assert span.parent is not None and span.parent.span_id == parent.get_span_context().span_id
+    assert span.context.trace_id == parent.get_span_context().trace_id
+    assert span.start_time is not None and span.end_time is not None
+    assert before <= span.start_time <= span.end_time <= after
+    (event,) = [e for e in span.events if e.name == "bluegreen.fallback"]
+    assert span.start_time <= event.timestamp <= span.end_time

@@ -4,9 +4,12 @@ The sync and async wrappers in ``_patch`` carry out the upstream calls; everythi
 (starting the span, recording success or failure, deciding on fallback, switching to blue) lives
 in :class:`Call` so the two differ only where one awaits.
 
-On the request path a call only starts its span (so it is current while the SDK sends the
-request) and takes timestamps; attributes, metrics and the span's end are handed to the
-telemetry worker (``_worker``) with explicit times.
+On the request path a call only takes timestamps and the caller's context; the telemetry worker
+(``_worker``) starts the span with the call's start time as a child of that context, sets its
+attributes, records the metrics and ends it with explicit times. Tasks of one call run in the
+order they were submitted, so the span exists before anything else touches it. The price: our
+span is not the current span while the SDK sends the request, so nothing can nest under it
+(openai 3.x's httpx2 has no OpenTelemetry instrumentation that would).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ class Call:
     """State of one logical call, from routing decision to the end of its span."""
 
     __slots__ = ("fell_back", "kwargs", "lane", "prefetch", "rollout", "router", "span",
-                 "start", "start_ns", "stream", "token")
+                 "start", "start_ns", "stream")
 
     def __init__(self, router: Router, rollout: RolloutRuntime, operation: str, instance: Any,
                  kwargs: dict[str, Any]) -> None:
@@ -82,20 +85,26 @@ class Call:
         self.stream = kwargs.get("stream") is True
         self.prefetch = self.stream and env == "green" and rollout.fallback_enabled
         self.fell_back = False
-        # Serialized now (the app may change its list afterwards), before the span starts, so a
-        # failure here leaves no span open and no context attached.
+        # Serialized now: the app may change its list afterwards.
         text = T.input_messages_json(kwargs) if router.capture_content else None
-        span = router.tracer.start_span(lane.span_name, kind=SpanKind.CLIENT,
-                                        attributes=lane.span_start_attrs)
+        self.span: Span = trace.INVALID_SPAN
+        self.start_ns = _wall_ns()
+        self.start = _perf()
+        _worker.submit(self._open, context.get_current(), lane, self.start_ns, text)
+
+    def _open(self, parent: context.Context, lane: Lane, start_ns: int, text: str | None
+              ) -> None:
+        """Run by the worker first: the call's span, started when the call started."""
+        span = self.router.tracer.start_span(lane.span_name, context=parent,
+                                             kind=SpanKind.CLIENT,
+                                             attributes=lane.span_start_attrs,
+                                             start_time=start_ns)
         if text is not None:
             span.set_attribute(T.INPUT_MESSAGES, text)
         self.span = span
-        self.token = context.attach(trace.set_span_in_context(span))
-        self.start_ns = _wall_ns()
-        self.start = _perf()
 
     def detach(self) -> None:
-        context.detach(self.token)
+        """Nothing to undo: the span is never made current on the request path."""
 
     def arguments(self) -> dict[str, Any]:
         return self.lane.rewrite(self.kwargs)
@@ -116,8 +125,8 @@ class Call:
         now = _perf()
         blue = self.router.lane(instance, green.rollout, "blue",
                                 green.metric_attrs[T.OPERATION], self.kwargs["model"])
-        _worker.submit(_record_fallback, self.router.instruments, self.span, green, blue,
-                       error_type(exc), now - self.start)
+        _worker.submit(self._record_fallback, green, blue, error_type(exc), now - self.start,
+                       self.start_ns + int((now - self.start) * 1e9))
         self.lane = blue
         self.fell_back = True
         self.prefetch = False
@@ -177,17 +186,18 @@ class Call:
         span.set_attributes(attrs)
         span.end(end_time=self.end_ns(end))
 
-
-def _record_fallback(instruments: T.Instruments, span: Span, green: Lane, blue: Lane,
-                     etype: str, elapsed: float) -> None:
-    instruments.duration.record(elapsed, green.attrs_for_error(etype))
-    instruments.fallbacks.add(1, {T.ROLLOUT: green.rollout.name, T.ENVIRONMENT: "green",
-                                  T.ERROR_TYPE: etype})
-    span.add_event("bluegreen.fallback", {
-        T.ERROR_TYPE: etype,
-        T.ENVIRONMENT: "green",
-        T.REQUEST_MODEL: green.model,
-        "bluegreen.green_duration_s": elapsed,
-    })
-    span.update_name(blue.span_name)
-    span.set_attributes(blue.span_start_attrs)
+    def _record_fallback(self, green: Lane, blue: Lane, etype: str, elapsed: float,
+                         at_ns: int) -> None:
+        instruments = self.router.instruments
+        instruments.duration.record(elapsed, green.attrs_for_error(etype))
+        instruments.fallbacks.add(1, {T.ROLLOUT: green.rollout.name, T.ENVIRONMENT: "green",
+                                      T.ERROR_TYPE: etype})
+        span = self.span
+        span.add_event("bluegreen.fallback", {
+            T.ERROR_TYPE: etype,
+            T.ENVIRONMENT: "green",
+            T.REQUEST_MODEL: green.model,
+            "bluegreen.green_duration_s": elapsed,
+        }, timestamp=at_ns)
+        span.update_name(blue.span_name)
+        span.set_attributes(blue.span_start_attrs)
