@@ -1,0 +1,355 @@
+"""The Prometheus metric source: every replica's metrics, as a Prometheus server stores them.
+
+:class:`PrometheusSource` asks a Prometheus server (HTTP API, ``/api/v1/query``) for the series
+our instruments produce, summed across replicas, and returns the same :class:`Snapshot` as
+:class:`~openai_bluegreen.sources.local.LocalSource`: cumulative counts per rollout and
+environment since an origin (the first snapshot's time, or ``origin``).
+
+Series read (one instant query of a range selector, evaluated at ``now``)::
+
+    {__name__=~"gen_ai_client_operation_duration_seconds_(count|bucket)
+                |gen_ai_client_operation_time_to_first_chunk_seconds_bucket
+                |bluegreen_fallbacks_total",
+     bluegreen_rollout!="", bluegreen_environment=~"blue|green",
+     otel_scope_name=~"openai_bluegreen|", <extra_selector>}[<range>]
+
+and, per rollout and environment, exactly as ``LocalSource`` does:
+
+* ``requests``: ``..._duration_seconds_count`` of every ``error_type``;
+* ``errors`` / ``errors_by_type``: the same with ``error_type != ""``;
+* ``duration``: ``..._duration_seconds_bucket{error_type=""}`` (successful calls), cumulative
+  ``le`` buckets turned into per-bucket counts, bounds from the finite ``le`` values;
+* ``ttfc``: ``..._time_to_first_chunk_seconds_bucket{error_type=""}``;
+* ``fallbacks``: ``bluegreen_fallbacks_total``.
+
+Why raw samples rather than ``sum(increase(...[window]))``: ``increase()`` extrapolates, and it
+never counts a series' first sample. OpenTelemetry creates a series at its first measurement, so
+the first scrape of e.g. a new ``error_type`` already holds a non-zero value that
+``increase()`` drops: a green error type appearing once would count 0 errors, the very signal
+the watcher guards. This source instead keeps, per series (full label set), the last value it
+saw and adds every rise between consecutive samples, exactly as ``increase()`` handles counter
+resets (a value below the previous one means the replica restarted from 0, so the whole value
+counts) but without extrapolation and counting a series born after the origin from 0. The
+counts are then integers, exact as of the last scrape, and never go down from one snapshot to
+the next. Each snapshot reads only the samples since the previous one (plus a margin for
+scrapes stored late), so a query stays small however long the rollout runs; the first one
+also looks :data:`LOOKBACK` seconds back from the origin to find each series' value there.
+
+Limits: a series that stops being scraped for longer than :data:`FORGET_AFTER` is folded into
+its group's total and forgotten; if it reappears with its old value, that value counts again
+(a restarted replica starts from 0, which is exact). A replica restarted and scraped again only
+after it exceeded its previous value looks like no restart (the same limit as ``increase()``).
+
+Names: verified on a real scrape (``opentelemetry-exporter-prometheus`` ``PrometheusMetricReader``
++ ``prometheus_client``, scraped by Prometheus 2.42; see ``tests/test_prometheus_source.py``):
+dots become underscores, the unit ``s`` adds ``_seconds``, counters get ``_total`` (the unit
+``{call}`` adds nothing), every series carries ``otel_scope_name="openai_bluegreen"`` (plus
+``otel_scope_version``, ``otel_scope_schema_url``), and a metric's series all carry the union of
+its label names, so successful calls have ``error_type=""`` (PromQL treats an empty label as a
+missing one, so ``error_type=""`` matches both). Assumed, not tested here: the OTLP →
+OpenTelemetry Collector → Prometheus path (``prometheus`` or ``prometheusremotewrite``
+exporter, or Prometheus's own OTLP receiver with its default underscore translation) produces
+the same names and labels, possibly without ``otel_scope_name`` (hence ``=~"openai_bluegreen|"``)
+and with different ``job``/``instance`` labels (never grouped on). UTF-8 names with dots
+(Prometheus 3 with a no-escaping translation strategy) are not supported.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .._config import mask_url
+from . import EnvStats, Histogram, RolloutStats, Snapshot, SourceUnavailable
+
+__all__ = ["FORGET_AFTER", "LOOKBACK", "MARGIN", "PrometheusSource"]
+
+DURATION_COUNT = "gen_ai_client_operation_duration_seconds_count"
+DURATION_BUCKET = "gen_ai_client_operation_duration_seconds_bucket"
+TTFC_BUCKET = "gen_ai_client_operation_time_to_first_chunk_seconds_bucket"
+FALLBACKS = "bluegreen_fallbacks_total"
+ROLLOUT = "bluegreen_rollout"
+ENVIRONMENT = "bluegreen_environment"
+ERROR_TYPE = "error_type"
+SCOPE_LABEL = "otel_scope_name"
+SCOPE = "openai_bluegreen"
+
+LOOKBACK = 300.0
+"""Seconds before the origin the first query looks for each series' value at the origin
+(Prometheus's default staleness period)."""
+MARGIN = 60.0
+"""Seconds before the previous snapshot later queries start at, for samples stored late (a
+scrape's samples are stamped with its start and stored when it ends)."""
+FORGET_AFTER = 900.0
+"""Seconds without a sample after which a series' count is kept only in its group's total."""
+
+_NAMES = f"{DURATION_COUNT}|{DURATION_BUCKET}|{TTFC_BUCKET}|{FALLBACKS}"
+_CHUNK = 65_536
+
+_Group = tuple[str, str, str, str, float]  # metric, rollout, environment, error type, le
+
+
+@dataclass(slots=True)
+class _Series:
+    group: _Group
+    last_t: float
+    last_v: float
+    total: float
+
+
+class PrometheusSource:
+    """Per-rollout, per-environment counts from a Prometheus server, summed across replicas.
+
+    Args:
+        url: The Prometheus server, e.g. ``http://prometheus:9090`` (a path prefix and
+            ``user:password@`` basic auth are allowed; the password is masked in messages).
+        timeout: Seconds one query may take in all (connect, answer, body).
+        origin: Unix time the counts start from; default: the first snapshot's ``now``.
+        extra_selector: Label matchers added to every series selector, e.g.
+            ``'job="checkout", namespace="prod"'``, to read one application's replicas.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 2.0, origin: float | None = None,
+                 extra_selector: str = "") -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"Prometheus URL must start with http:// or https:// "
+                             f"(got {mask_url(url)!r})")
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"timeout must be > 0 (got {timeout!r})")
+        self.url = url.rstrip("/")
+        self.masked_url = mask_url(self.url)
+        self.timeout = timeout
+        self.origin = origin
+        extra = extra_selector.strip()
+        if extra.startswith("{") and extra.endswith("}"):
+            extra = extra[1:-1].strip()
+        self.extra_selector = extra.rstrip(",").strip()
+        self._endpoint, self._auth = _split_auth(self.url)
+        self._lock = threading.Lock()
+        self._series: dict[tuple[tuple[str, str], ...], _Series] = {}
+        self._retired: dict[_Group, float] = {}
+        self._last_now: float | None = None
+
+    # -- the protocol ------------------------------------------------------------------
+    def snapshot(self, now: float) -> Snapshot:
+        """Cumulative counts per rollout and environment since the origin, as of ``now``.
+
+        Raises:
+            SourceUnavailable: Prometheus is unreachable, answers with an error or with
+                something that is not a Prometheus API answer.
+        """
+        with self._lock:
+            if self.origin is None:
+                self.origin = now
+            origin = self.origin
+            start = origin - LOOKBACK if self._last_now is None else self._last_now - MARGIN
+            seconds = max(1, math.ceil(now - start))
+            result = self._query(self.selector(seconds), now)
+            self._absorb(result, origin)
+            self._forget(now)
+            self._last_now = now if self._last_now is None else max(self._last_now, now)
+            return Snapshot(now, self._summarise())
+
+    def close(self) -> None:
+        """Nothing to release: every query opens and closes its own connection."""
+
+    # -- queries -----------------------------------------------------------------------
+    def selector(self, seconds: int) -> str:
+        """The PromQL range selector of one snapshot, ``seconds`` long."""
+        matchers = [f'__name__=~"{_NAMES}"', f'{ROLLOUT}!=""',
+                    f'{ENVIRONMENT}=~"blue|green"', f'{SCOPE_LABEL}=~"{SCOPE}|"']
+        if self.extra_selector:
+            matchers.append(self.extra_selector)
+        return "{" + ", ".join(matchers) + "}" + f"[{seconds}s]"
+
+    def _query(self, promql: str, at: float) -> list[Any]:
+        params = urllib.parse.urlencode({"query": promql, "time": f"{at:.3f}",
+                                         "timeout": f"{self.timeout:g}s"})
+        request = urllib.request.Request(f"{self._endpoint}/api/v1/query?{params}",
+                                         headers={"Accept": "application/json"})
+        if self._auth is not None:
+            request.add_header("Authorization", self._auth)
+        where = f"Prometheus at {self.masked_url}"
+        deadline = time.monotonic() + self.timeout
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
+                body = _read(answer, deadline)
+        except urllib.error.HTTPError as exc:
+            raise SourceUnavailable(f"{where} answered HTTP {exc.code}"
+                                    f"{_api_error(exc)}") from exc
+        except urllib.error.URLError as exc:
+            raise SourceUnavailable(f"{where} is unreachable: {exc.reason}") from exc
+        except TimeoutError as exc:
+            raise SourceUnavailable(f"{where} did not answer within {self.timeout:g}s"
+                                    ) from exc
+        except OSError as exc:
+            raise SourceUnavailable(f"{where} failed: {exc}") from exc
+        try:
+            doc = json.loads(body)
+        except ValueError as exc:
+            raise SourceUnavailable(f"{where} answered with something that is not JSON "
+                                    f"({body[:60]!r})") from exc
+        if not isinstance(doc, dict) or doc.get("status") != "success":
+            error = doc.get("error") if isinstance(doc, dict) else None
+            raise SourceUnavailable(f"{where} refused the query: {error or 'no status'}")
+        data = doc.get("data")
+        if not isinstance(data, dict) or data.get("resultType") != "matrix" \
+                or not isinstance(data.get("result"), list):
+            raise SourceUnavailable(f"{where} answered without a matrix result")
+        result: list[Any] = data["result"]
+        return result
+
+    # -- accumulation ------------------------------------------------------------------
+    def _absorb(self, result: Iterable[Any], origin: float) -> None:
+        for item in result:
+            if not isinstance(item, dict):
+                continue
+            labels = item.get("metric")
+            values = item.get("values")
+            if not isinstance(labels, dict) or not isinstance(values, list):
+                continue
+            group = _group_of(labels)
+            if group is None:
+                continue
+            key = tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+            series = self._series.get(key)
+            for sample in values:
+                try:
+                    t, v = float(sample[0]), float(sample[1])
+                except (TypeError, ValueError, IndexError):
+                    continue
+                if not math.isfinite(v):
+                    continue
+                if series is None:
+                    # A value at or before the origin is the baseline; a series first seen
+                    # after it was born after it (or a replica restarted): counted from 0.
+                    series = self._series[key] = (
+                        _Series(group, t, v, 0.0) if t <= origin
+                        else _Series(group, t, v, v))
+                    continue
+                if t <= series.last_t:
+                    continue
+                if t <= origin:  # stored late, still before the origin: a later baseline
+                    series.last_t, series.last_v = t, v
+                    continue
+                series.total += v - series.last_v if v >= series.last_v else v
+                series.last_t, series.last_v = t, v
+
+    def _forget(self, now: float) -> None:
+        stale = [k for k, s in self._series.items() if now - s.last_t > FORGET_AFTER]
+        for key in stale:
+            series = self._series.pop(key)
+            self._retired[series.group] = self._retired.get(series.group, 0.0) + series.total
+
+    def _summarise(self) -> dict[str, RolloutStats]:
+        totals: dict[_Group, float] = dict(self._retired)
+        for series in self._series.values():
+            totals[series.group] = totals.get(series.group, 0.0) + series.total
+        return summarise(totals)
+
+
+def summarise(totals: Mapping[_Group, float]) -> dict[str, RolloutStats]:
+    """Stats per rollout from counts per (metric, rollout, environment, error type, le)."""
+    envs: dict[tuple[str, str], dict[str, Any]] = {}
+    for (metric, rollout, env, error, le), value in totals.items():
+        acc = envs.setdefault((rollout, env), {"requests": 0, "by_type": {}, "duration": {},
+                                               "ttfc": {}, "fallbacks": 0})
+        count = round(value)
+        if metric == DURATION_COUNT:
+            acc["requests"] += count
+            if error:
+                acc["by_type"][error] = acc["by_type"].get(error, 0) + count
+        elif metric == DURATION_BUCKET and not error:
+            acc["duration"][le] = acc["duration"].get(le, 0) + count
+        elif metric == TTFC_BUCKET and not error:
+            acc["ttfc"][le] = acc["ttfc"].get(le, 0) + count
+        elif metric == FALLBACKS:
+            acc["fallbacks"] += count
+    out: dict[str, RolloutStats] = {}
+    for (rollout, env), acc in sorted(envs.items()):
+        by_type = {k: v for k, v in acc["by_type"].items() if v > 0}
+        stats = EnvStats(acc["requests"], sum(by_type.values()), by_type,
+                         _histogram(acc["duration"]), _histogram(acc["ttfc"]), acc["fallbacks"])
+        current = out.get(rollout, RolloutStats())
+        out[rollout] = (RolloutStats(current.blue, stats) if env == "green"
+                        else RolloutStats(stats, current.green))
+    return out
+
+
+def _histogram(cumulative: Mapping[float, int]) -> Histogram:
+    """Per-bucket counts from cumulative ``le`` counts (bounds: the finite ``le`` values)."""
+    if not cumulative:
+        return Histogram()
+    bounds = tuple(sorted(le for le in cumulative if math.isfinite(le)))
+    running = 0
+    counts: list[int] = []
+    for le in (*bounds, math.inf):
+        level = max(running, cumulative.get(le, running))  # never below a lower bucket
+        counts.append(level - running)
+        running = level
+    return Histogram(bounds, tuple(counts))
+
+
+def _group_of(labels: Mapping[str, Any]) -> _Group | None:
+    metric, rollout = labels.get("__name__"), labels.get(ROLLOUT)
+    env = labels.get(ENVIRONMENT)
+    if not isinstance(metric, str) or not isinstance(rollout, str) or not rollout \
+            or env not in ("blue", "green"):
+        return None
+    le = 0.0  # only buckets have one
+    if metric.endswith("_bucket"):
+        try:
+            le = float(labels.get("le", ""))  # "1", "1.0" and "+Inf" alike
+        except ValueError:
+            return None
+    return metric, rollout, str(env), str(labels.get(ERROR_TYPE, "") or ""), le
+
+
+def _split_auth(url: str) -> tuple[str, str | None]:
+    """The URL without ``user:password@``, and the Basic ``Authorization`` header for it."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return url, None
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    plain = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query,
+                                     parts.fragment))
+    user = urllib.parse.unquote(parts.username)
+    password = urllib.parse.unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return plain, f"Basic {token}"
+
+
+def _read(answer: Any, deadline: float) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the answer took too long")
+        chunk = answer.read(_CHUNK)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _api_error(exc: urllib.error.HTTPError) -> str:
+    """``: <error>`` from a Prometheus API error body, when it has one."""
+    try:
+        doc = json.loads(exc.read(4096) or b"null")
+    except (OSError, ValueError):
+        return ""
+    finally:
+        exc.close()
+    if isinstance(doc, dict) and doc.get("error"):
+        return f": {doc['error']}"
+    return ""
