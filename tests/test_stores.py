@@ -12,14 +12,21 @@ from openai_bluegreen import load_config
 from openai_bluegreen._control import apply_action
 from openai_bluegreen._rollout import Action, Phase, RolloutState, initial_state
 from openai_bluegreen.stores import StateStore, StoreUnavailable, open_store
+from tests.services import redis_server
 
 CONFIG = {"rollouts": [{"name": "chat", "match": {"model": "m"}, "blue": {"model": "a"},
                         "green": {"model": "b"},
                         "schedule": {"steps": [10, 50], "min_step_duration": 1}}]}
 
 
-@pytest.fixture(params=["memory", "file"])
+@pytest.fixture(params=["memory", "file", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    if request.param == "redis":  # a real redis-server of its own
+        with redis_server(tmp_path) as server:
+            made = open_store(server.url)
+            yield made
+            made.close()
+        return
     url = "memory" if request.param == "memory" else f"file://{tmp_path}/state/rollouts.json"
     made = open_store(url)
     yield made

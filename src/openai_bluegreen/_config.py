@@ -51,7 +51,8 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _ENV_VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _URL_RE = re.compile(r"^https?://[^/\s:]+(:\d{1,5})?(/\S*)?$")
 _RESERVED_PARAMS = frozenset({"model", "stream", "messages", "input", "prompt"})
-_REDIS_RE = re.compile(r"^rediss?://([^@/\s]*@)?[^/:@\s]+(:\d{1,5})?(/\d{1,2})?/?$")
+_REDIS_RE = re.compile(
+    r"^rediss?://([^@/\s]*@)?[^/:@\s?]+(:\d{1,5})?(/\d{1,2})?/?(\?namespace=[A-Za-z0-9_.-]+)?$")
 _USERINFO_RE = re.compile(r"^([a-z][a-z0-9+.-]*://)([^@/]*)@")
 
 

@@ -133,6 +133,12 @@ def _stop_watcher() -> None:
     _state.watcher = None
     if watcher is not None:
         watcher.stop()
+        for part in (watcher.store, watcher.source):
+            try:
+                if part is not None:
+                    part.close()
+            except Exception:
+                logger.debug("openai-bluegreen: closing %r failed", part, exc_info=True)
 
 
 def _router() -> Router:

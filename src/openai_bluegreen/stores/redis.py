@@ -1,0 +1,342 @@
+"""The ``redis://`` state store: states shared by a fleet through one Redis.
+
+Layout (``openai-bluegreen`` is the namespace, ``?namespace=x`` in the URL changes it)::
+
+    openai-bluegreen:state:<rollout>   JSON of RolloutState.to_dict()
+    openai-bluegreen:rollouts          set of the rollout names stored (load_all reads it)
+    openai-bluegreen:lease             the leader lease: the holder's id, with a PX expiry
+    openai-bluegreen:changes           pub/sub channel: the rollout name after each write
+
+Every write is one Lua script (compare the stored ``version`` with the expected one, ``SET``,
+``PUBLISH``), so two writers never lose each other's update. Calls fail fast: short socket
+timeouts and no client-side retries, so a dead Redis costs a caller at most ~1 s and raises
+:class:`StoreUnavailable` naming the masked URL; redis-py reconnects by itself on the next call
+once Redis is back. Followers :meth:`RedisStore.subscribe` to the channel to hear about writes
+at once instead of at their next poll. The password never appears in ``url``, ``repr``, logs or
+errors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.retry import Retry
+
+from .._config import mask_url
+from .._rollout import RolloutState
+from . import StoreUnavailable
+
+__all__ = ["RedisStore"]
+
+logger = logging.getLogger("openai_bluegreen.stores.redis")
+
+DEFAULT_NAMESPACE = "openai-bluegreen"
+CONNECT_TIMEOUT = 0.5
+SOCKET_TIMEOUT = 1.0
+
+# KEYS: state key, rollout-name set. ARGV: expected version ('' = absent), JSON, rollout,
+# channel. Returns 1 written, 0 someone else wrote first, -1 the stored value is not a state.
+_CAS = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  if ARGV[1] == '' then return 0 end
+  local ok, doc = pcall(cjson.decode, current)
+  if not ok or type(doc) ~= 'table' or type(doc['version']) ~= 'number' then return -1 end
+  if doc['version'] ~= tonumber(ARGV[1]) then return 0 end
+elseif ARGV[1] ~= '' then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[3])
+return 1
+"""
+
+# KEYS: lease key. ARGV: holder, ttl in ms.
+_ACQUIRE = """
+local current = redis.call('GET', KEYS[1])
+if (not current) or current == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class _Subscription:
+    """A daemon thread following the changes channel, reconnecting with backoff."""
+
+    PING_AFTER = 5.0  # seconds of silence before checking the connection is alive
+    PONG_WITHIN = 3.0  # a ping unanswered this long means a dead (half-open) connection
+    MAX_BACKOFF = 5.0
+
+    def __init__(self, store: RedisStore, on_change: Callable[[], None]) -> None:
+        self._store = store
+        self._on_change = on_change
+        self._stop = threading.Event()
+        self.subscribed = threading.Event()  # set while subscribed (tests, diagnostics)
+        self._thread = threading.Thread(target=self._run, name="openai-bluegreen-redis-sub",
+                                        daemon=True)
+        self._thread.start()
+
+    def _notify(self) -> None:
+        try:
+            self._on_change()
+        except Exception:  # a faulty callback must not end the subscription
+            logger.exception("openai-bluegreen: state change callback failed")
+
+    def _run(self) -> None:
+        backoff = 0.1
+        ever_subscribed = False
+        lost: str | None = None
+        while not self._stop.is_set():
+            pubsub: Any = self._store._client.pubsub()  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(self._store._channel)
+                last_seen = time.monotonic()
+                ping_sent: float | None = None
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=0.2)
+                    now = time.monotonic()
+                    if message is None:
+                        if ping_sent is not None and now - ping_sent > self.PONG_WITHIN:
+                            raise redis.ConnectionError("no answer to a ping")
+                        if ping_sent is None and now - last_seen > self.PING_AFTER:
+                            pubsub.ping()
+                            ping_sent = now
+                        continue
+                    last_seen, ping_sent = now, None
+                    kind = message.get("type")
+                    if kind == "subscribe":
+                        # The first subscription, or redis-py or this loop reconnected and
+                        # resubscribed: writes may have been missed meanwhile.
+                        self.subscribed.set()
+                        backoff = 0.1
+                        if lost is not None:
+                            logger.info("openai-bluegreen: following %s again", self._store.url)
+                            lost = None
+                        if ever_subscribed:
+                            self._notify()
+                        ever_subscribed = True
+                    elif kind == "message":
+                        self._notify()
+            except RedisError as exc:
+                self.subscribed.clear()
+                reason = self._store._reason(exc)
+                if lost is None:
+                    logger.warning("openai-bluegreen: lost the change feed of %s (%s); "
+                                   "reconnecting, polling meanwhile", self._store.url, reason)
+                lost = reason
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.MAX_BACKOFF)
+            except Exception:  # never let the thread die silently
+                self.subscribed.clear()
+                logger.exception("openai-bluegreen: change feed of %s failed; retrying",
+                                 self._store.url)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.MAX_BACKOFF)
+            finally:
+                try:
+                    pubsub.close()
+                except Exception:
+                    logger.debug("openai-bluegreen: closing the change feed failed",
+                                 exc_info=True)
+        self.subscribed.clear()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+
+class RedisStore:
+    """States in Redis, shared by every process that names the same URL.
+
+    Args:
+        url: ``redis://[[user]:password@]host[:port][/db]`` or ``rediss://`` (TLS), with an
+            optional ``?namespace=name`` (default ``openai-bluegreen``).
+
+    Raises:
+        StoreUnavailable: The URL is not a Redis URL.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = mask_url(url)
+        parts = urlsplit(url)
+        self._password = unquote(parts.password) if parts.password else None
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise StoreUnavailable(f"Redis store URL must look like redis://host:6379/0 "
+                                   f"(got {self.url!r})")
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+            if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+                raise ValueError(f"the database must be a number (got {parts.path!r})")
+        except ValueError as exc:
+            raise StoreUnavailable(f"invalid Redis store URL {self.url!r}: "
+                                   f"{self._scrub(str(exc))}") from None
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        namespace = DEFAULT_NAMESPACE
+        for key, value in query:
+            if key == "namespace" and value:
+                namespace = value
+        rest = urlencode([(k, v) for k, v in query if k != "namespace"])
+        try:
+            self._client: redis.Redis = redis.Redis.from_url(
+                urlunsplit(parts._replace(query=rest)),
+                decode_responses=True,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                socket_timeout=SOCKET_TIMEOUT,
+                retry=Retry(NoBackoff(), 0),  # fail fast; the callers retry at their pace
+                health_check_interval=0,
+                client_name="openai-bluegreen",
+            )
+        except (ValueError, TypeError) as exc:
+            raise StoreUnavailable(f"invalid Redis store URL {self.url!r}: "
+                                   f"{self._scrub(str(exc))}") from None
+        self._prefix = namespace
+        self._lease_key = f"{namespace}:lease"
+        self._index_key = f"{namespace}:rollouts"
+        self._channel = f"{namespace}:changes"
+        self._cas = self._client.register_script(_CAS)
+        self._acquire = self._client.register_script(_ACQUIRE)
+        self._release = self._client.register_script(_RELEASE)
+        self._lock = threading.Lock()
+        self._subscriptions: list[_Subscription] = []
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.url!r})"
+
+    # -- errors --------------------------------------------------------------------------
+    def _scrub(self, text: str) -> str:
+        if self._password:
+            text = text.replace(self._password, "***")
+        return text
+
+    def _reason(self, exc: BaseException) -> str:
+        return self._scrub(str(exc).strip().rstrip(".")) or type(exc).__name__
+
+    def _unavailable(self, exc: RedisError, doing: str) -> StoreUnavailable:
+        reason = self._reason(exc)
+        if isinstance(exc, AuthenticationError):
+            return StoreUnavailable(
+                f"Redis at {self.url} refused to authenticate while {doing}: {reason}; check "
+                "the password in the URL (redis://:PASSWORD@host:port/db)")
+        if isinstance(exc, ResponseError):
+            return StoreUnavailable(f"Redis at {self.url} failed while {doing}: {reason}")
+        return StoreUnavailable(
+            f"Redis unreachable at {self.url} while {doing}: {reason}; check the server and "
+            "the URL's host/port/password")
+
+    def _key(self, rollout: str) -> str:
+        return f"{self._prefix}:state:{rollout}"
+
+    def _parse(self, rollout: str, raw: str) -> RolloutState:
+        try:
+            return RolloutState.from_dict(json.loads(raw))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreUnavailable(
+                f"Redis at {self.url}: key {self._key(rollout)!r} is not a valid rollout state "
+                f"({exc}); it is left untouched: fix or delete it") from None
+
+    # -- StateStore ----------------------------------------------------------------------
+    def load(self, rollout: str) -> RolloutState | None:
+        try:
+            raw = cast("str | None", self._client.get(self._key(rollout)))
+        except RedisError as exc:
+            raise self._unavailable(exc, f"reading rollout {rollout!r}") from None
+        return None if raw is None else self._parse(rollout, raw)
+
+    def load_all(self) -> Mapping[str, RolloutState]:
+        try:
+            names = sorted(cast("set[str]", self._client.smembers(self._index_key)))
+            raws = (cast("list[str | None]", self._client.mget([self._key(n) for n in names]))
+                    if names else [])
+        except RedisError as exc:
+            raise self._unavailable(exc, "reading the rollout states") from None
+        return {name: self._parse(name, raw) for name, raw in zip(names, raws, strict=True)
+                if raw is not None}
+
+    def compare_and_set(self, state: RolloutState, expected_version: int | None) -> bool:
+        data = json.dumps(state.to_dict(), separators=(",", ":"), sort_keys=True)
+        try:
+            result = self._cas(keys=[self._key(state.rollout), self._index_key],
+                               args=["" if expected_version is None else str(expected_version),
+                                     data, state.rollout, self._channel])
+        except RedisError as exc:
+            raise self._unavailable(exc, f"writing rollout {state.rollout!r}") from None
+        if int(result) < 0:
+            raise StoreUnavailable(
+                f"Redis at {self.url}: key {self._key(state.rollout)!r} is not a valid rollout "
+                "state; it is left untouched: fix or delete it")
+        return int(result) == 1
+
+    def acquire_lease(self, holder: str, ttl: float) -> bool:
+        try:
+            result = self._acquire(keys=[self._lease_key],
+                                   args=[holder, max(1, round(ttl * 1000))])
+        except RedisError as exc:
+            raise self._unavailable(exc, "taking the leader lease") from None
+        return int(result) == 1
+
+    def release_lease(self, holder: str) -> None:
+        try:
+            self._release(keys=[self._lease_key], args=[holder])
+        except RedisError as exc:
+            raise self._unavailable(exc, "releasing the leader lease") from None
+
+    # -- followers -----------------------------------------------------------------------
+    def subscribe(self, on_change: Callable[[], None]) -> Callable[[], None]:
+        """Call ``on_change()`` (in a daemon thread) after every write by anyone.
+
+        Also called once after each reconnect, since writes may have been missed while
+        disconnected; not called for the initial subscription. The callback should be quick
+        (e.g. re-read the store or set an event); its exceptions are logged and ignored. Delivery
+        is best effort (Redis pub/sub keeps no backlog): keep polling as a safety net.
+
+        Returns:
+            A function that stops the subscription (idempotent; waits up to 2 s).
+        """
+        subscription = _Subscription(self, on_change)
+        with self._lock:
+            self._subscriptions.append(subscription)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if subscription in self._subscriptions:
+                    self._subscriptions.remove(subscription)
+            subscription.stop()
+
+        return unsubscribe
+
+    def close(self) -> None:
+        """Stop every subscription and close the connections."""
+        with self._lock:
+            subscriptions, self._subscriptions = self._subscriptions, []
+        for subscription in subscriptions:
+            subscription.stop()
+        try:
+            self._client.close()
+        except RedisError:
+            logger.debug("openai-bluegreen: closing %s failed", self.url, exc_info=True)
+
+    def _wait_subscribed(self, timeout: float) -> bool:
+        """Whether every subscription is listening within ``timeout`` (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            subscriptions = list(self._subscriptions)
+        return all(s.subscribed.wait(max(0.0, deadline - time.monotonic()))
+                   for s in subscriptions)

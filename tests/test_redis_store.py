@@ -1,0 +1,263 @@
+"""The redis:// store against a real redis-server: atomic writes, the lease, outages, pub/sub.
+
+The protocol contract itself runs in ``test_stores.py`` (its ``store`` fixture includes redis).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from openai_bluegreen import load_config
+from openai_bluegreen._control import apply_action
+from openai_bluegreen._rollout import Action, RolloutState, initial_state
+from openai_bluegreen.stores import StoreUnavailable, open_store
+from openai_bluegreen.stores.redis import RedisStore
+from tests.services import RedisServer, redis_server
+
+CONFIG = {"rollouts": [{"name": "chat", "match": {"model": "m"}, "blue": {"model": "a"},
+                        "green": {"model": "b"},
+                        "schedule": {"steps": [10, 50], "min_step_duration": 1}}]}
+PASSWORD = "pa55-w0rd-never-shown"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_server(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_server(tmp_path, password=PASSWORD) as running:
+        yield running
+
+
+def _open(url: str) -> RedisStore:
+    store = open_store(url)
+    assert isinstance(store, RedisStore)
+    return store
+
+
+def _bump(url: str, times: int) -> None:
+    rollout = load_config(CONFIG).rollouts[0]
+    store = open_store(url)
+    try:
+        for i in range(times):
+            apply_action(store, rollout, Action.SET_WEIGHT, weight=float(i % 100), actor="w",
+                         reason="race")
+    finally:
+        store.close()
+
+
+def test_concurrent_processes_lose_no_update(server: RedisServer) -> None:
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_bump, args=(server.url, 40)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    store = _open(server.url)
+    state = store.load("chat")
+    store.close()
+    assert state is not None and state.version == 160
+    assert len(state.history) == 160
+
+
+def test_the_lease_has_one_holder_expires_renews_and_hands_over(server: RedisServer) -> None:
+    a, b = _open(server.url), _open(server.url)
+    try:
+        assert a.acquire_lease("A", ttl=0.4)
+        assert not b.acquire_lease("B", ttl=0.4)
+        time.sleep(0.6)  # A stopped renewing: the lease expired
+        assert b.acquire_lease("B", ttl=0.4)
+        assert not a.acquire_lease("A", ttl=0.4)
+        b.release_lease("A")  # not A's: nothing happens
+        assert not a.acquire_lease("A", ttl=0.4)
+        b.release_lease("B")  # a clean handover: at once, not after the ttl
+        assert a.acquire_lease("A", ttl=0.4)
+        for _ in range(4):  # renewals keep it past its first ttl
+            time.sleep(0.2)
+            assert a.acquire_lease("A", ttl=0.4)
+            assert not b.acquire_lease("B", ttl=0.4)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_an_outage_fails_fast_without_the_password_and_heals_by_itself(
+        secured: RedisServer) -> None:
+    store = _open(secured.url)
+    rollout = load_config(CONFIG).rollouts[0]
+    assert PASSWORD not in store.url and PASSWORD not in repr(store)
+    assert store.url == f"redis://:***@127.0.0.1:{secured.port}/0"
+    written = apply_action(store, rollout, Action.PAUSE, actor="a", reason="before")
+    secured.stop()
+    calls = {
+        "load": lambda: store.load("chat"),
+        "load_all": store.load_all,
+        "compare_and_set": lambda: store.compare_and_set(written, written.version),
+        "acquire_lease": lambda: store.acquire_lease("A", 5.0),
+        "release_lease": lambda: store.release_lease("A"),
+    }
+    for name, call in calls.items():
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as caught:
+            call()
+        elapsed = time.monotonic() - started
+        assert elapsed < 1.5, (name, elapsed)
+        text = str(caught.value)
+        assert PASSWORD not in text and PASSWORD not in repr(caught.value)
+        assert store.url in text and "unreachable" in text and "check the server" in text
+        cause = caught.value.__cause__ or caught.value.__context__
+        assert cause is None or PASSWORD not in str(cause)
+    secured.start()  # same port, empty: the store reconnects (and reloads its scripts)
+    assert store.load("chat") is None
+    assert store.compare_and_set(written, None)
+    assert store.load("chat") == written
+    assert store.acquire_lease("A", 5.0)
+    store.close()
+
+
+def test_a_hung_redis_times_out_fast_and_recovers(secured: RedisServer) -> None:
+    store = _open(secured.url)
+    assert store.load("chat") is None
+    assert secured.proc is not None
+    secured.proc.send_signal(signal.SIGSTOP)  # alive but not answering (like a partition)
+    try:
+        for call in (lambda: store.load("chat"), lambda: store.acquire_lease("A", 5.0)):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="unreachable") as caught:
+                call()
+            assert time.monotonic() - started < 1.5
+            assert PASSWORD not in str(caught.value)
+    finally:
+        secured.proc.send_signal(signal.SIGCONT)
+    assert store.load("chat") is None
+    store.close()
+
+
+def test_a_wrong_password_is_reported_without_it(secured: RedisServer) -> None:
+    wrong = secured.url.replace(PASSWORD, "not-" + PASSWORD)
+    store = _open(wrong)
+    with pytest.raises(StoreUnavailable, match="refused to authenticate") as caught:
+        store.load("chat")
+    assert PASSWORD not in str(caught.value)
+    store.close()
+    anonymous = _open(f"redis://127.0.0.1:{secured.port}/0")
+    with pytest.raises(StoreUnavailable, match="password"):
+        anonymous.load_all()
+    anonymous.close()
+
+
+def test_a_corrupt_stored_value_is_reported_and_left_untouched(server: RedisServer) -> None:
+    import redis
+
+    raw = redis.Redis.from_url(server.url)
+    raw.set("openai-bluegreen:state:chat", "{not json")
+    raw.sadd("openai-bluegreen:rollouts", "chat")
+    store = _open(server.url)
+    rollout = load_config(CONFIG).rollouts[0]
+    with pytest.raises(StoreUnavailable, match=r"not a valid rollout state.*left untouched"):
+        store.load("chat")
+    with pytest.raises(StoreUnavailable, match="not a valid rollout state"):
+        store.load_all()
+    with pytest.raises(StoreUnavailable, match="not a valid rollout state"):
+        store.compare_and_set(initial_state(rollout), 0)
+    assert raw.get("openai-bluegreen:state:chat") == b"{not json"
+    raw.close()
+    store.close()
+
+
+def test_namespaces_keep_stores_apart(server: RedisServer) -> None:
+    one, two = _open(server.url + "?namespace=one"), _open(server.url + "?namespace=two")
+    assert one.compare_and_set(RolloutState("chat"), None)
+    assert two.load("chat") is None and two.load_all() == {}
+    assert one.acquire_lease("A", 5.0) and two.acquire_lease("B", 5.0)
+    one.close()
+    two.close()
+
+
+def test_bad_urls_are_refused_without_the_password() -> None:
+    with pytest.raises(StoreUnavailable, match="redis://host") as caught:
+        RedisStore(f"redis://:{PASSWORD}@")
+    assert PASSWORD not in str(caught.value)
+    with pytest.raises(StoreUnavailable, match="invalid Redis store URL") as caught:
+        RedisStore(f"redis://:{PASSWORD}@127.0.0.1:6379/zero")
+    assert PASSWORD not in str(caught.value)
+
+
+class _Changes:
+    def __init__(self) -> None:
+        self.count = 0
+        self.event = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            self.count += 1
+        self.event.set()
+
+    def wait(self, timeout: float) -> bool:
+        got = self.event.wait(timeout)
+        self.event.clear()
+        return got
+
+
+def test_followers_hear_writes_at_once_and_after_a_restart(server: RedisServer) -> None:
+    follower, writer = _open(server.url), _open(server.url)
+    rollout = load_config(CONFIG).rollouts[0]
+    changes = _Changes()
+    unsubscribe = follower.subscribe(changes)
+    assert follower._wait_subscribed(5.0)
+    assert changes.count == 0  # subscribing is not a change
+    for weight in (5.0, 7.0, 9.0):
+        started = time.monotonic()
+        apply_action(writer, rollout, Action.SET_WEIGHT, weight=weight, actor="op", reason="")
+        assert changes.wait(0.5), weight
+        assert time.monotonic() - started < 0.5
+    assert changes.count == 3
+    server.stop()
+    time.sleep(0.5)
+    server.start()  # writes may have been missed meanwhile: one call after reconnecting
+    assert changes.wait(5.0)
+    assert follower._wait_subscribed(1.0)
+    apply_action(writer, rollout, Action.SET_WEIGHT, weight=11.0, actor="op", reason="")
+    assert changes.wait(0.5)
+    loaded = follower.load("chat")
+    assert loaded is not None and loaded.weight == 11.0
+    unsubscribe()
+    unsubscribe()  # idempotent
+    before = changes.count
+    apply_action(writer, rollout, Action.SET_WEIGHT, weight=12.0, actor="op", reason="")
+    time.sleep(0.3)
+    assert changes.count == before
+    writer.close()
+    follower.close()
+
+
+def test_a_failing_callback_does_not_end_the_subscription(server: RedisServer) -> None:
+    follower, writer = _open(server.url), _open(server.url)
+    calls: list[int] = []
+    done = threading.Event()
+
+    def flaky() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        done.set()
+
+    follower.subscribe(flaky)
+    assert follower._wait_subscribed(5.0)
+    assert writer.compare_and_set(RolloutState("chat"), None)
+    assert writer.compare_and_set(RolloutState("chat", version=1), 0)
+    assert done.wait(1.0)
+    follower.close()  # stops the subscription too
+    writer.close()
