@@ -68,6 +68,18 @@ class Replica:
                 self.proc.kill()
                 self.proc.wait(5)
 
+    def close(self) -> str:
+        """Stop, close the pipes, and return what the process wrote to stderr."""
+        self.stop()
+        self._reader.join(5)
+        err = ""
+        if self.proc.stderr is not None:
+            err = self.proc.stderr.read()
+            self.proc.stderr.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return err
+
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float) -> float:
     started = time.monotonic()
@@ -115,10 +127,9 @@ def fleet(tmp_path: Path) -> Iterator[dict[str, Any]]:
                 for replica in replicas:
                     replica.stop()
                 for replica in replicas:
-                    if replica.proc.stderr is not None:
-                        err = replica.proc.stderr.read()
-                        if "Traceback" in err:
-                            print(f"--- {replica.name} stderr ---\n{err[-3000:]}")
+                    err = replica.close()
+                    if "Traceback" in err:
+                        print(f"--- {replica.name} stderr ---\n{err[-3000:]}")
 
 
 def _all(replicas: list[Replica], pred: Callable[[dict[str, Any]], bool]) -> bool:
@@ -186,3 +197,18 @@ def test_fleet_follows_operators_and_rolls_back_a_degrading_green_from_prometheu
     assert sum(x["calls"] for x in during) > 50
     assert sum(x["failed"] for x in during) == 0
     assert all("fleet-secret" not in (x.get("problem") or "") for x in during)
+
+    # After the outage operators steer the fleet again (the leader restored the state Redis
+    # lost on its restart): a manual weight, then a manual rollback, seen by every replica.
+    wait_until("the state back in Redis", lambda: '"rolled_back"' in cli(
+        config, "status", "--json").stdout, 10)
+    assert cli(config, "set-weight", "chat-upgrade", "30", "--reason", "retry with a fix"
+               ).returncode == 0
+    wait_until("every replica at 30%", lambda: _all(
+        others, lambda s: s.get("phase") == "paused" and s.get("weight") == 30.0), 5)
+    assert cli(config, "rollback", "chat-upgrade", "--reason", "fix not ready").returncode == 0
+    wait_until("every replica rolled back", lambda: _all(
+        others, lambda s: s.get("phase") == "rolled_back" and s.get("weight") == 0.0), 5)
+    history = json.loads(cli(config, "status", "--json").stdout)["rollouts"][0]["history"]
+    assert [(h["action"], h["actor"], h["reason"]) for h in history[-2:]] == [
+        ("set_weight", "oncall", "retry with a fix"), ("rollback", "oncall", "fix not ready")]
