@@ -147,6 +147,16 @@ def test_state_store_urls_are_checked() -> None:
         openai_bluegreen.load_config({"metrics_source": "prometheus"})
 
 
+def test_store_credentials_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_PASSWORD", "s3cret")
+    config = openai_bluegreen.load_config({"state": "redis://:${REDIS_PASSWORD}@redis:6379/0"})
+    assert config.state == "redis://:s3cret@redis:6379/0"
+    monkeypatch.delenv("REDIS_PASSWORD")
+    with pytest.raises(ConfigError, match=r"state: environment variable REDIS_PASSWORD "
+                       r"\(used as \$\{REDIS_PASSWORD\}\) is not set"):
+        openai_bluegreen.load_config({"state": "redis://:${REDIS_PASSWORD}@redis:6379/0"})
+
+
 def test_api_key_value_never_appears_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
     config = with_change("green.api_key", "sk-live-should-not-leak")
     with pytest.raises(ConfigError) as caught:

@@ -395,6 +395,7 @@ class Config(_Strict):
         return self
 
 
+_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SECRET_HINT = re.compile(r"(key|token|secret|authorization|password)", re.IGNORECASE)
 
 
@@ -506,6 +507,20 @@ def load_config(
     for env_name, key in ((ENV_STATE, "state"), (ENV_METRICS_SOURCE, "metrics_source")):
         if os.environ.get(env_name):
             data[key] = os.environ[env_name]
+    # Credentials stay out of files: ``${VAR}`` in these URLs comes from the environment.
+    problems = []
+    for key in ("state", "metrics_source"):
+        value = data.get(key)
+        if isinstance(value, str) and "${" in value:
+            missing = [m for m in _VAR_RE.findall(value) if not os.environ.get(m)]
+            if missing:
+                name = missing[0]
+                problems.append((key, f"environment variable {name} (used as ${{{name}}}) is "
+                                 "not set or empty"))
+            else:
+                data[key] = _VAR_RE.sub(lambda m: os.environ[m.group(1)], value)
+    if problems:
+        raise ConfigError(problems, origin)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
