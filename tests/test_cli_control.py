@@ -120,3 +120,20 @@ def test_a_running_app_follows_the_operators_actions(
         time.sleep(0.05)
     client.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "x"}])
     assert len(green.requests) == before + 1
+
+
+def test_an_unreachable_redis_is_named_with_its_password_masked(tmp_path: Path) -> None:
+    from .services import free_port
+
+    port = free_port()  # nothing listens there
+    config = tmp_path / "openai-bluegreen.yaml"
+    config.write_text(yaml.safe_dump({
+        "state": f"redis://:hunter2@127.0.0.1:{port}/0",
+        "rollouts": [{"name": "chat-upgrade", "match": {"model": "gpt-4.1"},
+                      "blue": {"model": "a"}, "green": {"model": "b"}, "schedule": SCHEDULE}],
+    }), encoding="utf-8")
+    for args in (("status",), ("pause", "chat-upgrade", "--reason", "x")):
+        done = cli(config, *args)
+        assert done.returncode == 1, done
+        assert f"redis://:***@127.0.0.1:{port}/0" in done.stderr
+        assert "hunter2" not in done.stderr + done.stdout
