@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -223,8 +222,8 @@ def test_compose_file_validates() -> None:
     env = {"OTELCOL_CONFIG": "otelcol.yaml", "PROMETHEUS_CONFIG": "prometheus.yml"}
     mounts: dict[str, Path] = {}
     for service in services.values():
-        for volume in service.get("volumes", []):
-            volume = re.sub(r"\$\{(\w+):-[^}]*\}", lambda m: env[m[1]], volume)
+        for raw in service.get("volumes", []):
+            volume = re.sub(r"\$\{(\w+):-[^}]*\}", lambda m: env[m[1]], raw)
             source, target = volume.split(":")[:2]
             if source.startswith("."):
                 path = (compose_path.parent / source).resolve()
@@ -241,11 +240,7 @@ def test_compose_file_validates() -> None:
     home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert (GRAFANA / "dashboards" / Path(home).name).exists()
     # Debian's docker-compose validates against the Compose schema without a Docker engine.
-    binary = shutil.which("docker-compose")
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("docker-compose is not installed (apt-get install -y docker-compose)")
-        pytest.skip("docker-compose is not installed; the structural checks above passed")
+    binary = need_binary("docker-compose", "docker-compose")
     for extra in ({}, {"OTELCOL_CONFIG": "otelcol-pull.yaml",
                        "PROMETHEUS_CONFIG": "prometheus-pull.yml"}):
         result = subprocess.run([binary, "-f", str(compose_path), "config", "-q"],
@@ -331,21 +326,29 @@ def test_dashboard_panels_are_titled_described_and_unit_ed() -> None:
 # -- the real Prometheus ---------------------------------------------------------------------
 
 
-def scaled_rules(tmp: Path) -> Path:
-    """alerts.yml with every range and `for` divided by 60: minutes become seconds.
+# The demo is a rollout in fast motion: its watcher looks every 0.5 s instead of the default
+# 30 s (60x) and a step lasts seconds. The alert rules run unchanged except that every range
+# and `for` is divided by SCALE (minutes become 2 s each). Not by 60: the watcher rolls back
+# after ~100 green calls, and an alert window must still hold the 100-call guard for its
+# `for` after that (the alerts are the backstop for a watcher that does not act).
+SCALE = 30
 
-    The demo's watcher looks every 0.5 s instead of the default 30 s, and the demo's rollout
-    takes seconds instead of minutes; the expressions are otherwise the shipped ones.
-    """
+
+def _scale(minutes: str) -> str:
+    return f"{int(minutes) * 60 // SCALE}s"
+
+
+def scaled_rules(tmp: Path) -> Path:
+    """alerts.yml with every range and `for` divided by SCALE (see above)."""
     text = ALERTS.read_text(encoding="utf-8")
     assert not re.search(r"\[\d+[smhdwy]\]", re.sub(r"\[\d+m\]", "", text)), \
         "the scaling below handles minute ranges only"
     doc = yaml.safe_load(text)
     for group in doc["groups"]:
         for rule in group["rules"]:
-            rule["expr"] = re.sub(r"\[(\d+)m\]", r"[\1s]", rule["expr"])
+            rule["expr"] = re.sub(r"\[(\d+)m\]", lambda m: f"[{_scale(m[1])}]", rule["expr"])
             if "for" in rule:
-                rule["for"] = re.sub(r"^(\d+)m$", r"\1s", rule["for"])
+                rule["for"] = re.sub(r"^(\d+)m$", lambda m: _scale(m[1]), rule["for"])
     path = tmp / "alerts-scaled.yml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     return path
@@ -375,6 +378,19 @@ class ScenarioRun:
         data = self.get("/api/v1/query_range", query=expr, start=f"{self.start:.3f}",
                         end=f"{time.time():.3f}", step="1s")
         return list(data["result"])
+
+    def history(self) -> str:
+        """What the alerts did and how many calls each environment had, for failure messages."""
+        lines = [f"{self.scenario}: demo ran {self.seconds:.1f} s"]
+        for expr in ("ALERTS", "sum by (bluegreen_environment) "
+                     "(gen_ai_client_operation_duration_seconds_count)"):
+            for series in self.query_range(expr):
+                labels = {k: v for k, v in series["metric"].items()
+                          if k in ("alertname", "alertstate", "bluegreen_environment")}
+                points = [f"{float(t) - self.start:.0f}:{float(v):g}"
+                          for t, v in series["values"][::2]]
+                lines.append(f"  {labels} {' '.join(points)}")
+        return "\n".join(lines)
 
     def firing(self) -> set[str]:
         result = self.get("/api/v1/query", query=(
@@ -419,7 +435,10 @@ def scenario_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     """
     tmp = tmp_path_factory.mktemp("observability")
     rules = scaled_rules(tmp)
-    plans = {"errors": ["--rate", "300"], "slow": ["--rate", "300"],
+    # Steps longer than the default 5 s: green (5 % of ~280 calls/s) has made the alerts'
+    # 100 calls before the watcher rolls it back.
+    plans = {"errors": ["--rate", "300", "--step-seconds", "10"],
+             "slow": ["--rate", "300", "--step-seconds", "15"],
              "healthy": ["--rate", "300", "--duration", "12"]}
     started = time.monotonic()
     with ExitStack() as stack:
@@ -433,12 +452,11 @@ def scenario_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
             runs[scenario] = ScenarioRun(scenario, server, port, args)
         for run in runs.values():
             run_demo(run, tmp)
-        # The healthy app is gone mid-rollout: WatcherSilent needs 5 s without a decision and
-        # 2 s of `for` (scaled). The rollback alerts need their 5 s of `for` too.
-        wait_for(lambda: "BlueGreenWatcherSilent" in runs["healthy"].firing(), 25)
+        # The healthy app is gone mid-rollout: WatcherSilent needs 10 s without a decision and
+        # 4 s of `for` (scaled); the others had their 10 s of `for` during the later runs.
+        wait_for(lambda: "BlueGreenWatcherSilent" in runs["healthy"].firing(), 30)
         wait_for(lambda: {"BlueGreenGreenErrorRatioHigh", "BlueGreenFallbackSurge"}
                  <= runs["errors"].firing(), 15)
-        wait_for(lambda: "BlueGreenGreenLatencyHigh" in runs["slow"].firing(), 15)
         runs["errors"].extra["setup_seconds"] = time.monotonic() - started
         yield runs
 
@@ -471,42 +489,86 @@ def test_every_dashboard_query_returns_data_after_the_rollback(
     assert not empty, "queries without data:\n" + "\n".join(empty)
 
 
-# Where each alert must fire (and, in the other runs, must not).
+# Alerts that must fire in each run; every other alert must stay quiet there, except those in
+# MAY_FIRE. In the slow run the watcher rolls green back ~2.5 s (scaled: ~1 min) after its latency
+# doubles, before the latency alert's window holds enough slow calls for its `for`: the backstop
+# is not needed, and may or may not fire. Its signal is checked below instead.
 EXPECTED_FIRING = {
     "errors": {"BlueGreenGreenErrorRatioHigh", "BlueGreenRolloutRolledBack",
                "BlueGreenFallbackSurge"},
-    "slow": {"BlueGreenGreenLatencyHigh", "BlueGreenRolloutRolledBack"},
+    "slow": {"BlueGreenRolloutRolledBack"},
     "healthy": {"BlueGreenWatcherSilent"},
 }
+MAY_FIRE = {"slow": {"BlueGreenGreenLatencyHigh"}}
+SEPARATOR = re.compile(r"^(?:and|or|unless|>=|<=|==|!=|>|<)(?: on \([^)]*\))?(?: -?[\d.]+)?$")
+TRAILING_COMPARISON = re.compile(r"\s*(?:>=|<=|==|!=|>|<)\s*-?[\d.]+\s*$")
+
+
+def operands(expr: str) -> list[str]:
+    """An alert expression taken apart at its top-level comparisons and set operators.
+
+    alerts.yml writes each top-level operator on a line of its own, at column 0.
+    """
+    parts: list[list[str]] = [[]]
+    for line in expr.strip().splitlines():
+        if not line.startswith(" ") and SEPARATOR.match(line.strip()):
+            parts.append([])
+        else:
+            parts[-1].append(line)
+    out = [TRAILING_COMPARISON.sub("", "\n".join(p)).strip() for p in parts]
+    return [o for o in out if o and not re.fullmatch(r"-?[\d.]+", o)]
+
+
+def scaled_alerts(runs: dict[str, ScenarioRun]) -> dict[str, str]:
+    config = load_yaml(next(iter(runs.values())).prometheus.config)
+    doc = load_yaml(Path(config["rule_files"][0]))
+    return {r["alert"]: r["expr"] for group in doc["groups"] for r in group["rules"]}
 
 
 @pytest.mark.parametrize("scenario", list(EXPECTED_FIRING))
-def test_alerts_fire_exactly_where_expected(scenario_runs: dict[str, ScenarioRun],
-                                            scenario: str) -> None:
+def test_alerts_fire_where_expected_and_nowhere_else(scenario_runs: dict[str, ScenarioRun],
+                                                     scenario: str) -> None:
     run = scenario_runs[scenario]
-    assert run.firing() == EXPECTED_FIRING[scenario], run.output
+    firing = run.firing()
+    expected = EXPECTED_FIRING[scenario]
+    allowed = expected | MAY_FIRE.get(scenario, set())
+    assert expected <= firing <= allowed, run.history() + "\n" + run.output
 
 
 def test_every_alert_expression_returns_data(scenario_runs: dict[str, ScenarioRun]) -> None:
-    """Each (scaled) alert expression has a result in the run where the alert should fire."""
-    rules = {r["alert"]: r["expr"] for group in
-             load_yaml(scaled_rules_path(scenario_runs))["groups"] for r in group["rules"]}
+    """Every operand of every alert expression has data after the rollback; every full
+    expression has data in a run where its alert fires."""
+    rules = scaled_alerts(scenario_runs)
     assert set(rules) == set(ALERT_NAMES)
+    errors = scenario_runs["errors"]
+    empty = []
+    for alert, expr in rules.items():
+        parts = operands(expr)
+        assert len(parts) >= 2, (alert, parts)
+        empty += [f"{alert}: {part}" for part in parts
+                  if finite_values(errors.query_range(part)) == 0]
+    assert not empty, "alert operands without data:\n" + "\n".join(empty)
     for scenario, alerts in EXPECTED_FIRING.items():
         for alert in alerts:
             result = scenario_runs[scenario].query_range(rules[alert])
             assert finite_values(result) > 0, f"{alert} has no data in the {scenario} run"
 
 
-def scaled_rules_path(runs: dict[str, ScenarioRun]) -> Path:
-    config = load_yaml(next(iter(runs.values())).prometheus.config)
-    return Path(config["rule_files"][0])
+def test_latency_alert_signal_sees_the_slow_green(scenario_runs: dict[str, ScenarioRun]) -> None:
+    """The latency alert's green/blue p95 ratio passes its 1.5 threshold when green slows."""
+    ratio = operands(scaled_alerts(scenario_runs)["BlueGreenGreenLatencyHigh"])[0]
+    slow = scenario_runs["slow"]
+    peak = max((float(v) for series in slow.query_range(ratio) for _, v in series["values"]
+                if math.isfinite(float(v))), default=0.0)
+    assert peak > 1.5, slow.history()
 
 
 def test_green_error_alert_fires_for_rollback_not_for_healthy(
         scenario_runs: dict[str, ScenarioRun]) -> None:
     """Issue 5's acceptance, stated on its own: firing after the rollback, never when healthy."""
-    assert "BlueGreenGreenErrorRatioHigh" in scenario_runs["errors"].firing()
-    assert "BlueGreenGreenErrorRatioHigh" not in scenario_runs["healthy"].firing()
-    healthy = scenario_runs["healthy"].query_range('ALERTS{alertname="BlueGreenGreenErrorRatioHigh"}')
-    assert healthy == []  # not even pending
+    errors = scenario_runs["errors"]
+    assert "BlueGreenGreenErrorRatioHigh" in errors.firing(), errors.history()
+    healthy = scenario_runs["healthy"]
+    assert "BlueGreenGreenErrorRatioHigh" not in healthy.firing(), healthy.history()
+    # Not even pending.
+    assert healthy.query_range('ALERTS{alertname="BlueGreenGreenErrorRatioHigh"}') == []
