@@ -169,7 +169,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small run; do not write the file")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--block", type=int, default=50)
-    parser.add_argument("--async-rounds", type=int, default=15)
+    parser.add_argument("--async-rounds", type=int, default=30)
     parser.add_argument("--async-block", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
