@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -18,6 +21,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+MESSAGES = [{"role": "user", "content": "Say something short."}]
 
 
 class DiscardingExporter(SpanExporter):
@@ -88,3 +92,36 @@ def machine() -> str:
 
     return (f"{platform.python_implementation()} {platform.python_version()}, "
             f"{os.cpu_count()} cores, openai {openai.__version__}")
+
+
+Arms = dict[str, tuple[Callable[[], None], Callable[[], None]]]
+
+
+def timed_sync_calls(client: Any, arms: Arms, rounds: int, block: int, *, warm: int = 1,
+                     label: str = "sync") -> dict[str, list[float]]:
+    """Per-call seconds of ``client.chat.completions.create`` for each arm.
+
+    Each round runs every arm's block once, in a shuffled order: ``setup()``, ``warm`` untimed
+    calls (lanes, the watcher's first look), ``block`` timed calls, ``teardown()``.
+    """
+    samples: dict[str, list[float]] = {arm: [] for arm in arms}
+    for _ in range(50):  # warm up connections, imports, caches
+        client.chat.completions.create(model="bench-model", messages=MESSAGES)
+    perf = time.perf_counter
+    for i in range(rounds):
+        order = list(arms)
+        random.Random(i).shuffle(order)
+        for arm in order:
+            setup, teardown = arms[arm]
+            setup()
+            for _ in range(warm):
+                client.chat.completions.create(model="bench-model", messages=MESSAGES)
+            out = samples[arm]
+            for _ in range(block):
+                t0 = perf()
+                client.chat.completions.create(model="bench-model", messages=MESSAGES)
+                out.append(perf() - t0)
+            teardown()
+        print(f"\r  {label} round {i + 1}/{rounds}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return samples

@@ -35,13 +35,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import openai
 
 import openai_bluegreen
-from _common import machine, median, providers, upstream_process, write_section
+from _common import (
+    machine,
+    median,
+    providers,
+    timed_sync_calls,
+    upstream_process,
+    write_section,
+)
 from openai_bluegreen import load_config
 from openai_bluegreen._control import apply_action
 from openai_bluegreen._rollout import Action
 from openai_bluegreen.stores.redis import RedisStore
 
-MESSAGES = [{"role": "user", "content": "Say something short."}]
 ARMS = ("plain", "plain-again", "memory", "redis", "redis-down")
 
 
@@ -139,26 +145,9 @@ def run_calls(base_url: str, server: Redis, rounds: int, block: int) -> dict[str
         "redis": (installer(server.url), openai_bluegreen.uninstall),
         "redis-down": (down, up),
     }
-    samples: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    for _ in range(50):
-        client.chat.completions.create(model="bench-model", messages=MESSAGES)
-    perf = time.perf_counter
-    for i in range(rounds):
-        order = list(ARMS)
-        random.Random(i).shuffle(order)
-        for arm in order:
-            setup, teardown = arms[arm]
-            setup()
-            for _ in range(3):  # the watcher's first look runs now, like any later one
-                client.chat.completions.create(model="bench-model", messages=MESSAGES)
-            out = samples[arm]
-            for _ in range(block):
-                t0 = perf()
-                client.chat.completions.create(model="bench-model", messages=MESSAGES)
-                out.append(perf() - t0)
-            teardown()
-        print(f"\r  calls round {i + 1}/{rounds}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+    # 3 untimed calls per block: the watcher's first look runs then, like any later one.
+    samples = timed_sync_calls(client, {arm: arms[arm] for arm in ARMS}, rounds, block,
+                               warm=3, label="calls")
     client.close()
     return samples
 

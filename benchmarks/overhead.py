@@ -23,9 +23,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import openai
 
 import openai_bluegreen
-from _common import machine, median, providers, upstream_process, write_section
+from _common import (
+    MESSAGES,
+    machine,
+    median,
+    providers,
+    timed_sync_calls,
+    upstream_process,
+    write_section,
+)
 
-MESSAGES = [{"role": "user", "content": "Say something short."}]
 ARMS = ("plain", "plain-again", "bluegreen", "otel-openai")
 
 
@@ -60,27 +67,7 @@ def make_arms(base_url: str) -> dict[str, tuple[Callable[[], None], Callable[[],
 
 def run_sync(base_url: str, rounds: int, block: int) -> dict[str, list[float]]:
     client = openai.OpenAI(base_url=base_url, api_key="bench", max_retries=0)
-    arms = make_arms(base_url)
-    samples: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    for _ in range(50):  # warm up connections, imports, caches
-        client.chat.completions.create(model="bench-model", messages=MESSAGES)
-    perf = time.perf_counter
-    for i in range(rounds):
-        order = list(ARMS)
-        random.Random(i).shuffle(order)
-        for arm in order:
-            setup, teardown = arms[arm]
-            setup()
-            client.chat.completions.create(model="bench-model", messages=MESSAGES)
-            out = samples[arm]
-            for _ in range(block):
-                t0 = perf()
-                client.chat.completions.create(model="bench-model", messages=MESSAGES)
-                out.append(perf() - t0)
-            teardown()
-        print(f"\r  sync round {i + 1}/{rounds}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-    return samples
+    return timed_sync_calls(client, make_arms(base_url), rounds, block)
 
 
 async def _async_block(client: openai.AsyncOpenAI, total: int, concurrency: int) -> float:

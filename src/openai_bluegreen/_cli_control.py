@@ -215,31 +215,36 @@ def _run_watcher(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# (error class, prefix, exit status), most specific first.
+_ERRORS: tuple[tuple[type[BlueGreenError], str, int], ...] = (
+    (ConfigError, "", EXIT_USAGE),
+    (InvalidTransition, "", EXIT_FAILED),
+    (StoreUnavailable, "state store: ", EXIT_FAILED),
+    (BlueGreenError, "", EXIT_USAGE),
+)
+
+
 def _guard(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        except InvalidTransition as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        except StoreUnavailable as exc:
-            print(f"error: state store: {exc}", file=sys.stderr)
-            return EXIT_FAILED
         except BlueGreenError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            prefix, status = next((p, c) for kind, p, c in _ERRORS if isinstance(exc, kind))
+            print(f"error: {prefix}{exc}", file=sys.stderr)
+            return status
     return run
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="PATH", default=None,
+                        help="config file (default: $OPENAI_BLUEGREEN_CONFIG or "
+                        "./openai-bluegreen.yaml)")
 
 
 def add_control_commands(commands: Any, percent: Callable[[str], float]) -> None:
     """Register the operator subcommands on an ``add_subparsers()`` object."""
     def common(parser: argparse.ArgumentParser, *, json_help: str) -> None:
-        parser.add_argument("--config", metavar="PATH", default=None,
-                            help="config file (default: $OPENAI_BLUEGREEN_CONFIG or "
-                            "./openai-bluegreen.yaml)")
+        _config_arg(parser)
         parser.add_argument("--json", action="store_true", help=json_help)
 
     status = commands.add_parser("status", help="show every rollout's state, weight, "
@@ -250,9 +255,7 @@ def add_control_commands(commands: Any, percent: Callable[[str], float]) -> None
     status.set_defaults(handler=_guard(_status))
 
     watch = commands.add_parser("watch", help="the status view, refreshed until Ctrl-C")
-    watch.add_argument("--config", metavar="PATH", default=None,
-                       help="config file (default: $OPENAI_BLUEGREEN_CONFIG or "
-                       "./openai-bluegreen.yaml)")
+    _config_arg(watch)
     watch.add_argument("--window", type=float, default=60.0, metavar="SECONDS",
                        help="metrics over the last SECONDS (default: 60)")
     watch.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
@@ -281,9 +284,7 @@ def add_control_commands(commands: Any, percent: Callable[[str], float]) -> None
         description="Decide the scheduled rollouts from the fleet's metrics in Prometheus and "
         "write the decisions to the shared state store. Several can run: one holds the lease "
         "and decides, the others take over when it stops. Stops on SIGINT/SIGTERM.")
-    watcher.add_argument("--config", metavar="PATH", default=None,
-                         help="config file (default: $OPENAI_BLUEGREEN_CONFIG or "
-                         "./openai-bluegreen.yaml)")
+    _config_arg(watcher)
     watcher.add_argument("--prometheus-port", type=int, default=None, metavar="PORT",
                          help="serve the watcher's own metrics (decisions, state, weight) on "
                          "127.0.0.1:PORT/metrics")
