@@ -158,3 +158,58 @@ def test_run_demo_rejects_bad_arguments() -> None:
         run_demo("nope")
     with pytest.raises(ValueError, match="rate must be > 0"):
         run_demo("healthy", rate=0)
+
+
+def test_otlp_export_reaches_an_otlp_http_receiver(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """With OTEL_EXPORTER_OTLP_ENDPOINT set, metrics and spans leave over OTLP/HTTP."""
+    import http.server
+
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    received: dict[str, list[bytes]] = {}
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the http.server interface
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            received.setdefault(self.path, []).append(body)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT",
+                           f"http://127.0.0.1:{server.server_address[1]}")
+        run = run_demo("errors", step_seconds=2.0, out=io.StringIO(), live=False,
+                       report=tmp_path / "r.html", **FAST)
+        assert run.ok, run.results[0].why
+    finally:
+        server.shutdown()
+        server.server_close()
+    metric_names = set()
+    for body in received.get("/v1/metrics", []):
+        request = ExportMetricsServiceRequest.FromString(body)
+        for rm in request.resource_metrics:
+            for sm in rm.scope_metrics:
+                metric_names.update(m.name for m in sm.metrics)
+    assert {"gen_ai.client.operation.duration", "bluegreen.rollout.decisions",
+            "bluegreen.rollout.weight"} <= metric_names
+    span_names = set()
+    for body in received.get("/v1/traces", []):
+        request = ExportTraceServiceRequest.FromString(body)
+        for rs in request.resource_spans:
+            for ss in rs.scope_spans:
+                span_names.update(s.name for s in ss.spans)
+    assert any(name.startswith("chat ") for name in span_names)
+    assert "bluegreen.decide chat-upgrade" in span_names
