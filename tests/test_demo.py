@@ -175,7 +175,7 @@ def test_otlp_export_reaches_an_otlp_http_receiver(tmp_path: Path,
     received: dict[str, list[bytes]] = {}
 
     class Receiver(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the http.server interface
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             received.setdefault(self.path, []).append(body)
             self.send_response(200)
