@@ -34,11 +34,14 @@ def _write_config(tmp_path: Path, green: SimulatedUpstream | None = None) -> Pat
     return path
 
 
-def cli(config: Path, *args: str, actor: str = "alice") -> subprocess.CompletedProcess[str]:
+def cli(config: Path, *args: str, actor: str = "alice", plain: bool = False
+        ) -> subprocess.CompletedProcess[str]:
+    env = {"OPENAI_BLUEGREEN_ACTOR": actor, "PATH": "/usr/bin:/bin"}
+    if plain:
+        env["OPENAI_BLUEGREEN_PLAIN"] = "1"
     return subprocess.run(
         [sys.executable, "-m", "openai_bluegreen", *args, "--config", str(config)],
-        capture_output=True, text=True, timeout=60,
-        env={"OPENAI_BLUEGREEN_ACTOR": actor, "PATH": "/usr/bin:/bin"}, check=False)
+        capture_output=True, text=True, timeout=60, env=env, check=False)
 
 
 def _status(config: Path) -> dict[str, Any]:
@@ -64,10 +67,12 @@ def test_pause_resume_rollback_are_recorded_with_actor_reason_and_time(tmp_path:
         ("pause", "alice", "change freeze"), ("resume", "bob", "freeze over"),
         ("set_weight", "alice", "more eval traffic"), ("rollback", "alice", "bad evals")]
     assert all(before <= h["at"] <= time.time() for h in history)
-    text = cli(config, "status")
-    assert text.returncode == 0
-    assert re.search(r"^chat-upgrade +rolled_back +- +0%", text.stdout, re.M), text.stdout
-    assert "alice: bad evals" in text.stdout
+    for plain in (False, True):  # rich tables ([cli] extra) and the plain-text fallback
+        text = cli(config, "status", plain=plain)
+        assert text.returncode == 0
+        assert re.search(r"^\s*chat-upgrade\s+rolled_back\s+-\s+0%", text.stdout, re.M), \
+            text.stdout
+        assert "alice: bad evals" in text.stdout
 
 
 def test_cli_errors_say_what_is_wrong_with_meaningful_exit_codes(tmp_path: Path) -> None:

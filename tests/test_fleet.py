@@ -147,10 +147,17 @@ def test_fleet_follows_operators_and_rolls_back_a_degrading_green_from_prometheu
     wait_until("every replica progressing at 25%", lambda: _all(
         replicas, lambda s: s.get("phase") == "progressing" and s.get("weight") == 25.0), 30)
     assert sum(r.last.get("role") == "leader" for r in replicas) == 1
-    status = cli(config, "status")
-    assert status.returncode == 0, status.stderr
-    assert re.search(r"^chat-upgrade +progressing +1/3 +25%", status.stdout, re.M), status.stdout
-    assert "fleet-secret" not in status.stdout + status.stderr
+    shown: list[subprocess.CompletedProcess[str]] = []
+
+    def status_shows_fleet_calls() -> bool:  # once Prometheus has scraped the replicas
+        shown.append(cli(config, "status"))
+        assert shown[-1].returncode == 0, shown[-1].stderr
+        return re.search(r"^\s*chat-upgrade\s+progressing\s+1/3\s+25%\s+\d+ calls, "
+                         r"[\d.]+% err, p95 \d+ms\s+\d+ calls", shown[-1].stdout, re.M) is not None
+
+    wait_until("the CLI status with the fleet's calls from Prometheus",
+               status_shows_fleet_calls, 20)
+    assert "fleet-secret" not in shown[-1].stdout + shown[-1].stderr
 
     # An operator's pause and resume reach every replica and the history.
     assert cli(config, "pause", "chat-upgrade", "--reason", "eval run").returncode == 0

@@ -110,6 +110,76 @@ def _render(config: Config, rows: list[dict[str, Any]], problem: str | None,
     return "\n".join(out)
 
 
+_PHASE_STYLE = {"pending": "dim", "progressing": "cyan", "paused": "yellow",
+                "promoted": "bold green", "rolled_back": "bold red"}
+_ACTION_STYLE = {"rollback": "red", "pause": "yellow", "promote": "green", "advance": "cyan",
+                 "start": "cyan", "resume": "cyan", "set_weight": "magenta"}
+
+
+def _rich() -> Any:
+    """The ``rich`` module when installed (``openai-bluegreen[cli]``), else ``None``."""
+    if os.environ.get("OPENAI_BLUEGREEN_PLAIN"):
+        return None
+    try:
+        import rich
+    except ImportError:
+        return None
+    return rich
+
+
+def _console() -> Any:
+    """A rich console; off a terminal, wide enough that no column is cut (scripts, logs)."""
+    from rich.console import Console
+
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+
+
+def _render_rich(config: Config, rows: list[dict[str, Any]], problem: str | None,
+                 window: float, title: str = "") -> Any:
+    """The status view as a rich renderable: a rollout table and the recent decisions."""
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    head = Text.assemble((title + "  ") if title else "", ("state ", "dim"),
+                         mask_url(config.state), ("   metrics ", "dim"),
+                         mask_url(config.metrics_source),
+                         (f" (last {window:g}s)" if config.metrics_source != "local" else "",
+                          "dim"))
+    parts: list[Any] = [head]
+    if problem:
+        parts.append(Text(f"metrics: {problem}", style="yellow"))
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    # Names, states and weights never shrink; the metric columns wrap on a narrow terminal.
+    widest = max([len(r["name"]) for r in rows] + [7])
+    table.add_column("ROLLOUT", no_wrap=True, min_width=widest)
+    table.add_column("STATE", no_wrap=True, min_width=11)
+    table.add_column("STEP", no_wrap=True, min_width=4)
+    table.add_column("GREEN", justify="right", no_wrap=True, min_width=5)
+    table.add_column("BLUE calls, errors, p95", overflow="fold")
+    table.add_column("GREEN calls, errors, p95", overflow="fold")
+    for row in rows:
+        step = ("-" if row["step"] is None or row["steps"] is None
+                else f"{row['step'] + 1}/{len(row['steps'])}")
+        metrics = row["metrics"] or {}
+        table.add_row(row["name"], Text(row["phase"], style=_PHASE_STYLE.get(row["phase"], "")),
+                      step, f"{row['weight']:g}%", _env_cell(metrics.get("blue")),
+                      _env_cell(metrics.get("green")))
+    parts.append(table)
+    for row in rows:
+        if not row["history"]:
+            continue
+        parts.append(Text(f"{row['name']} ({row['blue']} -> {row['green']}), last decisions:",
+                          style="bold"))
+        for entry in row["history"][-5:]:
+            parts.append(Text.assemble(
+                f"  {_fmt_time(entry['at'])}  ",
+                (f"{entry['action']:<10}", _ACTION_STYLE.get(entry["action"], "")),
+                f" {entry['weight']:>5g}%  ", (f"{entry['actor']}: ", "dim"), entry["reason"]))
+    return Group(*parts)
+
+
 def _status(args: argparse.Namespace) -> int:
     config = _load(args)
     rows, problem = _state_rows(config, args.window)
@@ -118,27 +188,45 @@ def _status(args: argparse.Namespace) -> int:
                           "metrics_source": mask_url(config.metrics_source),
                           "metrics_problem": problem, "rollouts": rows}, indent=2))
         return EXIT_OK
-    print(_render(config, rows, problem, args.window))
+    rich = _rich()
+    if rich is None:
+        print(_render(config, rows, problem, args.window))
+    else:
+        _console().print(_render_rich(config, rows, problem, args.window))
     return EXIT_OK
+
+
+def _watch_frame(config: Config, window: float, rich: Any) -> Any:
+    stamp = time.strftime("%H:%M:%S")
+    title = f"openai-bluegreen watch {stamp} (Ctrl-C to stop)"
+    try:
+        rows, problem = _state_rows(config, window)
+    except StoreUnavailable as exc:
+        return f"{title}\nstate store: {exc}"
+    if rich is None:
+        return f"{title}\n{_render(config, rows, problem, window)}"
+    return _render_rich(config, rows, problem, window, title=title)
 
 
 def _watch(args: argparse.Namespace) -> int:
     config = _load(args)
-    live = sys.stdout.isatty()
+    rich = _rich()
     try:
-        while True:
-            try:
-                rows, problem = _state_rows(config, args.window)
-                text = _render(config, rows, problem, args.window)
-            except StoreUnavailable as exc:
-                text = f"state store: {exc}"
-            stamp = time.strftime("%H:%M:%S")
-            if live:
-                sys.stdout.write("\x1b[H\x1b[2J" + f"openai-bluegreen watch  {stamp}  "
-                                 "(Ctrl-C to stop)\n\n" + text + "\n")
+        if rich is not None and sys.stdout.isatty():
+            from rich.live import Live
+
+            with Live(_watch_frame(config, args.window, rich), auto_refresh=False,
+                      screen=False) as live:
+                while True:
+                    time.sleep(args.interval)
+                    live.update(_watch_frame(config, args.window, rich), refresh=True)
+        while True:  # not a terminal (or no rich): one frame after another
+            frame = _watch_frame(config, args.window, rich)
+            if rich is None:
+                print(frame, "\n", flush=True)
             else:
-                sys.stdout.write(f"--- {stamp}\n{text}\n")
-            sys.stdout.flush()
+                _console().print(frame)
+                print(flush=True)
             time.sleep(args.interval)
     except KeyboardInterrupt:
         return EXIT_OK
