@@ -260,3 +260,26 @@ def test_config_object_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
     config = openai_bluegreen.load_config(good())
     openai_bluegreen.install(config)
     assert openai_bluegreen.status()["rollouts"][0]["match"] == ["gpt-4.1"]
+
+
+@pytest.mark.parametrize("password", ["p@ssw0rd", "ab/cd+ef==", "a:b@c/d", "plain"])
+def test_passwords_are_masked_whole_and_encoded_from_the_environment(
+        monkeypatch: pytest.MonkeyPatch, password: str) -> None:
+    from urllib.parse import unquote, urlsplit
+
+    from openai_bluegreen._config import mask_url
+
+    monkeypatch.setenv("REDIS_PASSWORD", password)
+    config = openai_bluegreen.load_config({"state": "redis://:${REDIS_PASSWORD}@redis:6379/0"})
+    assert unquote(urlsplit(config.state).password or "") == password
+    assert mask_url(config.state) == "redis://:***@redis:6379/0"
+    assert mask_url(f"redis://user:{password}@h:1/0") == "redis://user:***@h:1/0"
+    with pytest.raises(ConfigError) as caught:  # an invalid URL never echoes the password
+        openai_bluegreen.load_config({"state": "redis://:${REDIS_PASSWORD}@bad host:6379/0"})
+    assert password not in str(caught.value) and "redis://:***@bad host" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config({"metrics_source": f"ftp://admin:{password}@prom:9090"})
+    assert password not in str(caught.value) and "admin:***@prom" in str(caught.value)
+    source = openai_bluegreen.load_config(
+        {"metrics_source": "http://admin:${REDIS_PASSWORD}@prom:9090"}).metrics_source
+    assert mask_url(source) == "http://admin:***@prom:9090"

@@ -13,6 +13,7 @@ from openai_bluegreen import InvalidTransition, Phase, load_config
 from openai_bluegreen._config import Rollout
 from openai_bluegreen._control import apply_action
 from openai_bluegreen._rollout import Action, initial_state, transition
+from openai_bluegreen._stats import log_e_two_sample
 from openai_bluegreen._telemetry import DURATION_BUCKETS
 from openai_bluegreen._watcher import Watcher
 from openai_bluegreen.policy import Evidence, StepWindow, decide
@@ -246,3 +247,35 @@ def test_a_state_the_store_lost_is_restored_not_restarted() -> None:
     restored = store.load("chat")
     assert restored is not None and restored.phase is Phase.ROLLED_BACK
     assert watcher.states()["chat"].weight == 0.0
+
+
+def test_a_drifting_common_error_rate_is_not_mistaken_for_a_regression() -> None:
+    """Green equals blue at every moment, but the error rate rises as the weight ramps."""
+    rollout: Rollout = _config(checks=[{"signal": "error_rate", "max_increase": 0.005},
+                                       {"signal": "error_rate", "max_ratio": 1.5}]).rollouts[0]
+    state = transition(rollout, initial_state(rollout), Action.START, 0.0, actor="w", reason="")
+    state = transition(rollout, state, Action.ADVANCE, 700.0, actor="w", reason="")
+    windows = (StepWindow(0, 5.0, RolloutStats(EnvStats(380_000, 3_800),
+                                               EnvStats(20_000, 200))),
+               StepWindow(1, 25.0, RolloutStats(EnvStats(60_000, 2_400),
+                                                EnvStats(20_000, 800))))
+    decision = decide(rollout, state, Evidence(windows), 800.0)
+    assert decision.action is not Action.ROLLBACK, decision.reasons
+    assert all(c.status == "ok" for c in decision.checks)
+    # Pooled, the same counts would read as green 2.5% against blue 1.4%:
+    pooled = log_e_two_sample(6_200, 440_000, 1_000, 40_000, margin=0.005)
+    assert pooled > math.log(2 / 0.01)
+
+
+def test_a_resumed_rollout_is_judged_afresh_not_on_the_evidence_that_paused_it() -> None:
+    config, traffic, clock = _config(on_failure="pause"), SimulatedTraffic(), Clock()
+    traffic.error_rate["green"] = 0.3
+    watcher = _watcher(config, traffic, clock)
+    _run(watcher, traffic, clock, seconds=HOUR, stop=lambda s: s.phase is Phase.PAUSED)
+    assert watcher.states()["chat"].phase is Phase.PAUSED
+    traffic.error_rate["green"] = 0.01  # the team fixed green
+    apply_action(watcher.store, config.rollouts[0], Action.RESUME, actor="alice",
+                 reason="fixed the prompt", now=clock.now)
+    _run(watcher, traffic, clock, seconds=12 * HOUR, stop=lambda s: s.phase.terminal)
+    state = watcher.states()["chat"]
+    assert state.phase is Phase.PROMOTED, [h.reason for h in state.history]

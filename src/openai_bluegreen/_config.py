@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -50,19 +51,35 @@ DEFAULT_STICKY: tuple[StickyKey, ...] = ("assignment_key", "user", "safety_ident
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _ENV_VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _URL_RE = re.compile(r"^https?://[^/\s:]+(:\d{1,5})?(/\S*)?$")
+# A metric source URL may carry ``user:password@`` (percent-encoded) for basic auth.
+_SOURCE_URL_RE = re.compile(r"^https?://([^@/\s]+@)?[^/\s:@]+(:\d{1,5})?(/\S*)?$")
 _RESERVED_PARAMS = frozenset({"model", "stream", "messages", "input", "prompt"})
 _REDIS_RE = re.compile(
     r"^rediss?://([^@/\s]*@)?[^/:@\s?]+(:\d{1,5})?(/\d{1,2})?/?(\?namespace=[A-Za-z0-9_.-]+)?$")
-_USERINFO_RE = re.compile(r"^([a-z][a-z0-9+.-]*://)([^@/]*)@")
+_SCHEME_RE = re.compile(r"^[a-z][a-z0-9+.-]*://")
 
 
 def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe to print and log)."""
-    match = _USERINFO_RE.match(url)
+    """``url`` with any credentials replaced by ``***`` (safe to print and log).
+
+    Everything up to the last ``@`` is user information, so a password that itself holds
+    ``@``, ``/`` or ``:`` is masked whole; a user name is kept only when a password follows it.
+    """
+    match = _SCHEME_RE.match(url)
     if match is None:
         return url
-    user = match.group(2).split(":", 1)[0] if ":" in match.group(2) else ""
-    return f"{match.group(1)}{user}:***@{url[match.end():]}"
+    rest = url[match.end():]
+    at = rest.rfind("@")
+    if at < 0:
+        return url
+    userinfo = rest[:at]
+    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+    return f"{match.group(0)}{user}:***@{rest[at + 1:]}"
+
+
+def _expand(value: str) -> str:
+    """``${VAR}`` from the environment, percent-encoded (credentials may hold ``@`` or ``/``)."""
+    return _VAR_RE.sub(lambda m: urllib.parse.quote(os.environ[m.group(1)], safe=""), value)
 
 
 class _Strict(BaseModel):
@@ -370,7 +387,7 @@ class Config(_Strict):
     @field_validator("metrics_source")
     @classmethod
     def _check_source(cls, value: str) -> str:
-        if value == "local" or _URL_RE.match(value):
+        if value == "local" or _SOURCE_URL_RE.match(value):
             return value
         raise ValueError("must be 'local' or a Prometheus URL such as http://prometheus:9090")
 
@@ -395,6 +412,7 @@ class Config(_Strict):
         return self
 
 
+_URL_FIELDS = frozenset({"state", "metrics_source"})
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SECRET_HINT = re.compile(r"(key|token|secret|authorization|password)", re.IGNORECASE)
 
@@ -429,7 +447,7 @@ def _problems(error: ValidationError) -> list[tuple[str, str]]:
         elif item["type"] == "missing":
             message = "required field is missing"
         if item["type"] != "missing" and "input" in item and not isinstance(item["input"], Mapping):
-            shown = (repr(mask_url(item["input"])) if loc and loc[-1] == "state"
+            shown = (repr(mask_url(item["input"])) if loc and loc[-1] in _URL_FIELDS
                      and isinstance(item["input"], str) else _show_value(loc, item["input"]))
             if "(got " not in message:
                 message += f" (got {shown})"
@@ -518,7 +536,7 @@ def load_config(
                 problems.append((key, f"environment variable {name} (used as ${{{name}}}) is "
                                  "not set or empty"))
             else:
-                data[key] = _VAR_RE.sub(lambda m: os.environ[m.group(1)], value)
+                data[key] = _expand(value)
     if problems:
         raise ConfigError(problems, origin)
     try:

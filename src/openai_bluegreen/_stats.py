@@ -2,7 +2,8 @@
 
 Each test returns ``log E`` where ``E`` is an e-process for its null hypothesis: under the null,
 ``P(sup_t E_t >= 1/alpha) <= alpha`` (Ville's inequality), however often it is looked at and
-whenever the looking stops. A check fails when ``log E >= log(1/alpha)``.
+whenever the looking stops. The policy fails a check when ``log E >= log(k/alpha)``, ``k`` the
+number of checks (alpha split evenly).
 
 The construction is the same for every test here:
 

@@ -44,10 +44,22 @@ _PHASES = tuple(p.value for p in Phase)
 
 @dataclass
 class _Run:
-    """The step windows of one rollout run as this watcher saw them."""
+    """The step windows of one rollout run as this watcher saw them.
 
+    A run starts at the rollout's start or at an operator's resume (``epoch``: that history
+    entry's time): a resumed rollout is judged afresh, not on the evidence that paused it.
+    """
+
+    epoch: float | None = None
     windows: list[tuple[int, float, RolloutStats]] = field(default_factory=list)
     closed: list[RolloutStats] = field(default_factory=list)  # each closed window's counts
+
+
+def _epoch(state: RolloutState) -> float | None:
+    for entry in reversed(state.history):
+        if entry.action in (Action.START.value, Action.RESUME.value):
+            return entry.at
+    return None
 
 
 class _ControllerInstruments:
@@ -163,6 +175,7 @@ class Watcher:
     def look(self, now: float | None = None) -> list[Decision]:
         """Take one snapshot, decide for every scheduled rollout, write, and emit telemetry."""
         now = self._clock() if now is None else now
+        was_leader = self.leader
         try:
             self.sync()
             # Only the lease holder decides; a lease outlives a few missed looks, not more.
@@ -174,6 +187,10 @@ class Watcher:
         if not self.leader:
             self._set_problem(None, kind="source")
             return []
+        if not was_leader:
+            # Taking over (again): windows this watcher kept from an earlier tenure span steps
+            # it did not see; the evidence starts afresh at takeover (docs/analysis.md).
+            self._runs.clear()
         for name in sorted(self._missing):  # put back what the store lost, never restart
             try:
                 if self.store.compare_and_set(self._states[name], None):
@@ -241,11 +258,14 @@ class Watcher:
 
     # -- evidence ------------------------------------------------------------------------
     def _open_window(self, rollout: Rollout, state: RolloutState, snapshot: Snapshot) -> None:
-        run = self._runs.setdefault(rollout.name, _Run())
         now_stats = snapshot.get(rollout.name)
         if state.phase in (Phase.PENDING, Phase.PROMOTED, Phase.ROLLED_BACK):
             self._runs[rollout.name] = _Run()
             return
+        epoch = _epoch(state)
+        run = self._runs.get(rollout.name)
+        if run is None or run.epoch != epoch:
+            run = self._runs[rollout.name] = _Run(epoch)
         step = state.step if state.step is not None else -1
         if run.windows and run.windows[-1][0] == step and run.windows[-1][1] == state.weight:
             return

@@ -132,8 +132,12 @@ def _run_check(check: Check, windows: tuple[StepWindow, ...], total: RolloutStat
             return result(log_e, numbers, enough=green.requests > 0)
         enough = green.requests > 0 and blue.requests > 0
         if check.max_increase is not None:
-            log_e = log_e_two_sample(blue.errors, blue.requests, green.errors, green.requests,
-                                     margin=check.max_increase)
+            # One test per step window, multiplied: pooling windows would compare blue and
+            # green across different mixes of time (Simpson's paradox) when the common error
+            # rate drifts during the ramp. A product of sequential e-values is an e-value.
+            log_e = sum(log_e_two_sample(w.stats.blue.errors, w.stats.blue.requests,
+                                         w.stats.green.errors, w.stats.green.requests,
+                                         margin=check.max_increase) for w in windows)
         else:
             assert check.max_ratio is not None
             log_e = log_e_rate_ratio(
@@ -218,6 +222,10 @@ def decide(rollout: Rollout, state: RolloutState, evidence: Evidence, now: float
         why = f" ({last.reason})" if last is not None and last.reason else ""
         return Decision(name, Action.HOLD, (f"paused{why}; waiting for resume",), at=now)
     if state.phase is Phase.PENDING:
+        if not evidence.available:  # never send traffic to green without a way to judge it
+            return Decision(name, Action.HOLD, (
+                f"not starting: no metrics ({evidence.note or 'source unavailable'})",),
+                at=now)
         return Decision(name, Action.START,
                         (f"starting at step 1 of {len(schedule.steps)} "
                          f"({schedule.steps[0]:g}% to green)",), at=now)
@@ -247,7 +255,8 @@ def decide(rollout: Rollout, state: RolloutState, evidence: Evidence, now: float
                   else f"manual weight {state.weight:g}%")
     if not evidence.available or short or waiting:
         if elapsed >= rollout.progress_deadline:
-            missing = ", ".join(short + [f"{w}: no data" for w in waiting]) or reasons[0]
+            missing = (reasons[0] if not evidence.available
+                       else ", ".join(short + [f"{w}: no data" for w in waiting]))
             return Decision(name, Action.PAUSE, (
                 f"progress deadline: {step_label} lacks data after {_fmt_duration(elapsed)} "
                 f"(deadline {_fmt_duration(rollout.progress_deadline)}): {missing}",),

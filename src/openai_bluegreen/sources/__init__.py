@@ -126,8 +126,9 @@ class EnvStats:
         """Counts since ``earlier``, each at least 0.
 
         Sources report cumulative counts that never go down (the local reader lives as long as
-        the process; the Prometheus source sums ``increase()``, which handles counter resets),
-        so a negative difference is estimation noise and is clamped.
+        the process; the Prometheus source adds up each series' increases itself, counting a
+        reset as a restart from zero), so a negative difference cannot come from a source;
+        it is clamped all the same.
         """
         return EnvStats(
             requests=max(0, self.requests - earlier.requests),
