@@ -167,15 +167,39 @@ def test_fleet_follows_operators_and_rolls_back_a_degrading_green_from_prometheu
     wait_until("every replica progressing again", lambda: _all(
         replicas, lambda s: s.get("phase") == "progressing"), 5)
 
-    # Green degrades: the leader, judging the fleet's metrics in Prometheus, rolls back.
+    # The leader dies mid-rollout: another replica takes the lease; the split holds.
+    leader = next(r for r in replicas if r.last.get("role") == "leader")
+    leader.stop(signal.SIGKILL)
+    others = [r for r in replicas if r is not leader]
+    wait_until("a new leader", lambda: any(r.last.get("role") == "leader" for r in others), 10)
+    assert _all(others, lambda s: s.get("phase") == "progressing" and s.get("weight") == 25.0)
+
+    # Redis goes away mid-rollout: no call fails and the replicas keep routing 25% to green;
+    # Redis comes back empty (no persistence) and the leader puts the rollout back as it was.
+    redis.stop()
+    outage = time.time()
+    wait_until("replicas noticing the outage", lambda: all(
+        (r.last.get("problem") or "").startswith("state store unavailable") for r in others), 10)
     time.sleep(2)
+    during = [x for r in others for x in r.since(outage)]
+    calls, to_green = sum(x["calls"] for x in during), sum(x["green"] for x in during)
+    assert calls > 50 and sum(x["failed"] for x in during) == 0
+    assert 0.12 < to_green / calls < 0.40, (to_green, calls)  # still the 25% split
+    assert all("fleet-secret" not in (x.get("problem") or "") for x in during)
+    redis.start()
+    wait_until("replicas recovering", lambda: all(
+        r.last.get("problem") is None for r in others), 15)
+    wait_until("the rollout restored in Redis, not restarted", lambda: re.search(
+        r'"phase": "progressing"', cli(config, "status", "--json").stdout) is not None, 10)
+
+    # Green degrades: the new leader, judging the fleet's metrics in Prometheus, rolls back.
     green.configure(error_rates={503: 0.6})
     degraded = time.time()
     wait_until("the watcher's rollback in every replica", lambda: _all(
-        replicas, lambda s: s.get("phase") == "rolled_back"), 40)
+        others, lambda s: s.get("phase") == "rolled_back"), 40)
     took = wait_until("every replica routing 100% to blue", lambda: all(
         r.since(time.time() - 1.5) and not any(x["green"] for x in r.since(time.time() - 1.5))
-        for r in replicas), 10)
+        for r in others), 10)
     assert took < 10
     history = json.loads(cli(config, "status", "--json").stdout)["rollouts"][0]["history"]
     assert [h["action"] for h in history] == ["start", "pause", "resume", "rollback"]
@@ -183,27 +207,7 @@ def test_fleet_follows_operators_and_rolls_back_a_degrading_green_from_prometheu
     assert history[-2]["actor"] == "oncall" and history[-2]["reason"] == "eval passed"
     assert time.time() - degraded < 45
     assert prom.proc.poll() is None
-
-    # The leader dies: another replica takes the lease.
-    leader = next(r for r in replicas if r.last.get("role") == "leader")
-    leader.stop(signal.SIGKILL)
-    others = [r for r in replicas if r is not leader]
-    wait_until("a new leader", lambda: any(r.last.get("role") == "leader" for r in others), 10)
-
-    # Redis goes away mid-traffic: no call fails, weights stay; it comes back by itself.
     green.configure(error_rates={})
-    redis.stop()
-    outage = time.time()
-    wait_until("replicas noticing the outage", lambda: all(
-        (r.last.get("problem") or "").startswith("state store unavailable") for r in others), 10)
-    time.sleep(2)
-    redis.start()
-    wait_until("replicas recovering", lambda: all(
-        r.last.get("problem") is None for r in others), 15)
-    during = [x for r in others for x in r.since(outage)]
-    assert sum(x["calls"] for x in during) > 50
-    assert sum(x["failed"] for x in during) == 0
-    assert all("fleet-secret" not in (x.get("problem") or "") for x in during)
 
     # After the outage operators steer the fleet again (the leader restored the state Redis
     # lost on its restart): a manual weight, then a manual rollback, seen by every replica.
