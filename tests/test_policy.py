@@ -279,3 +279,18 @@ def test_a_resumed_rollout_is_judged_afresh_not_on_the_evidence_that_paused_it()
     _run(watcher, traffic, clock, seconds=12 * HOUR, stop=lambda s: s.phase.terminal)
     state = watcher.states()["chat"]
     assert state.phase is Phase.PROMOTED, [h.reason for h in state.history]
+
+
+def test_calls_faster_than_the_first_bucket_still_promote_and_still_catch_a_slow_green() -> None:
+    config, traffic, clock = _config(), SimulatedTraffic(), Clock()
+    traffic.median.update(blue=0.001, green=0.001)  # every call below the 10 ms bound
+    watcher = _watcher(config, traffic, clock)
+    _run(watcher, traffic, clock, seconds=12 * HOUR, stop=lambda s: s.phase.terminal)
+    assert watcher.states()["chat"].phase is Phase.PROMOTED
+    config, traffic, clock = _config(), SimulatedTraffic(), Clock()
+    traffic.median.update(blue=0.001, green=0.02)
+    watcher = _watcher(config, traffic, clock)
+    _run(watcher, traffic, clock, seconds=12 * HOUR, stop=lambda s: s.phase.terminal)
+    state = watcher.states()["chat"]
+    assert state.phase is Phase.ROLLED_BACK
+    assert "latency p95 ratio<=1.5 failed" in state.history[-1].reason

@@ -140,3 +140,20 @@ def test_watcher_faults_keep_calls_on_the_last_weights(
     status = openai_bluegreen.status()
     assert status["rollouts"][0]["weight"] == 20.0
     assert status["watcher"]["problem"] is not None
+
+
+def test_the_state_gauge_follows_a_reinstalled_watcher(
+        install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+        tmp_path: Any) -> None:
+    config = {**rollout_config(green, schedule=SCHEDULE, analysis=ANALYSIS),
+              "state": f"file://{tmp_path}/state.json"}
+    install(config)
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    _drive(client, 5.0, until=lambda: _phase() == "progressing")
+    openai_bluegreen.pause("chat-upgrade", reason="hold")
+    changed = {**config, "rollouts": [{**config["rollouts"][0],
+                                       "analysis": {**ANALYSIS, "interval": "0.3s"}}]}
+    install(changed)  # a new watcher on the same store and providers
+    states = {p[0]["bluegreen.state"]: p[1].value
+              for p in telemetry.points("bluegreen.rollout.state")}
+    assert states["paused"] == 1 and states["progressing"] == 0, states

@@ -12,7 +12,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 
 from . import _patch, _state, _worker
-from ._config import Config, load_config
+from ._config import Config, load_config, mask_url
 from ._control import apply_action, default_actor, find_rollout
 from ._errors import BlueGreenError
 from ._rollout import Action, RolloutState
@@ -99,6 +99,12 @@ def install(
         source: MetricSource | None = None
         if scheduled and validated.metrics_source == "local":
             effective_mp, source = _local_source(meter_provider)
+            if validated.state != "memory":
+                logger.warning(
+                    "openai-bluegreen: state %s is shared, but metrics_source is 'local': "
+                    "whichever process leads judges only its own calls. For a fleet, point "
+                    "metrics_source at the Prometheus that scrapes every replica.",
+                    mask_url(validated.state))
         elif scheduled:
             source = open_source(validated.metrics_source)
         router = Router(validated, tracer_provider=tracer_provider, meter_provider=effective_mp)

@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,14 +64,25 @@ def _epoch(state: RolloutState) -> float | None:
 
 
 class _ControllerInstruments:
-    def __init__(self, meter: metrics.Meter, watcher: Watcher, with_weight: bool) -> None:
+    """The watcher's instruments on one MeterProvider, created once and reused.
+
+    The SDK keeps an observable gauge's callback for the provider's lifetime, so a re-install
+    does not make new gauges: it points these at the new watcher (``None``: report nothing).
+    """
+
+    def __init__(self, meter: metrics.Meter, with_weight: bool) -> None:
+        self.watcher: Watcher | None = None
         self.decisions = meter.create_counter(
             "bluegreen.rollout.decisions", unit="{decision}",
             description="Watcher decisions per rollout, by decision.")
 
+        def states() -> dict[str, RolloutState]:
+            watcher = self.watcher
+            return watcher.states() if watcher is not None else {}
+
         def observe_state(_options: CallbackOptions) -> Iterable[Observation]:
             out = []
-            for name, state in watcher.states().items():
+            for name, state in states().items():
                 for phase in _PHASES:
                     out.append(Observation(1 if state.phase.value == phase else 0,
                                            {T.ROLLOUT: name, STATE: phase}))
@@ -82,11 +94,29 @@ class _ControllerInstruments:
         if with_weight:
             def observe_weight(_options: CallbackOptions) -> Iterable[Observation]:
                 return [Observation(s.weight / 100.0, {T.ROLLOUT: n})
-                        for n, s in watcher.states().items()]
+                        for n, s in states().items()]
 
             meter.create_observable_gauge(
                 "bluegreen.rollout.weight", callbacks=[observe_weight], unit="1",
                 description="Share of calls routed to green, 0..1, per rollout.")
+
+
+_instruments: weakref.WeakKeyDictionary[Any, dict[bool, _ControllerInstruments]] = (
+    weakref.WeakKeyDictionary())
+_global_instruments: dict[bool, _ControllerInstruments] = {}
+
+
+def _instruments_for(meter_provider: metrics.MeterProvider | None, watcher: Watcher,
+                     with_weight: bool) -> _ControllerInstruments:
+    cache = (_global_instruments if meter_provider is None
+             else _instruments.setdefault(meter_provider, {}))
+    made = cache.get(with_weight)
+    if made is None:
+        meter = (meter_provider.get_meter(T.SCOPE, __version__) if meter_provider is not None
+                 else metrics.get_meter(T.SCOPE, __version__))
+        made = cache[with_weight] = _ControllerInstruments(meter, with_weight)
+    made.watcher = watcher
+    return made
 
 
 class Watcher:
@@ -124,15 +154,15 @@ class Watcher:
         self._store_problem: str | None = None
         self._source_problem: str | None = None
         self._wake = threading.Event()
+        self._sync_lock = threading.Lock()
         self._unsubscribe: Callable[[], None] | None = None
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.leader = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._tracer = T.tracer_for(tracer_provider)
-        meter = (meter_provider.get_meter(T.SCOPE, __version__) if meter_provider is not None
-                 else metrics.get_meter(T.SCOPE, __version__))
-        self._instruments = _ControllerInstruments(meter, self, with_weight=apply_weight is None)
+        self._instruments = _instruments_for(meter_provider, self,
+                                             with_weight=apply_weight is None)
 
     # -- state ---------------------------------------------------------------------------
     def states(self) -> dict[str, RolloutState]:
@@ -146,7 +176,15 @@ class Watcher:
         return self._store_problem or self._source_problem
 
     def sync(self) -> None:
-        """Read the store; hand changed weights to the router. Raises StoreUnavailable."""
+        """Read the store; hand changed weights to the router. Raises StoreUnavailable.
+
+        Serialized: the watcher thread and API threads (after a manual action) both sync, and
+        an older read must never overwrite a newer one.
+        """
+        with self._sync_lock:
+            self._sync()
+
+    def _sync(self) -> None:
         try:
             stored = self.store.load_all()
         except StoreUnavailable as exc:
@@ -364,6 +402,8 @@ class Watcher:
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._wake.set()
+        if self._instruments.watcher is self:
+            self._instruments.watcher = None
         if self._unsubscribe is not None:
             try:
                 self._unsubscribe()

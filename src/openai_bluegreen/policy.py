@@ -164,7 +164,7 @@ def _run_check(check: Check, windows: tuple[StepWindow, ...], total: RolloutStat
     bound = blue_hist.tail_bound(check.quantile)
     if bound is None:
         note = ("blue has no calls of this kind yet" if blue_hist.total == 0 else
-                "blue's calls all fall in one histogram bucket")
+                "blue's calls all fall in the histogram's +Inf bucket")
         return CheckResult(name, "no_data", 0.0, threshold, {"note": note})
     batches = []
     for window in windows:

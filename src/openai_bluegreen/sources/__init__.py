@@ -58,11 +58,17 @@ class Histogram:
         """The bucket bound whose share of values above it is closest to ``1 - q``.
 
         Closest in ratio (``|log(share / (1 - q))|``), among bounds with some values on each
-        side; ``None`` when there is none (no data, or everything in one bucket).
+        side. When every value sits in one bucket (fast calls, coarse buckets), that bucket's
+        upper bound: nothing of blue's is above it. ``None`` when there is no data, or the
+        values all sit in the ``+Inf`` bucket.
         """
         total = self.total
         if total == 0:
             return None
+        occupied = [i for i, count in enumerate(self.counts) if count]
+        if len(occupied) == 1:
+            index = occupied[0]
+            return self.bounds[index] if index < len(self.bounds) else None
         target = 1.0 - q
         best: tuple[float, float] | None = None
         above = total

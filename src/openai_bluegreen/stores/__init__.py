@@ -84,8 +84,12 @@ def open_store(url: str) -> StateStore:
 
         return FileStore(url)
     if url.startswith(("redis://", "rediss://")):
-        from .redis import RedisStore
-
+        try:
+            from .redis import RedisStore
+        except ImportError as exc:
+            raise StoreUnavailable(
+                f"the redis store needs the {exc.name or 'redis'!r} package: "
+                "pip install 'openai-bluegreen[redis]'") from None
         return RedisStore(url)
     raise StoreUnavailable(f"unknown state store {url!r} (use 'memory', 'file:///path' or "
                            "'redis://host:6379/0')")

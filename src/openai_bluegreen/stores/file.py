@@ -119,12 +119,15 @@ class FileStore:
 
     def acquire_lease(self, holder: str, ttl: float) -> bool:
         """The lease lives in the file, under the same lock as the states."""
-        now = time.time()
         with self._locked():
+            now = time.time()
             data = self._read()
             lease = data.get("lease")
-            if (isinstance(lease, dict) and lease.get("holder") != holder
-                    and float(lease.get("expires", 0.0)) > now):
+            try:
+                expires = float(lease.get("expires", 0.0)) if isinstance(lease, dict) else 0.0
+            except (TypeError, ValueError):
+                expires = 0.0  # an unreadable lease is an expired one
+            if isinstance(lease, dict) and lease.get("holder") != holder and expires > now:
                 return False
             data["lease"] = {"holder": holder, "expires": now + ttl}
             self._write(data)
