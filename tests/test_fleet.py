@@ -81,12 +81,19 @@ def test_fleet_follows_operators_and_rolls_back_a_degrading_green_from_prometheu
     wait_until("every replica progressing again", lambda: _all(
         replicas, lambda s: s.get("phase") == "progressing"), 5)
 
-    # The leader dies mid-rollout: another replica takes the lease; the split holds.
+    # The leader dies mid-rollout: another replica takes the lease; the split holds, and the
+    # new leader rebuilds the evidence since the resume from Prometheus instead of starting over.
     leader = next(r for r in replicas if r.last.get("role") == "leader")
+    wait_until("evidence since the resume", lambda: (
+        leader.last.get("judged_green_calls") or 0) >= 20, 15)
+    judged_before = leader.last["judged_green_calls"]
     leader.stop(signal.SIGKILL)
     others = [r for r in replicas if r is not leader]
-    wait_until("a new leader", lambda: any(r.last.get("role") == "leader" for r in others), 10)
+    wait_until("a new leader judging", lambda: any(
+        r.last.get("role") == "leader" and r.last.get("judged_green_calls") for r in others), 10)
     assert _all(others, lambda s: s.get("phase") == "progressing" and s.get("weight") == 25.0)
+    new_leader = next(r for r in others if r.last.get("role") == "leader")
+    assert new_leader.last["judged_green_calls"] >= judged_before
 
     # Redis goes away mid-rollout: no call fails and the replicas keep routing 25% to green;
     # Redis comes back empty (no persistence) and the leader puts the rollout back as it was.

@@ -54,6 +54,8 @@ class _Run:
     epoch: float | None = None
     windows: list[tuple[int, float, RolloutStats]] = field(default_factory=list)
     closed: list[RolloutStats] = field(default_factory=list)  # each closed window's counts
+    # A run rebuilt from history has a source of its own whose counts start at the epoch.
+    source: MetricSource | None = None
 
 
 def _epoch(state: RolloutState) -> float | None:
@@ -262,6 +264,7 @@ class Watcher:
         for _attempt in range(3):
             stored = self._states.get(name)
             state = stored or initial_state(rollout)
+            snapshot, note = self._snapshot_for(rollout, state, snapshot, note, now)
             evidence = self._evidence(rollout, state, snapshot, note)
             decision = decide(rollout, state, evidence, now)
             if decision.action is Action.HOLD:
@@ -295,6 +298,57 @@ class Watcher:
         return None
 
     # -- evidence ------------------------------------------------------------------------
+    def _snapshot_for(self, rollout: Rollout, state: RolloutState, snapshot: Snapshot | None,
+                      note: str, now: float) -> tuple[Snapshot | None, str]:
+        """The snapshot to judge ``rollout`` on: the shared one, or its rebuilt run's own."""
+        if snapshot is None or state.phase not in (Phase.PROGRESSING, Phase.PAUSED):
+            return snapshot, note
+        run = self._runs.get(rollout.name)
+        epoch = _epoch(state)
+        if run is None or run.epoch != epoch:
+            try:
+                rebuilt = self._rebuild(rollout, state, epoch)
+            except SourceUnavailable as exc:
+                logger.info("openai-bluegreen watcher: cannot rebuild the evidence of %s from "
+                            "history (%s); starting it now", rollout.name, exc)
+                rebuilt = None
+            if rebuilt is not None:
+                self._runs[rollout.name] = run = rebuilt
+        if run is None or run.source is None:
+            return snapshot, note
+        try:
+            return run.source.snapshot(now), note
+        except SourceUnavailable as exc:
+            return None, str(exc)
+
+    def _rebuild(self, rollout: Rollout, state: RolloutState, epoch: float | None
+                 ) -> _Run | None:
+        """The run's step windows from the history's step start times, if the source can look
+        back (Prometheus can; this process's own reader cannot)."""
+        rewind = getattr(self.source, "rewind", None)
+        if epoch is None or not callable(rewind):
+            return None
+        marks: list[tuple[float, int, float]] = []
+        for entry in state.history:
+            if entry.at < epoch:
+                continue
+            if entry.at == epoch or entry.action in (Action.ADVANCE.value,
+                                                     Action.SET_WEIGHT.value):
+                marks.append((entry.at, entry.step if entry.step is not None else -1,
+                              entry.weight))
+        if not marks:
+            return None
+        source: MetricSource = rewind(epoch - 0.001)
+        run = _Run(epoch, source=source)
+        for at, step, weight in marks:
+            base = source.snapshot(at).get(rollout.name)
+            if run.windows:
+                run.closed.append(base.minus(run.windows[-1][2]))
+            run.windows.append((step, weight, base))
+        logger.info("openai-bluegreen watcher: rebuilt %d step window(s) of %s from history",
+                    len(run.windows), rollout.name)
+        return run
+
     def _open_window(self, rollout: Rollout, state: RolloutState, snapshot: Snapshot) -> None:
         now_stats = snapshot.get(rollout.name)
         if state.phase in (Phase.PENDING, Phase.PROMOTED, Phase.ROLLED_BACK):
@@ -303,6 +357,8 @@ class Watcher:
         epoch = _epoch(state)
         run = self._runs.get(rollout.name)
         if run is None or run.epoch != epoch:
+            # A new run this watcher saw begin (its own start; a resume without history):
+            # windows on the shared source.
             run = self._runs[rollout.name] = _Run(epoch)
         step = state.step if state.step is not None else -1
         if run.windows and run.windows[-1][0] == step and run.windows[-1][1] == state.weight:

@@ -2,8 +2,10 @@
 
 Serves its metrics on 127.0.0.1:<metrics-port>/metrics (OpenTelemetry Prometheus exporter),
 calls blue/green at a steady rate, and prints one JSON line per half second:
-``{"t", "calls", "green", "failed", "phase", "weight", "role", "problem"}`` (``green``: calls
-answered by green's model in that half second).
+``{"t", "calls", "green", "failed", "phase", "weight", "role", "problem",
+"judged_green_calls"}`` (``green``: calls answered by green's model in that half second;
+``judged_green_calls``: green calls in the evidence of this replica's last decision, when it
+leads).
 """
 
 from __future__ import annotations
@@ -73,8 +75,12 @@ def main() -> int:
         status = openai_bluegreen.status()
         rollout = status["rollouts"][0]
         watcher = status.get("watcher", {})
+        decision = rollout.get("last_decision") or {}
+        judged = [c.get("green_calls") for c in decision.get("checks", [])
+                  if c.get("green_calls") is not None]
         line.update(t=time.time(), phase=rollout.get("phase"), weight=rollout.get("weight"),
-                    role=watcher.get("role"), problem=watcher.get("problem"))
+                    role=watcher.get("role"), problem=watcher.get("problem"),
+                    judged_green_calls=max(judged) if judged else None)
         print(json.dumps(line), flush=True)
     openai_bluegreen.uninstall()
     return 0

@@ -139,6 +139,16 @@ class PrometheusSource:
         self._retired: dict[_Group, float] = {}
         self._last_now: float | None = None
 
+    def rewind(self, origin: float) -> PrometheusSource:
+        """A fresh source on the same Prometheus whose counts start at ``origin`` (the past).
+
+        The watcher uses it to rebuild a rollout's step windows from the step start times in
+        the rollout's history when it did not see them itself (it took over the lease, or an
+        operator resumed the rollout): snapshot it at those times, in order, then keep going.
+        """
+        return PrometheusSource(self.url, timeout=self.timeout, origin=origin,
+                                extra_selector=self.extra_selector)
+
     # -- the protocol ------------------------------------------------------------------
     def snapshot(self, now: float) -> Snapshot:
         """Cumulative counts per rollout and environment since the origin, as of ``now``.
