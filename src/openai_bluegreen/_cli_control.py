@@ -237,9 +237,12 @@ def _act(action: Action) -> Callable[[argparse.Namespace], int]:
         config = _load(args)
         rollout = find_rollout(config, args.rollout)
         store = open_store(config.state)
-        state: RolloutState = apply_action(
-            store, rollout, action, actor=args.actor or default_actor(), reason=args.reason,
-            weight=getattr(args, "percent", None))
+        try:
+            state: RolloutState = apply_action(
+                store, rollout, action, actor=args.actor or default_actor(),
+                reason=args.reason, weight=getattr(args, "percent", None))
+        finally:
+            store.close()
         if args.json:
             print(json.dumps(state.to_dict(), indent=2))
         else:
