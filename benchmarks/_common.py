@@ -97,6 +97,12 @@ def machine() -> str:
 Arms = dict[str, tuple[Callable[[], None], Callable[[], None]]]
 
 
+def _flush() -> None:
+    import openai_bluegreen
+
+    openai_bluegreen.flush()
+
+
 def timed_sync_calls(client: Any, arms: Arms, rounds: int, block: int, *, warm: int = 1,
                      label: str = "sync") -> dict[str, list[float]]:
     """Per-call seconds of ``client.chat.completions.create`` for each arm.
@@ -122,6 +128,7 @@ def timed_sync_calls(client: Any, arms: Arms, rounds: int, block: int, *, warm: 
                 client.chat.completions.create(model="bench-model", messages=MESSAGES)
                 out.append(perf() - t0)
             teardown()
+            _flush()  # telemetry queued by this arm is not charged to the next one
         print(f"\r  {label} round {i + 1}/{rounds}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     return samples

@@ -21,6 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import openai
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.trace import NoOpTracerProvider
 
 import openai_bluegreen
 from _common import (
@@ -33,7 +35,7 @@ from _common import (
     write_section,
 )
 
-ARMS = ("plain", "plain-again", "bluegreen", "otel-openai")
+ARMS = ("plain", "plain-again", "bluegreen", "bluegreen-noop-telemetry", "otel-openai")
 
 
 def make_arms(base_url: str) -> dict[str, tuple[Callable[[], None], Callable[[], None]]]:
@@ -55,6 +57,12 @@ def make_arms(base_url: str) -> dict[str, tuple[Callable[[], None], Callable[[],
         "bluegreen": (
             lambda: openai_bluegreen.install(config, tracer_provider=tracer_provider,
                                              meter_provider=meter_provider),
+            openai_bluegreen.uninstall,
+        ),
+        # Routing alone: the same plugin with no-op providers (what telemetry costs = the gap).
+        "bluegreen-noop-telemetry": (
+            lambda: openai_bluegreen.install(config, tracer_provider=NoOpTracerProvider(),
+                                             meter_provider=NoOpMeterProvider()),
             openai_bluegreen.uninstall,
         ),
         "otel-openai": (
@@ -98,6 +106,7 @@ async def run_async(base_url: str, rounds: int, block: int, concurrency: int
             setup()
             samples[arm].append(await _async_block(client, block, concurrency))
             teardown()
+            openai_bluegreen.flush()  # queued telemetry is not charged to the next arm
         print(f"\r  async round {i + 1}/{rounds}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     await client.close()

@@ -31,6 +31,7 @@ _wall_ns = time.time_ns
 
 Described = tuple[str | None, str | None, tuple[str, ...], int | None, int | None]
 NOTHING: Described = (None, None, (), None, None)
+_DONE: dict[str, Any] = {}
 
 
 def _transport_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
@@ -136,6 +137,7 @@ class Call:
     def failed(self, exc: BaseException) -> None:
         """The call failed for the caller: record it and end the span."""
         end = _perf()
+        self.kwargs = _DONE  # the request (messages and all) need not outlive the call
         _worker.submit(self.finish, NOTHING, error_type(exc), end)
 
     def succeeded(self, response: Any) -> None:
@@ -144,17 +146,21 @@ class Call:
         output = None
         if self.router.capture_content:
             output = T.output_messages_json(response)
-        _worker.submit(self.finish_response, response, end, output)
+        # The few numbers the span needs, read now: holding the response object until the
+        # worker's next burst would keep every response of the last 50 ms alive, and older
+        # objects make the garbage collector's passes slower for the whole process.
+        self.kwargs = _DONE
+        _worker.submit(self.finish_described, T.describe_response(response), end, output)
 
     def first_chunk(self, at: float) -> None:
         _worker.submit(self.router.instruments.ttfc.record, at - self.start,
                        self.lane.metric_attrs)
 
     # -- run by the telemetry worker ---------------------------------------------------------
-    def finish_response(self, response: Any, end: float, output: str | None) -> None:
+    def finish_described(self, described: Described, end: float, output: str | None) -> None:
         if output is not None:
             self.span.set_attribute(T.OUTPUT_MESSAGES, output)
-        self.finish(T.describe_response(response), None, end)
+        self.finish(described, None, end)
 
     def finish(self, described: Described, etype: str | None, end: float) -> None:
         """Record duration and usage, set the span's remaining attributes, end it at ``end``."""
