@@ -171,3 +171,22 @@ def test_spans_are_children_of_the_callers_span_with_the_calls_own_times(
     assert before <= span.start_time <= span.end_time <= after
     (event,) = [e for e in span.events if e.name == "bluegreen.fallback"]
     assert span.start_time <= event.timestamp <= span.end_time
+
+
+def test_fail_open_sends_the_call_unchanged_when_blue_has_its_own_endpoint(
+        install: Any, blue: SimulatedUpstream, green: SimulatedUpstream,
+        monkeypatch: Any) -> None:
+    class Client(openai.OpenAI):
+        def with_options(self, **kwargs: Any) -> Any:  # type: ignore[override]
+            raise RuntimeError("cannot derive")
+
+    monkeypatch.setenv("BLUE_API_KEY", "blue-own-key")
+    config = rollout_config(green, weight=0)
+    config["rollouts"][0]["blue"] = {"model": "blue-model", "base_url": blue.base_url,
+                                     "api_key_env": "BLUE_API_KEY"}
+    install(config)
+    with Client(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0) as client:
+        out = client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+    assert out.model == "gpt-4.1"  # what the app asked for, on the app's own client
+    assert blue.requests[-1].api_key == BLUE_KEY
+    assert not green.requests

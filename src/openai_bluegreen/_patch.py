@@ -70,6 +70,18 @@ def _start(router: Router, rollout: RolloutRuntime, operation: str, instance: An
         return None
 
 
+def _fail_open(rollout: RolloutRuntime, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The call's arguments when routing failed: blue's model on the caller's own client.
+
+    When blue has its own endpoint or key, blue's model may not exist on the caller's endpoint:
+    the call then goes out exactly as the app wrote it.
+    """
+    blue = rollout.blue
+    if blue.base_url is not None or blue.api_key is not None:
+        return kwargs
+    return {**kwargs, "model": blue.model}
+
+
 def _quietly(action: Callable[..., Any], *args: Any) -> None:
     try:
         action(*args)
@@ -110,7 +122,7 @@ def _sync_wrapper(operation: str, original: Any) -> Callable[..., Any]:
             return wrapped(*args, **kwargs)
         call = _start(router, rollout, operation, instance, kwargs)
         if call is None:
-            return wrapped(*args, **{**kwargs, "model": rollout.blue.model})
+            return wrapped(*args, **_fail_open(rollout, kwargs))
         try:
             while True:
                 try:
@@ -155,7 +167,7 @@ def _async_wrapper(operation: str, original: Any) -> Callable[..., Any]:
             return await wrapped(*args, **kwargs)
         call = _start(router, rollout, operation, instance, kwargs)
         if call is None:
-            return await wrapped(*args, **{**kwargs, "model": rollout.blue.model})
+            return await wrapped(*args, **_fail_open(rollout, kwargs))
         try:
             while True:
                 try:
