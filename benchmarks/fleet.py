@@ -20,7 +20,6 @@ import argparse
 import logging
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,8 +30,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.services
 
 import openai
+from tests.services import RedisServer, free_port
 
 import openai_bluegreen
 from _common import (
@@ -51,51 +52,14 @@ from openai_bluegreen.stores.redis import RedisStore
 ARMS = ("plain", "plain-again", "memory", "redis", "redis-down")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Redis:
-    """A redis-server on a free loopback port that can be stopped and started again."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server is not installed (apt-get install -y redis-server)")
-        self.binary, self.workdir, self.port = binary, workdir, free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-
 @contextmanager
-def redis_running() -> Iterator[Redis]:
+def redis_running() -> Iterator[RedisServer]:
+    """A redis-server on a free loopback port (the tests' own helper), stopped afterwards."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed (apt-get install -y redis-server)")
     with tempfile.TemporaryDirectory(prefix="fleet-redis-") as workdir:
-        server = Redis(Path(workdir))
+        server = RedisServer(free_port(), None, Path(workdir), binary)
         server.start()
         try:
             yield server
@@ -119,7 +83,8 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 # -- 1. the request path ----------------------------------------------------------------------
-def run_calls(base_url: str, server: Redis, rounds: int, block: int) -> dict[str, list[float]]:
+def run_calls(base_url: str, server: RedisServer, rounds: int,
+              block: int) -> dict[str, list[float]]:
     tracer_provider, meter_provider, _, _ = providers()
     client = openai.OpenAI(base_url=base_url, api_key="bench", max_retries=0)
 

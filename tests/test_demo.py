@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 import sys
 import threading
 import time
@@ -17,15 +16,10 @@ from openai_bluegreen._demo import DemoRun, run_demo
 from openai_bluegreen._exporters import ExporterError
 from openai_bluegreen.cli import main
 
+from .services import free_port
+
 # Small but real: 1.5-2 s steps, enough traffic for the checks to decide within a step or two.
 FAST: dict[str, Any] = {"rate": 300.0, "concurrency": 40, "tail": 0.5, "duration": 25.0}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_healthy_green_is_promoted_and_the_report_plots_it(tmp_path: Path) -> None:
@@ -58,7 +52,7 @@ def test_healthy_green_is_promoted_and_the_report_plots_it(tmp_path: Path) -> No
 
 def test_erroring_green_is_rolled_back_and_prometheus_serves_the_metrics(
         tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     out = io.StringIO()
     runs: list[DemoRun] = []
     thread = threading.Thread(target=lambda: runs.append(run_demo(
@@ -141,7 +135,7 @@ def test_missing_exporter_packages_name_the_extra(monkeypatch: pytest.MonkeyPatc
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
     with pytest.raises(ExporterError, match=r"pip install 'openai-bluegreen\[prometheus\]'"):
-        run_demo("healthy", prometheus_port=_free_port(), report=None)
+        run_demo("healthy", prometheus_port=free_port(), report=None)
     monkeypatch.delitem(sys.modules, "prometheus_client")
 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")

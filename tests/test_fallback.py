@@ -4,7 +4,6 @@ failure still lands in green's metrics and the fallback is counted. Blue failure
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import openai
@@ -14,6 +13,7 @@ import openai_bluegreen
 from openai_bluegreen.testing import SimulatedUpstream
 
 from .conftest import BLUE_KEY, Telemetry, rollout_config
+from .services import free_port
 
 MSGS = [{"role": "user", "content": "hello"}]
 
@@ -67,9 +67,7 @@ def test_green_timeout_falls_back_to_blue(
 def test_green_refusing_connections_falls_back_to_blue(
     install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
 ) -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     config = rollout_config(green, weight=100)
     config["rollouts"][0]["green"]["base_url"] = f"http://127.0.0.1:{port}/v1"
     install(config)
