@@ -85,6 +85,11 @@ def test_cli_errors_say_what_is_wrong_with_meaningful_exit_codes(tmp_path: Path)
         done.stderr
     done = cli(config, "pause", "chat-upgrade")
     assert done.returncode == 2 and "--reason" in done.stderr
+    for args in (("status", "--window", "-5"), ("watch", "--interval", "0"),
+                 ("run-watcher", "--prometheus-port", "70000")):
+        done = cli(config, *args)
+        assert done.returncode == 2, done
+        assert args[1] in done.stderr and repr(args[2]) in done.stderr
     done = cli(tmp_path / "missing.yaml", "status")
     assert done.returncode == 2 and "cannot read" in done.stderr
 

@@ -118,10 +118,9 @@ def test_fleet_follows_operators_and_rolls_back_a_degrading_green_from_prometheu
     degraded = time.time()
     wait_until("the watcher's rollback in every replica", lambda: _all(
         others, lambda s: s.get("phase") == "rolled_back"), 40)
-    took = wait_until("every replica routing 100% to blue", lambda: all(
+    wait_until("every replica routing 100% to blue", lambda: all(
         r.since(time.time() - 1.5) and not any(x["green"] for x in r.since(time.time() - 1.5))
         for r in others), 10)
-    assert took < 10
     history = json.loads(cli(config, "status", "--json").stdout)["rollouts"][0]["history"]
     assert [h["action"] for h in history] == ["start", "pause", "resume", "rollback"]
     assert history[-1]["actor"] == "watcher" and "error_rate" in history[-1]["reason"]

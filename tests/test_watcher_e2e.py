@@ -157,3 +157,26 @@ def test_the_state_gauge_follows_a_reinstalled_watcher(
     states = {p[0]["bluegreen.state"]: p[1].value
               for p in telemetry.points("bluegreen.rollout.state")}
     assert states["paused"] == 1 and states["progressing"] == 0, states
+
+
+def test_a_redis_never_reached_keeps_every_call_on_blue_until_it_comes(
+        install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+        tmp_path: Any) -> None:
+    from .services import redis_server
+
+    with redis_server(tmp_path, password="never-shown") as redis:
+        redis.stop()  # down before the app starts: no weight was ever known
+        install({**rollout_config(green, schedule=SCHEDULE, analysis=ANALYSIS),
+                 "state": redis.url})
+        client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+        assert _drive(client, 1.5) > 20
+        assert not green.requests  # blue, the safe default
+        problem = openai_bluegreen.status()["watcher"]["problem"]
+        assert problem is not None and problem.startswith("state store unavailable")
+        assert "never-shown" not in problem and "redis://:***@127.0.0.1" in problem
+        redis.start()  # it comes back: the watcher recovers and starts the rollout by itself
+        _drive(client, 10.0, until=lambda: _phase() == "progressing")
+        assert _phase() == "progressing"
+        assert openai_bluegreen.status()["watcher"]["problem"] is None
+        _drive(client, 1.0)
+        assert green.requests

@@ -332,8 +332,12 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
                         "./openai-bluegreen.yaml)")
 
 
-def add_control_commands(commands: Any, percent: Callable[[str], float]) -> None:
-    """Register the operator subcommands on an ``add_subparsers()`` object."""
+def add_control_commands(commands: Any, percent: Callable[[str], float],
+                         positive: Callable[[str], float], port: Callable[[str], int]) -> None:
+    """Register the operator subcommands on an ``add_subparsers()`` object.
+
+    ``percent``, ``positive`` and ``port`` are the CLI's argument types (they name the bad value).
+    """
     def common(parser: argparse.ArgumentParser, *, json_help: str) -> None:
         _config_arg(parser)
         parser.add_argument("--json", action="store_true", help=json_help)
@@ -341,15 +345,15 @@ def add_control_commands(commands: Any, percent: Callable[[str], float]) -> None
     status = commands.add_parser("status", help="show every rollout's state, weight, "
                                  "per-environment calls/errors/p95 and recent decisions")
     common(status, json_help="print JSON for scripts")
-    status.add_argument("--window", type=float, default=300.0, metavar="SECONDS",
+    status.add_argument("--window", type=positive, default=300.0, metavar="SECONDS",
                         help="metrics over the last SECONDS (default: 300)")
     status.set_defaults(handler=_guard(_status))
 
     watch = commands.add_parser("watch", help="the status view, refreshed until Ctrl-C")
     _config_arg(watch)
-    watch.add_argument("--window", type=float, default=60.0, metavar="SECONDS",
+    watch.add_argument("--window", type=positive, default=60.0, metavar="SECONDS",
                        help="metrics over the last SECONDS (default: 60)")
-    watch.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
+    watch.add_argument("--interval", type=positive, default=2.0, metavar="SECONDS",
                        help="refresh every SECONDS (default: 2)")
     watch.set_defaults(handler=_guard(_watch))
 
@@ -376,7 +380,7 @@ def add_control_commands(commands: Any, percent: Callable[[str], float]) -> None
         "write the decisions to the shared state store. Several can run: one holds the lease "
         "and decides, the others take over when it stops. Stops on SIGINT/SIGTERM.")
     _config_arg(watcher)
-    watcher.add_argument("--prometheus-port", type=int, default=None, metavar="PORT",
+    watcher.add_argument("--prometheus-port", type=port, default=None, metavar="PORT",
                          help="serve the watcher's own metrics (decisions, state, weight) on "
                          "127.0.0.1:PORT/metrics")
     watcher.set_defaults(handler=_guard(_run_watcher))

@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", title="commands", required=True)
 
     _add_demo(commands)
-    add_control_commands(commands, _percent)
+    add_control_commands(commands, _percent, _positive, _port)
     return parser
 
 
