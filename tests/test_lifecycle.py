@@ -190,3 +190,52 @@ def test_fail_open_sends_the_call_unchanged_when_blue_has_its_own_endpoint(
     assert out.model == "gpt-4.1"  # what the app asked for, on the app's own client
     assert blue.requests[-1].api_key == BLUE_KEY
     assert not green.requests
+
+
+def test_samplers_see_every_attribute_and_can_keep_only_green(
+        blue: SimulatedUpstream, green: SimulatedUpstream, monkeypatch: Any) -> None:
+    """Spans are started with all their attributes, so a sampler can decide on the environment
+    and on the response (e.g. keep every green span while a candidate is judged)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+
+    seen: list[dict[str, Any]] = []
+
+    class GreenOnly(Sampler):
+        def should_sample(self, parent_context: Any, trace_id: int, name: str,
+                          kind: Any = None, attributes: Any = None, links: Any = None,
+                          trace_state: Any = None) -> SamplingResult:
+            seen.append(dict(attributes or {}))
+            keep = (attributes or {}).get("bluegreen.environment") == "green"
+            return SamplingResult(Decision.RECORD_AND_SAMPLE if keep else Decision.DROP,
+                                  attributes)
+
+        def get_description(self) -> str:
+            return "GreenOnly"
+
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider(sampler=GreenOnly())
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    monkeypatch.setenv("GREEN_API_KEY", "green-key")
+    openai_bluegreen.install(rollout_config(green, weight=50), tracer_provider=tracer_provider,
+                             meter_provider=MeterProvider(metric_readers=[reader]))
+    with openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0) as client:
+        for i in range(40):
+            client.chat.completions.create(model="gpt-4.1", messages=MSGS, user=f"u{i}")
+    openai_bluegreen.flush()
+    assert len(seen) == 40
+    for attrs in seen:
+        assert attrs["bluegreen.environment"] in ("blue", "green")
+        assert attrs["gen_ai.response.model"] == f"{attrs['bluegreen.environment']}-model"
+        assert attrs["gen_ai.usage.output_tokens"] > 0
+    kept = exporter.get_finished_spans()
+    greens = sum(1 for attrs in seen if attrs["bluegreen.environment"] == "green")
+    assert 0 < greens < 40
+    assert len(kept) == greens
+    assert {s.attributes["bluegreen.environment"] for s in kept} == {"green"}
+    tracer_provider.shutdown()

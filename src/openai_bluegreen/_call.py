@@ -4,21 +4,24 @@ The sync and async wrappers in ``_patch`` carry out the upstream calls; everythi
 (starting the span, recording success or failure, deciding on fallback, switching to blue) lives
 in :class:`Call` so the two differ only where one awaits.
 
-On the request path a call only takes timestamps and the caller's context; the telemetry worker
-(``_worker``) starts the span with the call's start time as a child of that context, sets its
-attributes, records the metrics and ends it with explicit times. Tasks of one call run in the
-order they were submitted, so the span exists before anything else touches it. The price: our
-span is not the current span while the SDK sends the request, so nothing can nest under it
-(openai 3.x's httpx2 has no OpenTelemetry instrumentation that would).
+On the request path a call only takes timestamps and the caller's context. When it ends, the
+call itself is queued for the telemetry worker (``_worker``), which records the metrics and
+emits the span in one go: started at the call's start time as a child of that context, with
+every attribute, and ended at the call's end time. One queued object per call, freed a burst
+later: objects that outlive many garbage-collector passes are what make an asyncio app with many
+calls in flight pay for telemetry (``BENCHMARKS.md``). The price: our span is not the current
+span while the SDK sends the request, so nothing can nest under it (openai 3.x's httpx2 has no
+OpenTelemetry instrumentation that would), and span processors see it start when it ends.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
-from opentelemetry import context, trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry import context
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import _telemetry as T
 from . import _worker
@@ -70,10 +73,16 @@ def error_type(exc: BaseException) -> str:
 
 
 class Call:
-    """State of one logical call, from routing decision to the end of its span."""
+    """State of one logical call, from routing decision to the end of its span.
 
-    __slots__ = ("fell_back", "kwargs", "lane", "prefetch", "rollout", "router", "span",
-                 "start", "start_ns", "stream")
+    A call is its own telemetry task: when it ends, the wrapper fills in the few numbers the
+    span and metrics need and hands the call itself to the worker, which calls it. Nothing else
+    is allocated for the queue, and nothing the call does not need (request, response) is kept.
+    """
+
+    __slots__ = ("described", "end", "etype", "fallback", "fell_back", "kwargs", "lane",
+                 "output", "parent", "prefetch", "rollout", "router", "start", "start_ns",
+                 "stream", "text", "ttfc")
 
     def __init__(self, router: Router, rollout: RolloutRuntime, operation: str, instance: Any,
                  kwargs: dict[str, Any]) -> None:
@@ -87,31 +96,20 @@ class Call:
         self.prefetch = self.stream and env == "green" and rollout.fallback_enabled
         self.fell_back = False
         # Serialized now: the app may change its list afterwards.
-        text = T.input_messages_json(kwargs) if router.capture_content else None
-        self.span: Span = trace.INVALID_SPAN
+        self.text = T.input_messages_json(kwargs) if router.capture_content else None
+        self.output: str | None = None
+        self.fallback: tuple[str, str, float, int] | None = None
+        self.ttfc: float | None = None
+        self.described = NOTHING
+        self.etype: str | None = None
+        self.end = 0.0
+        # The span is started by the worker, as a child of the caller's context at this point.
+        self.parent = context.get_current()
         self.start_ns = _wall_ns()
         self.start = _perf()
-        _worker.submit(self._open, context.get_current(), lane, self.start_ns, text)
-
-    def _open(self, parent: context.Context, lane: Lane, start_ns: int, text: str | None
-              ) -> None:
-        """Run by the worker first: the call's span, started when the call started."""
-        span = self.router.tracer.start_span(lane.span_name, context=parent,
-                                             kind=SpanKind.CLIENT,
-                                             attributes=lane.span_start_attrs,
-                                             start_time=start_ns)
-        if text is not None:
-            span.set_attribute(T.INPUT_MESSAGES, text)
-        self.span = span
-
-    def detach(self) -> None:
-        """Nothing to undo: the span is never made current on the request path."""
 
     def arguments(self) -> dict[str, Any]:
         return self.lane.rewrite(self.kwargs)
-
-    def end_ns(self, end: float) -> int:
-        return self.start_ns + int((end - self.start) * 1e9)
 
     def should_fall_back(self, exc: BaseException) -> bool:
         """Green failed before any byte reached the caller: retry on blue if configured."""
@@ -124,59 +122,66 @@ class Call:
         """Record green's failure in green's metrics, count the fallback, continue on blue."""
         green = self.lane
         now = _perf()
-        blue = self.router.lane(instance, green.rollout, "blue",
-                                green.metric_attrs[T.OPERATION], self.kwargs["model"])
-        _worker.submit(self._record_fallback, green, blue, error_type(exc), now - self.start,
-                       self.start_ns + int((now - self.start) * 1e9))
-        self.lane = blue
+        etype = error_type(exc)
+        elapsed = now - self.start
+        at_ns = self.start_ns + int(elapsed * 1e9)
+        _worker.submit(functools.partial(_record_fallback, self.router.instruments, green, etype,
+                                         elapsed))
+        self.fallback = (etype, green.model, elapsed, at_ns)
+        self.lane = self.router.lane(instance, green.rollout, "blue",
+                                     green.metric_attrs[T.OPERATION], self.kwargs["model"])
         self.fell_back = True
         self.prefetch = False
-        self.start_ns += int((now - self.start) * 1e9)
+        self.start_ns = at_ns
         self.start = now
 
     def failed(self, exc: BaseException) -> None:
         """The call failed for the caller: record it and end the span."""
-        end = _perf()
-        self.kwargs = _DONE  # the request (messages and all) need not outlive the call
-        _worker.submit(self.finish, NOTHING, error_type(exc), end)
+        self.finished(NOTHING, error_type(exc), _perf())
 
     def succeeded(self, response: Any) -> None:
         """A complete, non-streaming response: record it and end the span."""
         end = _perf()
-        output = None
         if self.router.capture_content:
-            output = T.output_messages_json(response)
+            self.output = T.output_messages_json(response)
         # The few numbers the span needs, read now: holding the response object until the
         # worker's next burst would keep every response of the last 50 ms alive, and older
         # objects make the garbage collector's passes slower for the whole process.
-        self.kwargs = _DONE
-        _worker.submit(self.finish_described, T.describe_response(response), end, output)
+        self.finished(T.describe_response(response), None, end)
 
     def first_chunk(self, at: float) -> None:
-        _worker.submit(self.router.instruments.ttfc.record, at - self.start,
-                       self.lane.metric_attrs)
+        self.ttfc = at - self.start
+
+    def finished(self, described: Described, etype: str | None, end: float) -> None:
+        """The call is over for the caller: queue its telemetry (the call itself is the task)."""
+        self.kwargs = _DONE  # the request (messages and all) need not outlive the call
+        self.described = described
+        self.etype = etype
+        self.end = end
+        _worker.submit(self)
 
     # -- run by the telemetry worker ---------------------------------------------------------
-    def finish_described(self, described: Described, end: float, output: str | None) -> None:
-        if output is not None:
-            self.span.set_attribute(T.OUTPUT_MESSAGES, output)
-        self.finish(described, None, end)
+    def __call__(self) -> None:
+        """Record duration, usage and time to first chunk; emit the span with the call's times.
 
-    def finish(self, described: Described, etype: str | None, end: float) -> None:
-        """Record duration and usage, set the span's remaining attributes, end it at ``end``."""
-        response_id, response_model, reasons, in_tokens, out_tokens = described
+        The span is started and ended here, with every attribute given at start (samplers see
+        them all), the call's own start and end times, and the caller's context as parent.
+        """
+        response_id, response_model, reasons, in_tokens, out_tokens = self.described
         lane = self.lane
         instruments = self.router.instruments
-        span: Span = self.span
-        attrs: dict[str, Any] = dict(lane.span_end_attrs)
+        etype = self.etype
+        end = self.end
+        attrs: dict[str, Any] = dict(lane.span_attrs)
         if self.fell_back:
             attrs[T.FALLBACK] = True
         if etype is not None:
             instruments.duration.record(end - self.start, lane.attrs_for_error(etype))
             attrs[T.ERROR_TYPE] = etype
-            span.set_status(Status(StatusCode.ERROR, etype))
         else:
             instruments.duration.record(end - self.start, lane.metric_attrs)
+        if self.ttfc is not None:
+            instruments.ttfc.record(self.ttfc, lane.metric_attrs)
         if response_id is not None:
             attrs[T.RESPONSE_ID] = response_id
         if response_model is not None:
@@ -189,21 +194,29 @@ class Call:
         if out_tokens is not None:
             attrs[T.OUTPUT_TOKENS] = out_tokens
             instruments.tokens.record(out_tokens, lane.token_attrs[1])
-        span.set_attributes(attrs)
-        span.end(end_time=self.end_ns(end))
+        if self.text is not None:
+            attrs[T.INPUT_MESSAGES] = self.text
+        if self.output is not None:
+            attrs[T.OUTPUT_MESSAGES] = self.output
+        span = self.router.tracer.start_span(lane.span_name, context=self.parent,
+                                             kind=SpanKind.CLIENT, attributes=attrs,
+                                             start_time=self.start_ns)
+        if self.fallback is not None:
+            fb_type, fb_model, fb_elapsed, fb_at = self.fallback
+            span.add_event("bluegreen.fallback", {
+                T.ERROR_TYPE: fb_type,
+                T.ENVIRONMENT: "green",
+                T.REQUEST_MODEL: fb_model,
+                "bluegreen.green_duration_s": fb_elapsed,
+            }, timestamp=fb_at)
+        if etype is not None:
+            span.set_status(Status(StatusCode.ERROR, etype))
+        span.end(end_time=self.start_ns + int((end - self.start) * 1e9))
 
-    def _record_fallback(self, green: Lane, blue: Lane, etype: str, elapsed: float,
-                         at_ns: int) -> None:
-        instruments = self.router.instruments
-        instruments.duration.record(elapsed, green.attrs_for_error(etype))
-        instruments.fallbacks.add(1, {T.ROLLOUT: green.rollout.name, T.ENVIRONMENT: "green",
-                                      T.ERROR_TYPE: etype})
-        span = self.span
-        span.add_event("bluegreen.fallback", {
-            T.ERROR_TYPE: etype,
-            T.ENVIRONMENT: "green",
-            T.REQUEST_MODEL: green.model,
-            "bluegreen.green_duration_s": elapsed,
-        }, timestamp=at_ns)
-        span.update_name(blue.span_name)
-        span.set_attributes(blue.span_start_attrs)
+
+def _record_fallback(instruments: T.Instruments, green: Lane, etype: str, elapsed: float
+                     ) -> None:
+    """Run by the worker: green's failure in green's metrics, and the fallback counted."""
+    instruments.duration.record(elapsed, green.attrs_for_error(etype))
+    instruments.fallbacks.add(1, {T.ROLLOUT: green.rollout.name, T.ENVIRONMENT: "green",
+                                  T.ERROR_TYPE: etype})

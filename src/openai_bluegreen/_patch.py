@@ -16,7 +16,7 @@ from typing import Any
 
 import wrapt
 
-from . import _state, _worker
+from . import _state
 from ._call import NOTHING, Call
 from ._router import RolloutRuntime, Router
 from ._streams import MISSING, AsyncStreamProxy, SyncStreamProxy
@@ -109,7 +109,7 @@ def _finish_plain(call: Call, result: Any, legacy: Any, lazy: tuple[Any, ...]) -
 
 
 def _end_without_body(call: Call) -> None:
-    _worker.submit(call.finish, NOTHING, None, time.perf_counter())
+    call.finished(NOTHING, None, time.perf_counter())
 
 
 def _sync_wrapper(operation: str, original: Any) -> Callable[..., Any]:
@@ -123,36 +123,33 @@ def _sync_wrapper(operation: str, original: Any) -> Callable[..., Any]:
         call = _start(router, rollout, operation, instance, kwargs)
         if call is None:
             return wrapped(*args, **_fail_open(rollout, kwargs))
-        try:
-            while True:
-                try:
-                    result = _bind(call, wrapped, instance, original)(*args, **call.arguments())
-                except Exception as exc:
-                    if call.should_fall_back(exc):
-                        call.switch_to_blue(exc, instance)
-                        continue
-                    _quietly(call.failed, exc)
-                    raise
-                if not isinstance(result, stream_type):
-                    return _finish_plain(call, result, legacy, lazy)
-                if not call.prefetch:
-                    return SyncStreamProxy(result, call)
-                # Green stream with fallback on: pull the first chunk now, so a failure before
-                # any byte reached the caller can still be retried on blue.
-                try:
-                    first = result.__next__()
-                    error = None
-                except StopIteration:
-                    first, error = MISSING, None
-                except Exception as exc:
-                    first, error = MISSING, exc
-                if error is not None and call.should_fall_back(error):
-                    _quietly(result.close)
-                    call.switch_to_blue(error, instance)
+        while True:
+            try:
+                result = _bind(call, wrapped, instance, original)(*args, **call.arguments())
+            except Exception as exc:
+                if call.should_fall_back(exc):
+                    call.switch_to_blue(exc, instance)
                     continue
-                return SyncStreamProxy(result, call, first, error)
-        finally:
-            call.detach()
+                _quietly(call.failed, exc)
+                raise
+            if not isinstance(result, stream_type):
+                return _finish_plain(call, result, legacy, lazy)
+            if not call.prefetch:
+                return SyncStreamProxy(result, call)
+            # Green stream with fallback on: pull the first chunk now, so a failure before
+            # any byte reached the caller can still be retried on blue.
+            try:
+                first = result.__next__()
+                error = None
+            except StopIteration:
+                first, error = MISSING, None
+            except Exception as exc:
+                first, error = MISSING, exc
+            if error is not None and call.should_fall_back(error):
+                _quietly(result.close)
+                call.switch_to_blue(error, instance)
+                continue
+            return SyncStreamProxy(result, call, first, error)
 
     return wrapper
 
@@ -168,39 +165,36 @@ def _async_wrapper(operation: str, original: Any) -> Callable[..., Any]:
         call = _start(router, rollout, operation, instance, kwargs)
         if call is None:
             return await wrapped(*args, **_fail_open(rollout, kwargs))
-        try:
-            while True:
-                try:
-                    result = await _bind(call, wrapped, instance, original)(
-                        *args, **call.arguments()
-                    )
-                except Exception as exc:
-                    if call.should_fall_back(exc):
-                        call.switch_to_blue(exc, instance)
-                        continue
-                    _quietly(call.failed, exc)
-                    raise
-                if not isinstance(result, stream_type):
-                    return _finish_plain(call, result, legacy, lazy)
-                if not call.prefetch:
-                    return AsyncStreamProxy(result, call)
-                try:
-                    first = await result.__anext__()
-                    error = None
-                except StopAsyncIteration:
-                    first, error = MISSING, None
-                except Exception as exc:
-                    first, error = MISSING, exc
-                if error is not None and call.should_fall_back(error):
-                    try:
-                        await result.close()
-                    except Exception:
-                        logger.debug("openai-bluegreen: closing failed stream", exc_info=True)
-                    call.switch_to_blue(error, instance)
+        while True:
+            try:
+                result = await _bind(call, wrapped, instance, original)(
+                    *args, **call.arguments()
+                )
+            except Exception as exc:
+                if call.should_fall_back(exc):
+                    call.switch_to_blue(exc, instance)
                     continue
-                return AsyncStreamProxy(result, call, first, error)
-        finally:
-            call.detach()
+                _quietly(call.failed, exc)
+                raise
+            if not isinstance(result, stream_type):
+                return _finish_plain(call, result, legacy, lazy)
+            if not call.prefetch:
+                return AsyncStreamProxy(result, call)
+            try:
+                first = await result.__anext__()
+                error = None
+            except StopAsyncIteration:
+                first, error = MISSING, None
+            except Exception as exc:
+                first, error = MISSING, exc
+            if error is not None and call.should_fall_back(error):
+                try:
+                    await result.close()
+                except Exception:
+                    logger.debug("openai-bluegreen: closing failed stream", exc_info=True)
+                call.switch_to_blue(error, instance)
+                continue
+            return AsyncStreamProxy(result, call, first, error)
 
     return wrapper
 

@@ -122,8 +122,7 @@ class Lane:
     """Precomputed routing and telemetry for one (client, rollout, environment, operation)."""
 
     __slots__ = ("client", "env", "error_attrs", "headers", "metric_attrs", "model", "params",
-                 "resources", "rollout", "span_end_attrs", "span_name", "span_start_attrs",
-                 "token_attrs")
+                 "resources", "rollout", "span_attrs", "span_name", "token_attrs")
 
     def __init__(self, rollout: RolloutRuntime, env: Environment, operation: str,
                  requested_model: str, caller_client: Any, own_client: Any | None) -> None:
@@ -151,13 +150,13 @@ class Lane:
             metric_attrs[T.SERVER_PORT] = port
         self.metric_attrs = metric_attrs
         self.span_name = f"{operation} {target.model}"
-        # Given at span start (what samplers may use); the rest is set when the span ends.
-        self.span_start_attrs = {
+        # Every span of this lane carries these (the call adds its response's attributes).
+        self.span_attrs = {
             key: metric_attrs[key]
             for key in (T.OPERATION, T.PROVIDER, T.REQUEST_MODEL, T.SERVER_ADDRESS, T.SERVER_PORT)
             if key in metric_attrs
         }
-        self.span_end_attrs = {
+        self.span_attrs |= {
             T.ROLLOUT: rollout.name,
             T.ENVIRONMENT: env,
             T.REQUESTED_MODEL: requested_model,

@@ -13,7 +13,6 @@ from typing import Any
 import wrapt
 
 from . import _telemetry as T
-from . import _worker
 from ._call import Call, error_type
 
 __all__ = ["MISSING", "AsyncStreamProxy", "SyncStreamProxy"]
@@ -94,10 +93,9 @@ class _StreamProxyBase(wrapt.ObjectProxy[Any]):
             return
         self._self_done = True
         try:
-            call = self._self_call
-            _worker.submit(call.finish, self._self_acc.described(),
-                           None if error is None else error_type(error),
-                           self._self_last if abandoned else _perf())
+            self._self_call.finished(self._self_acc.described(),
+                                     None if error is None else error_type(error),
+                                     self._self_last if abandoned else _perf())
         except Exception:
             return
 

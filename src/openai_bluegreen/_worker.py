@@ -1,9 +1,10 @@
 """The telemetry worker: records metrics and finishes spans off the request path.
 
-The request path only appends a task to a deque (tens of nanoseconds). A daemon thread drains it
-every 50 ms, in one burst. ``flush()`` drains it in the caller, e.g. before reading an in-memory
-exporter in a test, and runs at interpreter exit so nothing recorded is lost. A task that raises
-is logged and dropped: telemetry faults never reach the caller.
+The request path only appends a task (a callable taking no arguments; a routed call is its own
+task) to a deque (tens of nanoseconds). A daemon thread drains it every 50 ms, in one burst.
+``flush()`` drains it in the caller, e.g. before reading an in-memory exporter in a test, and
+runs at interpreter exit so nothing recorded is lost. A task that raises is logged and dropped:
+telemetry faults never reach the caller.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 __all__ = ["flush", "submit"]
 
@@ -26,22 +26,26 @@ MAX_PENDING = 200_000
 _INTERVAL = 0.05
 _sleep = time.sleep
 
-_tasks: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = collections.deque()
+_tasks: collections.deque[Callable[[], None]] = collections.deque()
 _drain_lock = threading.Lock()
 _thread: threading.Thread | None = None
 _start_lock = threading.Lock()
 dropped = 0
 
 
-def submit(task: Callable[..., None], *args: Any) -> None:
-    """Queue ``task(*args)`` for the worker. Never blocks; drops (and counts) when overloaded."""
+def submit(task: Callable[[], None]) -> None:
+    """Queue ``task()`` for the worker. Never blocks; drops (and counts) when overloaded.
+
+    One object per task and nothing more: every queued object lives until the next burst, and
+    each one that outlives a garbage-collector pass costs the whole process (see ``_call``).
+    """
     global dropped  # noqa: PLW0603 - one worker per process; its state is module-level
     if len(_tasks) >= MAX_PENDING:
         dropped += 1
         if dropped == 1:
             logger.warning("openai-bluegreen: telemetry worker overloaded; dropping records")
         return
-    _tasks.append((task, args))
+    _tasks.append(task)
     if _thread is None:
         _start()
 
@@ -52,11 +56,11 @@ def _drain() -> int:
         pop = _tasks.popleft
         while True:
             try:
-                task, args = pop()
+                task = pop()
             except IndexError:
                 return done
             try:
-                task(*args)
+                task()
             except Exception:
                 logger.debug("openai-bluegreen: telemetry task failed", exc_info=True)
             done += 1
