@@ -85,12 +85,13 @@ def main() -> int:
                  "feature_flag.result.variant": "green", "gen_ai.response.id": "abc",
                  "gen_ai.usage.input_tokens": 5, "gen_ai.usage.output_tokens": 6}
 
+    all_attrs = {**attrs, **end_attrs}
+
     def span() -> None:
-        s = tracer.start_span("chat m", kind=SpanKind.CLIENT, attributes=attrs)
-        s.set_attributes(end_attrs)
+        s = tracer.start_span("chat m", kind=SpanKind.CLIENT, attributes=all_attrs)
         s.end()
 
-    rows.append(("one span with our start and end attributes", per_call_us(span)))
+    rows.append(("one span with our attributes, all given at start", per_call_us(span)))
     lines = ["Command: `python benchmarks/hotpath.py`  ", f"Machine: {machine()}. No network.",
              "", "| what | µs per call |", "|---|---:|"]
     lines += [f"| {name} | {value:.1f} |" for name, value in rows]
