@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import random
 import sys
 import time
@@ -186,13 +187,31 @@ async def _async_block(client: openai.AsyncOpenAI, total: int, concurrency: int)
     return total / (time.perf_counter() - t0)
 
 
+class GcMeter:
+    """Counts the garbage collector's passes and the time they take (all generations)."""
+
+    def __init__(self) -> None:
+        self.passes = 0
+        self.seconds = 0.0
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.passes += 1
+            self.seconds += time.perf_counter() - self._t0
+
+
 async def run_async(base_url: str, rounds: int, block: int, concurrency: int
-                    ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Throughput (calls/s) and process CPU per call (s) of every arm's async blocks."""
+                    ) -> dict[str, dict[str, list[float]]]:
+    """Per arm and block: throughput (calls/s), process CPU per call (s), garbage-collector
+    passes per call and seconds in the garbage collector per call."""
     client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
     arms = make_arms(base_url)
-    samples: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    cpu: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    out: dict[str, dict[str, list[float]]] = {
+        key: {arm: [] for arm in ARMS} for key in ("throughput", "cpu", "gc_passes", "gc_seconds")
+    }
     await _async_block(client, 200, concurrency)
     for i in range(rounds):
         order = list(ARMS)
@@ -200,15 +219,20 @@ async def run_async(base_url: str, rounds: int, block: int, concurrency: int
         for arm in order:
             setup, teardown = arms[arm]
             setup()
+            meter = GcMeter()
+            gc.callbacks.append(meter)
             c0 = time.process_time()
-            samples[arm].append(await _async_block(client, block, concurrency))
-            cpu[arm].append((time.process_time() - c0) / block)
+            out["throughput"][arm].append(await _async_block(client, block, concurrency))
+            out["cpu"][arm].append((time.process_time() - c0) / block)
+            gc.callbacks.remove(meter)
+            out["gc_passes"][arm].append(meter.passes / block)
+            out["gc_seconds"][arm].append(meter.seconds / block)
             teardown()
             openai_bluegreen.flush()  # queued telemetry is not charged to the next arm
         print(f"\r  async round {i + 1}/{rounds}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     await client.close()
-    return samples, cpu
+    return out
 
 
 def paired_added(sync: dict[str, list[float]], arm: str, rounds: int) -> float:
@@ -224,9 +248,9 @@ def paired_added(sync: dict[str, list[float]], arm: str, rounds: int) -> float:
     return median(diffs)
 
 
-def report(sync: dict[str, list[float]], async_: dict[str, list[float]],
-           cpu: dict[str, list[float]], sdk_cost: float, command: str, concurrency: int,
-           rounds: int) -> str:
+def report(sync: dict[str, list[float]], measured: dict[str, dict[str, list[float]]],
+           sdk_cost: float, command: str, concurrency: int, rounds: int) -> str:
+    async_, cpu = measured["throughput"], measured["cpu"]
     base = median(sync["plain"])
     lines = [
         f"Command: `{command}`  ",
@@ -259,21 +283,26 @@ def report(sync: dict[str, list[float]], async_: dict[str, list[float]],
         f"### Async, {concurrency} calls in flight ({len(async_['plain'])} blocks per arm)",
         "",
         "| arm | median throughput | vs plain (medians) | vs plain (median of per-round "
-        "ratios) | process CPU per call |",
-        "|---|---:|---:|---:|---:|",
+        "ratios) | process CPU per call | GC passes per 1,000 calls | GC time per call |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     abase = median(async_["plain"])
     for arm in ARMS:
         m = median(async_[arm])
         paired = median([a / p for a, p in zip(async_[arm], async_["plain"], strict=True)])
         lines.append(f"| {arm} | {m:.0f} calls/s | {m / abase:.1%} | {paired:.1%} | "
-                     f"{median(cpu[arm]) * 1e6:.0f} µs |")
+                     f"{median(cpu[arm]) * 1e6:.0f} µs | "
+                     f"{median(measured['gc_passes'][arm]) * 1000:.1f} | "
+                     f"{median(measured['gc_seconds'][arm]) * 1e6:.1f} µs |")
     plain_cpu = median(cpu["plain"])
     lines += [
         "",
         "Each round runs every arm once, in a shuffled order; the per-round ratio compares arms "
         "that ran seconds apart, which cancels the machine's slow drift. plain-again shows the "
-        "noise floor of each statistic.",
+        "noise floor of each statistic. GC columns: the garbage collector's passes during the "
+        "block and the time spent in them. With 64 calls in flight every young pass walks the "
+        "thousands of objects those calls hold, so anything kept alive across passes (spans "
+        "waiting in the batch span processor, queued telemetry) costs the whole process.",
         "",
         f"Ceiling, same run: the client is CPU-bound ({plain_cpu * 1e6:.0f} µs of process CPU per "
         f"plain call), and opentelemetry-sdk needs {sdk_cost * 1e6:.1f} µs of CPU per call for "
@@ -299,11 +328,11 @@ def main() -> int:
         args.rounds, args.block, args.async_rounds, args.async_block = 4, 30, 2, 300
     with upstream_process("--name", "bench") as base_url:
         sync = run_sync(base_url, args.rounds, args.block)
-        async_, cpu = asyncio.run(run_async(base_url, args.async_rounds, args.async_block,
-                                            args.concurrency))
+        measured = asyncio.run(run_async(base_url, args.async_rounds, args.async_block,
+                                         args.concurrency))
     sdk_cost = sdk_cost_batched()
     command = "python benchmarks/overhead.py" + (" --quick" if args.quick else "")
-    text = report(sync, async_, cpu, sdk_cost, command, args.concurrency, args.rounds)
+    text = report(sync, measured, sdk_cost, command, args.concurrency, args.rounds)
     print(text)
     if not args.quick:
         write_section("Per-call overhead (benchmarks/overhead.py)", text)
