@@ -4,19 +4,18 @@ The sync and async wrappers in ``_patch`` carry out the upstream calls; everythi
 (starting the span, recording success or failure, deciding on fallback, switching to blue) lives
 in :class:`Call` so the two differ only where one awaits.
 
-On the request path a call only takes timestamps and the caller's context. When it ends, the
-call itself is queued for the telemetry worker (``_worker``), which records the metrics and
-emits the span in one go: started at the call's start time as a child of that context, with
-every attribute, and ended at the call's end time. One queued object per call, freed a burst
-later: objects that outlive many garbage-collector passes are what make an asyncio app with many
-calls in flight pay for telemetry (``BENCHMARKS.md``). The price: our span is not the current
+On the request path a call only takes timestamps and the caller's context. When it ends, its
+numbers are queued for the telemetry worker (``_worker``), which records the metrics and emits
+the span in one go: started at the call's start time as a child of that context, with every
+attribute, and ended at the call's end time. Nothing allocated for the call outlives it: objects
+that outlive garbage-collector passes are what make an asyncio app with many calls in flight pay
+for telemetry (``BENCHMARKS.md``). The price: our span is not the current
 span while the SDK sends the request, so nothing can nest under it (openai 3.x's httpx2 has no
 OpenTelemetry instrumentation that would), and span processors see it start when it ends.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any
 
@@ -75,14 +74,13 @@ def error_type(exc: BaseException) -> str:
 class Call:
     """State of one logical call, from routing decision to the end of its span.
 
-    A call is its own telemetry task: when it ends, the wrapper fills in the few numbers the
-    span and metrics need and hands the call itself to the worker, which calls it. Nothing else
-    is allocated for the queue, and nothing the call does not need (request, response) is kept.
+    When the call ends, its numbers (and references to objects that exist anyway: the lane, the
+    caller's context, the response's strings) are queued for the worker, and the call itself is
+    freed with the caller's frame: nothing allocated for the call outlives it (see ``_worker``).
     """
 
-    __slots__ = ("described", "end", "etype", "fallback", "fell_back", "kwargs", "lane",
-                 "output", "parent", "prefetch", "rollout", "router", "start", "start_ns",
-                 "stream", "text", "ttfc")
+    __slots__ = ("fallback", "fell_back", "kwargs", "lane", "output", "parent", "prefetch",
+                 "rollout", "router", "start", "start_ns", "stream", "text", "ttfc")
 
     def __init__(self, router: Router, rollout: RolloutRuntime, operation: str, instance: Any,
                  kwargs: dict[str, Any]) -> None:
@@ -100,9 +98,6 @@ class Call:
         self.output: str | None = None
         self.fallback: tuple[str, str, float, int] | None = None
         self.ttfc: float | None = None
-        self.described = NOTHING
-        self.etype: str | None = None
-        self.end = 0.0
         # The span is started by the worker, as a child of the caller's context at this point.
         self.parent = context.get_current()
         self.start_ns = _wall_ns()
@@ -125,8 +120,7 @@ class Call:
         etype = error_type(exc)
         elapsed = now - self.start
         at_ns = self.start_ns + int(elapsed * 1e9)
-        _worker.submit(functools.partial(_record_fallback, self.router.instruments, green, etype,
-                                         elapsed))
+        _worker.submit(_record_fallback, self.router.instruments, green, etype, elapsed)
         self.fallback = (etype, green.model, elapsed, at_ns)
         self.lane = self.router.lane(instance, green.rollout, "blue",
                                      green.metric_attrs[T.OPERATION], self.kwargs["model"])
@@ -144,74 +138,72 @@ class Call:
         end = _perf()
         if self.router.capture_content:
             self.output = T.output_messages_json(response)
-        # The few numbers the span needs, read now: holding the response object until the
-        # worker's next burst would keep every response of the last 50 ms alive, and older
-        # objects make the garbage collector's passes slower for the whole process.
+        # The few numbers the span needs, read now: the response object is not kept.
         self.finished(T.describe_response(response), None, end)
 
     def first_chunk(self, at: float) -> None:
         self.ttfc = at - self.start
 
     def finished(self, described: Described, etype: str | None, end: float) -> None:
-        """The call is over for the caller: queue its telemetry (the call itself is the task)."""
+        """The call is over for the caller: queue its telemetry for the worker."""
         self.kwargs = _DONE  # the request (messages and all) need not outlive the call
-        self.described = described
-        self.etype = etype
-        self.end = end
-        _worker.submit(self)
+        response_id, response_model, reasons, in_tokens, out_tokens = described
+        _worker.submit(_emit, self.router, self.lane, self.parent, self.start_ns, end - self.start,
+                       etype, self.fell_back, self.fallback, self.ttfc, response_id,
+                       response_model, T.intern_reasons(reasons), in_tokens, out_tokens,
+                       self.text, self.output)
 
-    # -- run by the telemetry worker ---------------------------------------------------------
-    def __call__(self) -> None:
-        """Record duration, usage and time to first chunk; emit the span with the call's times.
 
-        The span is started and ended here, with every attribute given at start (samplers see
-        them all), the call's own start and end times, and the caller's context as parent.
-        """
-        response_id, response_model, reasons, in_tokens, out_tokens = self.described
-        lane = self.lane
-        instruments = self.router.instruments
-        etype = self.etype
-        end = self.end
-        attrs: dict[str, Any] = dict(lane.span_attrs)
-        if self.fell_back:
-            attrs[T.FALLBACK] = True
-        if etype is not None:
-            instruments.duration.record(end - self.start, lane.attrs_for_error(etype))
-            attrs[T.ERROR_TYPE] = etype
-        else:
-            instruments.duration.record(end - self.start, lane.metric_attrs)
-        if self.ttfc is not None:
-            instruments.ttfc.record(self.ttfc, lane.metric_attrs)
-        if response_id is not None:
-            attrs[T.RESPONSE_ID] = response_id
-        if response_model is not None:
-            attrs[T.RESPONSE_MODEL] = response_model
-        if reasons:
-            attrs[T.FINISH_REASONS] = reasons
-        if in_tokens is not None:
-            attrs[T.INPUT_TOKENS] = in_tokens
-            instruments.tokens.record(in_tokens, lane.token_attrs[0])
-        if out_tokens is not None:
-            attrs[T.OUTPUT_TOKENS] = out_tokens
-            instruments.tokens.record(out_tokens, lane.token_attrs[1])
-        if self.text is not None:
-            attrs[T.INPUT_MESSAGES] = self.text
-        if self.output is not None:
-            attrs[T.OUTPUT_MESSAGES] = self.output
-        span = self.router.tracer.start_span(lane.span_name, context=self.parent,
-                                             kind=SpanKind.CLIENT, attributes=attrs,
-                                             start_time=self.start_ns)
-        if self.fallback is not None:
-            fb_type, fb_model, fb_elapsed, fb_at = self.fallback
-            span.add_event("bluegreen.fallback", {
-                T.ERROR_TYPE: fb_type,
-                T.ENVIRONMENT: "green",
-                T.REQUEST_MODEL: fb_model,
-                "bluegreen.green_duration_s": fb_elapsed,
-            }, timestamp=fb_at)
-        if etype is not None:
-            span.set_status(Status(StatusCode.ERROR, etype))
-        span.end(end_time=self.start_ns + int((end - self.start) * 1e9))
+def _emit(router: Router, lane: Lane, parent: context.Context, start_ns: int, elapsed: float,
+          etype: str | None, fell_back: bool, fallback: tuple[str, str, float, int] | None,
+          ttfc: float | None, response_id: str | None, response_model: str | None,
+          reasons: tuple[str, ...], in_tokens: int | None, out_tokens: int | None,
+          text: str | None, output: str | None) -> None:
+    """Run by the worker: record duration, usage and time to first chunk; emit the span.
+
+    The span is started and ended here, with every attribute given at start (samplers see them
+    all), the call's own start and end times, and the caller's context as parent.
+    """
+    instruments = router.instruments
+    attrs: dict[str, Any] = dict(lane.span_attrs)
+    if fell_back:
+        attrs[T.FALLBACK] = True
+    if etype is not None:
+        instruments.duration.record(elapsed, lane.attrs_for_error(etype))
+        attrs[T.ERROR_TYPE] = etype
+    else:
+        instruments.duration.record(elapsed, lane.metric_attrs)
+    if ttfc is not None:
+        instruments.ttfc.record(ttfc, lane.metric_attrs)
+    if response_id is not None:
+        attrs[T.RESPONSE_ID] = response_id
+    if response_model is not None:
+        attrs[T.RESPONSE_MODEL] = response_model
+    if reasons:
+        attrs[T.FINISH_REASONS] = reasons
+    if in_tokens is not None:
+        attrs[T.INPUT_TOKENS] = in_tokens
+        instruments.tokens.record(in_tokens, lane.token_attrs[0])
+    if out_tokens is not None:
+        attrs[T.OUTPUT_TOKENS] = out_tokens
+        instruments.tokens.record(out_tokens, lane.token_attrs[1])
+    if text is not None:
+        attrs[T.INPUT_MESSAGES] = text
+    if output is not None:
+        attrs[T.OUTPUT_MESSAGES] = output
+    span = router.tracer.start_span(lane.span_name, context=parent, kind=SpanKind.CLIENT,
+                                    attributes=attrs, start_time=start_ns)
+    if fallback is not None:
+        fb_type, fb_model, fb_elapsed, fb_at = fallback
+        span.add_event("bluegreen.fallback", {
+            T.ERROR_TYPE: fb_type,
+            T.ENVIRONMENT: "green",
+            T.REQUEST_MODEL: fb_model,
+            "bluegreen.green_duration_s": fb_elapsed,
+        }, timestamp=fb_at)
+    if etype is not None:
+        span.set_status(Status(StatusCode.ERROR, etype))
+    span.end(end_time=start_ns + int(elapsed * 1e9))
 
 
 def _record_fallback(instruments: T.Instruments, green: Lane, etype: str, elapsed: float

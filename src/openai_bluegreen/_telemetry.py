@@ -179,6 +179,23 @@ def describe_response(obj: Any) -> tuple[str | None, str | None, tuple[str, ...]
     )
 
 
+_REASONS: dict[tuple[str, ...], tuple[str, ...]] = {}
+_REASONS_MAX = 256
+
+
+def intern_reasons(reasons: tuple[str, ...]) -> tuple[str, ...]:
+    """The one shared tuple equal to ``reasons``: a call's tuple then dies with the call instead
+    of waiting in the worker's queue (finish reasons come from a small set of values)."""
+    if not reasons:
+        return ()
+    shared = _REASONS.get(reasons)
+    if shared is None:
+        if len(_REASONS) >= _REASONS_MAX:
+            return reasons
+        shared = _REASONS.setdefault(reasons, reasons)
+    return shared
+
+
 def input_messages_json(kwargs: dict[str, Any]) -> str | None:
     """The request's input as JSON, for opt-in content capture."""
     for key in ("messages", "input", "prompt"):

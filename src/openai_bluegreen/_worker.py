@@ -1,10 +1,17 @@
-"""The telemetry worker: records metrics and finishes spans off the request path.
+"""The telemetry worker: records metrics and emits spans off the request path.
 
-The request path only appends a task (a callable taking no arguments; a routed call is its own
-task) to a deque (tens of nanoseconds). A daemon thread drains it every 50 ms, in one burst.
-``flush()`` drains it in the caller, e.g. before reading an in-memory exporter in a test, and
-runs at interpreter exit so nothing recorded is lost. A task that raises is logged and dropped:
-telemetry faults never reach the caller.
+The request path only appends a record to a deque: the task to run and its arguments, laid out
+flat (``task, n, arg1 … argn``) in one atomic ``extend``. A daemon thread drains it every
+50 ms, in one burst. ``flush()`` drains it in the caller, e.g. before reading an in-memory
+exporter in a test, and runs at interpreter exit so nothing recorded is lost. A task that raises
+is logged and dropped: telemetry faults never reach the caller.
+
+Why flat: whatever the queue holds lives until the next burst. A tuple or an object per record
+is a garbage-collector object that outlives the call, and in an asyncio app with many calls in
+flight every such object pushes the collector into extra passes over all of their young objects
+(``BENCHMARKS.md``: routing alone cost 17 µs per call that way). Laid out flat, a record
+allocates no collector object that outlives the call: its arguments are numbers, strings and
+objects that exist anyway.
 """
 
 from __future__ import annotations
@@ -15,37 +22,35 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["flush", "submit"]
 
 logger = logging.getLogger("openai_bluegreen")
 
-MAX_PENDING = 200_000
+MAX_PENDING = 4_000_000  # queued items (a task and its arguments are one item each)
 # One burst per interval: the worker takes the GIL once per burst instead of contending with
 # request threads after every call (GIL hand-offs cost more than the records themselves).
 _INTERVAL = 0.05
 _sleep = time.sleep
 
-_tasks: collections.deque[Callable[[], None]] = collections.deque()
+_tasks: collections.deque[Any] = collections.deque()
 _drain_lock = threading.Lock()
 _thread: threading.Thread | None = None
 _start_lock = threading.Lock()
 dropped = 0
 
 
-def submit(task: Callable[[], None]) -> None:
-    """Queue ``task()`` for the worker. Never blocks; drops (and counts) when overloaded.
-
-    One object per task and nothing more: every queued object lives until the next burst, and
-    each one that outlives a garbage-collector pass costs the whole process (see ``_call``).
-    """
+def submit(task: Callable[..., None], *args: Any) -> None:
+    """Queue ``task(*args)`` for the worker. Never blocks; drops (and counts) when overloaded."""
     global dropped  # noqa: PLW0603 - one worker per process; its state is module-level
     if len(_tasks) >= MAX_PENDING:
         dropped += 1
         if dropped == 1:
             logger.warning("openai-bluegreen: telemetry worker overloaded; dropping records")
         return
-    _tasks.append(task)
+    # One C call, so a reader never sees half a record; the temporary tuple dies here.
+    _tasks.extend((task, len(args), *args))
     if _thread is None:
         _start()
 
@@ -59,8 +64,9 @@ def _drain() -> int:
                 task = pop()
             except IndexError:
                 return done
+            args = [pop() for _ in range(pop())]
             try:
-                task()
+                task(*args)
             except Exception:
                 logger.debug("openai-bluegreen: telemetry task failed", exc_info=True)
             done += 1
