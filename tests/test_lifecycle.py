@@ -239,3 +239,19 @@ def test_samplers_see_every_attribute_and_can_keep_only_green(
     assert len(kept) == greens
     assert {s.attributes["bluegreen.environment"] for s in kept} == {"green"}
     tracer_provider.shutdown()
+
+
+def test_each_client_keeps_its_own_derived_green_client(
+        install: Any, blue: SimulatedUpstream, green: SimulatedUpstream) -> None:
+    """Lanes are cached per caller client: alternating clients never borrow each other's."""
+    install(rollout_config(green, weight=100))
+    a = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0,
+                      default_headers={"X-App": "a"})
+    b = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0,
+                      default_headers={"X-App": "b"})
+    order = ["a", "b", "b", "a", "b", "a", "a"]
+    with a, b:
+        for name in order:
+            (a if name == "a" else b).chat.completions.create(model="gpt-4.1", messages=MSGS)
+    assert [r.headers.get("x-app") for r in green.requests] == order
+    assert not blue.requests

@@ -240,6 +240,9 @@ class Router:
         self._lanes: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, str, str], Lane]] = (
             weakref.WeakKeyDictionary()
         )
+        # The last client's lanes, checked first (most apps use one client); weak, so the
+        # router never keeps a client alive.
+        self._last: tuple[weakref.ref[Any], dict[tuple[str, str, str, str], Lane]] | None = None
         self._lock = threading.Lock()
 
     def weights(self) -> Iterable[tuple[str, float]]:
@@ -257,7 +260,13 @@ class Router:
     def lane(self, instance: Any, rollout: RolloutRuntime, env: Environment, operation: str,
              requested_model: str) -> Lane:
         client = getattr(instance, "_client", None)
-        per_client = self._lanes.get(client) if client is not None else None
+        last = self._last
+        if last is not None and last[0]() is client and client is not None:
+            per_client: dict[tuple[str, str, str, str], Lane] | None = last[1]
+        else:
+            per_client = self._lanes.get(client) if client is not None else None
+            if per_client is not None:
+                self._last = (weakref.ref(client), per_client)
         key = (rollout.name, env, operation, requested_model)
         if per_client is not None:
             lane = per_client.get(key)
