@@ -153,7 +153,7 @@ def test_green_client_that_cannot_be_built_fails_open_to_blue(
 def test_spans_are_children_of_the_callers_span_with_the_calls_own_times(
         install: Any, telemetry: Telemetry, blue: SimulatedUpstream,
         green: SimulatedUpstream) -> None:
-    green.configure(error_rates={503: 1.0})
+    green.configure(error_rates={503: 1.0}, latency=0.2)  # errors answer after latency / 2
     install(rollout_config(green, weight=100))
     tracer = telemetry.tracer_provider.get_tracer("app")
     with openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0) as client, \
@@ -171,6 +171,11 @@ def test_spans_are_children_of_the_callers_span_with_the_calls_own_times(
     assert before <= span.start_time <= span.end_time <= after
     (event,) = [e for e in span.events if e.name == "bluegreen.fallback"]
     assert span.start_time <= event.timestamp <= span.end_time
+    # The span covers the whole logical call, green's failed attempt included.
+    assert span.start_time - before < 50_000_000
+    assert event.timestamp - span.start_time >= 90_000_000
+    assert event.attributes is not None
+    assert event.attributes["bluegreen.green_duration_s"] >= 0.09
 
 
 def test_fail_open_sends_the_call_unchanged_when_blue_has_its_own_endpoint(

@@ -80,7 +80,8 @@ class Call:
     """
 
     __slots__ = ("fallback", "fell_back", "kwargs", "lane", "output", "parent", "prefetch",
-                 "rollout", "router", "start", "start_ns", "stream", "text", "ttfc")
+                 "rollout", "router", "span_start_ns", "start", "start_ns", "stream", "text",
+                 "ttfc")
 
     def __init__(self, router: Router, rollout: RolloutRuntime, operation: str, instance: Any,
                  kwargs: dict[str, Any]) -> None:
@@ -100,8 +101,9 @@ class Call:
         self.ttfc: float | None = None
         # The span is started by the worker, as a child of the caller's context at this point.
         self.parent = context.get_current()
-        self.start_ns = _wall_ns()
+        self.start_ns = _wall_ns()  # the current attempt's start (blue's, after a fallback)
         self.start = _perf()
+        self.span_start_ns = self.start_ns  # the logical call's start: the span covers it all
 
     def arguments(self) -> dict[str, Any]:
         return self.lane.rewrite(self.kwargs)
@@ -148,21 +150,24 @@ class Call:
         """The call is over for the caller: queue its telemetry for the worker."""
         self.kwargs = _DONE  # the request (messages and all) need not outlive the call
         response_id, response_model, reasons, in_tokens, out_tokens = described
-        _worker.submit(_emit, self.router, self.lane, self.parent, self.start_ns, end - self.start,
-                       etype, self.fell_back, self.fallback, self.ttfc, response_id,
-                       response_model, T.intern_reasons(reasons), in_tokens, out_tokens,
-                       self.text, self.output)
+        _worker.submit(_emit, self.router, self.lane, self.parent, self.span_start_ns,
+                       self.start_ns, end - self.start, etype, self.fell_back, self.fallback,
+                       self.ttfc, response_id, response_model, T.intern_reasons(reasons),
+                       in_tokens, out_tokens, self.text, self.output)
 
 
-def _emit(router: Router, lane: Lane, parent: context.Context, start_ns: int, elapsed: float,
-          etype: str | None, fell_back: bool, fallback: tuple[str, str, float, int] | None,
-          ttfc: float | None, response_id: str | None, response_model: str | None,
-          reasons: tuple[str, ...], in_tokens: int | None, out_tokens: int | None,
-          text: str | None, output: str | None) -> None:
+def _emit(router: Router, lane: Lane, parent: context.Context, span_start_ns: int,
+          start_ns: int, elapsed: float, etype: str | None, fell_back: bool,
+          fallback: tuple[str, str, float, int] | None, ttfc: float | None,
+          response_id: str | None, response_model: str | None, reasons: tuple[str, ...],
+          in_tokens: int | None, out_tokens: int | None, text: str | None, output: str | None
+          ) -> None:
     """Run by the worker: record duration, usage and time to first chunk; emit the span.
 
     The span is started and ended here, with every attribute given at start (samplers see them
-    all), the call's own start and end times, and the caller's context as parent.
+    all), the caller's context as parent, and the logical call's times: from its start (before
+    green's failed attempt, after a fallback) to its end. ``elapsed``, the duration metric, is
+    the answering attempt's (``start_ns`` is when that attempt began).
     """
     instruments = router.instruments
     attrs: dict[str, Any] = dict(lane.span_attrs)
@@ -192,7 +197,7 @@ def _emit(router: Router, lane: Lane, parent: context.Context, start_ns: int, el
     if output is not None:
         attrs[T.OUTPUT_MESSAGES] = output
     span = router.tracer.start_span(lane.span_name, context=parent, kind=SpanKind.CLIENT,
-                                    attributes=attrs, start_time=start_ns)
+                                    attributes=attrs, start_time=span_start_ns)
     if fallback is not None:
         fb_type, fb_model, fb_elapsed, fb_at = fallback
         span.add_event("bluegreen.fallback", {
