@@ -4,9 +4,12 @@ push the garbage collector into extra passes in apps with many calls in flight."
 from __future__ import annotations
 
 import gc
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import openai
+import pytest
 
 import openai_bluegreen
 from openai_bluegreen import _worker
@@ -16,6 +19,23 @@ from openai_bluegreen.testing import SimulatedUpstream
 from .conftest import BLUE_KEY, Telemetry, rollout_config
 
 MSGS = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def parked_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The worker thread parked between bursts: only the test drains the queue."""
+    openai_bluegreen.flush()
+    _worker.submit(lambda: None)  # the thread exists
+    parked, release = threading.Event(), threading.Event()
+
+    def park(_seconds: float) -> None:
+        parked.set()
+        release.wait()
+
+    monkeypatch.setattr(_worker, "_sleep", park)
+    assert parked.wait(5), "the worker did not park"
+    yield
+    release.set()
 
 
 def _containers_queued() -> set[int]:
@@ -58,3 +78,51 @@ def test_finish_reasons_are_shared_and_the_cache_is_bounded() -> None:
     from openai_bluegreen import _telemetry
 
     assert len(_telemetry._REASONS) <= _telemetry._REASONS_MAX
+
+
+def test_a_read_cut_short_loses_that_record_only(parked_worker: None) -> None:
+    """An exception from a signal handler can cut a read in ``flush()`` short, leaving the rest
+    of a record at the head of the queue; the next read skips to the next record."""
+    ran: list[int] = []
+    _worker._tasks.extend((ran.append, 1, 99))  # a record whose marker was already read
+    _worker.submit(ran.append, 1)
+    _worker._tasks.extend((2, "half", "of", "a", "record"))
+    _worker.submit(ran.append, 2)
+    openai_bluegreen.flush()
+    assert ran == [1, 2]
+    assert not _worker._tasks
+
+
+def test_an_interrupt_inside_a_task_reaches_the_caller_and_the_queue_goes_on(
+        parked_worker: None) -> None:
+    ran: list[str] = []
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    _worker.submit(ran.append, "before")
+    _worker.submit(interrupted)
+    _worker.submit(ran.append, "after")
+    try:
+        openai_bluegreen.flush()
+    except KeyboardInterrupt:
+        pass
+    else:  # pragma: no cover - the assertion below names the failure
+        raise AssertionError("KeyboardInterrupt was swallowed by flush()")
+    openai_bluegreen.flush()
+    assert ran == ["before", "after"]
+
+
+def test_the_worker_outlives_a_task_that_raises_system_exit() -> None:
+    def leave() -> None:
+        raise SystemExit(3)
+
+    done = threading.Event()
+    openai_bluegreen.flush()
+    _worker.submit(leave)
+    _worker.submit(done.set)
+    assert done.wait(5)  # the worker thread ran both (flush was not called)
+    assert _worker._thread is not None and _worker._thread.is_alive()  # type: ignore[union-attr]
+    again = threading.Event()
+    _worker.submit(again.set)
+    assert again.wait(5)

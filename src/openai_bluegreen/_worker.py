@@ -1,7 +1,9 @@
 """The telemetry worker: records metrics and emits spans off the request path.
 
-The request path only appends a record to a deque: the task to run and its arguments, laid out
-flat (``task, n, arg1 … argn``) in one atomic ``extend``. A daemon thread drains it every
+The request path only appends a record to a deque: a marker, the task to run and its arguments,
+laid out flat (``RECORD, task, n, arg1 … argn``) in one atomic ``extend``. A read cut short
+(an exception raised by a signal handler in ``flush()``) loses that one record: the next read
+skips to the next marker. A daemon thread drains it every
 50 ms, in one burst. ``flush()`` drains it in the caller, e.g. before reading an in-memory
 exporter in a test, and runs at interpreter exit so nothing recorded is lost. A task that raises
 is logged and dropped: telemetry faults never reach the caller.
@@ -35,6 +37,7 @@ _INTERVAL = 0.05
 _sleep = time.sleep
 
 _tasks: collections.deque[Any] = collections.deque()
+RECORD = object()  # starts every record in ``_tasks``
 _drain_lock = threading.Lock()
 _thread: threading.Thread | None = None
 _start_lock = threading.Lock()
@@ -50,7 +53,7 @@ def submit(task: Callable[..., None], *args: Any) -> None:
             logger.warning("openai-bluegreen: telemetry worker overloaded; dropping records")
         return
     # One C call, so a reader never sees half a record; the temporary tuple dies here.
-    _tasks.extend((task, len(args), *args))
+    _tasks.extend((RECORD, task, len(args), *args))
     if _thread is None:
         _start()
 
@@ -61,10 +64,12 @@ def _drain() -> int:
         pop = _tasks.popleft
         while True:
             try:
+                if pop() is not RECORD:
+                    continue  # the rest of a record whose reading was cut short
                 task = pop()
+                args = [pop() for _ in range(pop())]
             except IndexError:
                 return done
-            args = [pop() for _ in range(pop())]
             try:
                 task(*args)
             except Exception:
@@ -79,8 +84,11 @@ def flush() -> None:
 
 def _run() -> None:
     while True:
-        if _tasks:
-            _drain()
+        try:
+            if _tasks:
+                _drain()
+        except BaseException:  # never let the worker die: all telemetry would stop for good
+            logger.exception("openai-bluegreen: telemetry worker error")
         _sleep(_INTERVAL)
 
 
