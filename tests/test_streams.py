@@ -112,3 +112,37 @@ def test_stream_proxy_keeps_the_sdk_stream_interface(client: openai.OpenAI) -> N
     assert stream.response.status_code == 200
     list(stream)
     openai_bluegreen.flush()
+
+
+def test_cancelled_async_calls_and_streams_are_recorded_as_such(
+        install: Any, telemetry: Telemetry, blue: SimulatedUpstream,
+        green: SimulatedUpstream) -> None:
+    """A call cancelled by the app (here ``asyncio.wait_for``) ends its span with
+    ``error.type=CancelledError``, and so does a stream cancelled mid-iteration."""
+    install(rollout_config(green, weight=0))
+
+    async def main() -> None:
+        client = openai.AsyncOpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+        blue.configure(latency=2.0)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(
+                client.chat.completions.create(model="gpt-4.1", messages=MSGS), 0.2)
+        blue.configure(latency=0.0, ttfc=0.0, chunk_interval=1.0)
+        stream = await client.chat.completions.create(model="gpt-4.1", messages=MSGS,
+                                                      stream=True)
+
+        async def read_all() -> None:
+            async for _ in stream:
+                pass
+
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(read_all(), 0.3)
+        await client.close()
+
+    asyncio.run(main())
+    spans = telemetry.spans()
+    assert len(spans) == 2
+    assert {(s.attributes or {}).get("error.type") for s in spans} == {"CancelledError"}
+    assert all(not s.status.is_ok for s in spans)
+    assert telemetry.count("gen_ai.client.operation.duration",
+                           error__type="CancelledError") == 2

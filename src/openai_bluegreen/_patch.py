@@ -132,6 +132,9 @@ def _sync_wrapper(operation: str, original: Any) -> Callable[..., Any]:
                     continue
                 _quietly(call.failed, exc)
                 raise
+            except BaseException as exc:  # cancelled or interrupted: recorded, never retried
+                _quietly(call.failed, exc)
+                raise
             if not isinstance(result, stream_type):
                 return _finish_plain(call, result, legacy, lazy)
             if not call.prefetch:
@@ -145,6 +148,9 @@ def _sync_wrapper(operation: str, original: Any) -> Callable[..., Any]:
                 first, error = MISSING, None
             except Exception as exc:
                 first, error = MISSING, exc
+            except BaseException as exc:
+                _quietly(call.failed, exc)
+                raise
             if error is not None and call.should_fall_back(error):
                 _quietly(result.close)
                 call.switch_to_blue(error, instance)
@@ -176,6 +182,9 @@ def _async_wrapper(operation: str, original: Any) -> Callable[..., Any]:
                     continue
                 _quietly(call.failed, exc)
                 raise
+            except BaseException as exc:  # cancelled or interrupted: recorded, never retried
+                _quietly(call.failed, exc)
+                raise
             if not isinstance(result, stream_type):
                 return _finish_plain(call, result, legacy, lazy)
             if not call.prefetch:
@@ -187,6 +196,9 @@ def _async_wrapper(operation: str, original: Any) -> Callable[..., Any]:
                 first, error = MISSING, None
             except Exception as exc:
                 first, error = MISSING, exc
+            except BaseException as exc:
+                _quietly(call.failed, exc)
+                raise
             if error is not None and call.should_fall_back(error):
                 try:
                     await result.close()

@@ -123,7 +123,7 @@ class SyncStreamProxy(_StreamProxyBase):
         except StopIteration:
             self._bg_finalize(None)
             raise
-        except Exception as exc:
+        except BaseException as exc:  # errors, and cancellation or interrupts
             self._bg_finalize(exc)
             raise
         self._bg_observe(item)
@@ -166,7 +166,7 @@ class AsyncStreamProxy(_StreamProxyBase):
         except StopAsyncIteration:
             self._bg_finalize(None)
             raise
-        except Exception as exc:
+        except BaseException as exc:  # errors, and cancellation or interrupts
             self._bg_finalize(exc)
             raise
         self._bg_observe(item)
