@@ -126,3 +126,18 @@ def test_the_worker_outlives_a_task_that_raises_system_exit() -> None:
     again = threading.Event()
     _worker.submit(again.set)
     assert again.wait(5)
+
+
+def test_a_routed_calls_record_fits_the_tuples_cpython_reuses(
+        install: Any, blue: SimulatedUpstream, green: SimulatedUpstream,
+        parked_worker: None) -> None:
+    """CPython reuses tuples of up to 19 items without counting them toward the collector's next
+    pass; a record one item longer tripled the passes (see ``_worker.submit``)."""
+    install(rollout_config(green, weight=50))
+    with openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0) as client:
+        client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+    items = list(_worker._tasks)
+    starts = [i for i, item in enumerate(items) if item is _worker.RECORD]
+    sizes = [b - a for a, b in zip(starts, [*starts[1:], len(items)], strict=True)]
+    assert sizes and max(sizes) <= _worker.MAX_RECORD == 19
+    openai_bluegreen.flush()

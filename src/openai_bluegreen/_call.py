@@ -150,14 +150,15 @@ class Call:
         """The call is over for the caller: queue its telemetry for the worker."""
         self.kwargs = _DONE  # the request (messages and all) need not outlive the call
         response_id, response_model, reasons, in_tokens, out_tokens = described
+        # 16 arguments: a record stays within _worker.MAX_RECORD items (see there).
         _worker.submit(_emit, self.router, self.lane, self.parent, self.span_start_ns,
-                       self.start_ns, end - self.start, etype, self.fell_back, self.fallback,
+                       self.start_ns, end - self.start, etype, self.fallback,
                        self.ttfc, response_id, response_model, T.intern_reasons(reasons),
                        in_tokens, out_tokens, self.text, self.output)
 
 
 def _emit(router: Router, lane: Lane, parent: context.Context, span_start_ns: int,
-          start_ns: int, elapsed: float, etype: str | None, fell_back: bool,
+          start_ns: int, elapsed: float, etype: str | None,
           fallback: tuple[str, str, float, int] | None, ttfc: float | None,
           response_id: str | None, response_model: str | None, reasons: tuple[str, ...],
           in_tokens: int | None, out_tokens: int | None, text: str | None, output: str | None
@@ -171,7 +172,7 @@ def _emit(router: Router, lane: Lane, parent: context.Context, span_start_ns: in
     """
     instruments = router.instruments
     attrs: dict[str, Any] = dict(lane.span_attrs)
-    if fell_back:
+    if fallback is not None:
         attrs[T.FALLBACK] = True
     if etype is not None:
         instruments.duration.record(elapsed, lane.attrs_for_error(etype))
