@@ -146,3 +146,28 @@ def test_cancelled_async_calls_and_streams_are_recorded_as_such(
     assert all(not s.status.is_ok for s in spans)
     assert telemetry.count("gen_ai.client.operation.duration",
                            error__type="CancelledError") == 2
+
+
+def test_an_exception_leaving_with_stream_is_the_calls_failure_but_closing_early_is_not(
+        client: openai.OpenAI, telemetry: Telemetry) -> None:
+    """As OpenTelemetry's OpenAI instrumentation records it: an exception raised in the body of
+    ``with stream:`` (the app failing on a chunk, an interrupt) fails the call; a generator over
+    the stream closed early (``GeneratorExit``) does not."""
+    with pytest.raises(ValueError), _stream(client) as stream:
+        for _ in stream:
+            raise ValueError("the app could not parse this chunk")
+    with pytest.raises(KeyboardInterrupt), _stream(client) as stream:
+        next(iter(stream))
+        raise KeyboardInterrupt
+
+    def relay() -> Any:
+        with _stream(client) as stream:
+            yield from stream
+
+    chunks = relay()
+    next(chunks)
+    chunks.close()
+    spans = sorted(telemetry.spans(), key=lambda s: s.start_time or 0)
+    assert [(s.attributes or {}).get("error.type") for s in spans] == [
+        "ValueError", "KeyboardInterrupt", None]
+    assert telemetry.count("gen_ai.client.operation.duration", error__type="ValueError") == 1

@@ -54,6 +54,14 @@ class _Accumulated:
         return self.response_id, self.model, self.reasons, self.in_tokens, self.out_tokens
 
 
+def _escaped(exc: BaseException | None) -> BaseException | None:
+    """The failure an exception leaving ``with stream:`` makes of the call: any exception,
+    including the app's own (say, failing to parse green's chunks) and cancellation, as
+    OpenTelemetry's OpenAI instrumentation records it; not ``GeneratorExit``, which is a
+    consumer closing early."""
+    return None if exc is None or isinstance(exc, GeneratorExit) else exc
+
+
 def _counts_as_first(item: Any) -> bool:
     return getattr(item, "type", None) not in _LIFECYCLE
 
@@ -137,7 +145,7 @@ class SyncStreamProxy(_StreamProxyBase):
         try:
             return self.__wrapped__.__exit__(*exc_info)
         finally:
-            self._bg_finalize(None)
+            self._bg_finalize(_escaped(exc_info[1]))
 
     def close(self) -> None:
         try:
@@ -180,7 +188,7 @@ class AsyncStreamProxy(_StreamProxyBase):
         try:
             return await self.__wrapped__.__aexit__(*exc_info)
         finally:
-            self._bg_finalize(None)
+            self._bg_finalize(_escaped(exc_info[1]))
 
     async def close(self) -> None:
         try:
