@@ -126,13 +126,10 @@ def _sync_wrapper(operation: str, original: Any) -> Callable[..., Any]:
         while True:
             try:
                 result = _bind(call, wrapped, instance, original)(*args, **call.arguments())
-            except Exception as exc:
+            except BaseException as exc:  # cancelled or interrupted too: recorded, not retried
                 if call.should_fall_back(exc):
                     call.switch_to_blue(exc, instance)
                     continue
-                _quietly(call.failed, exc)
-                raise
-            except BaseException as exc:  # cancelled or interrupted: recorded, never retried
                 _quietly(call.failed, exc)
                 raise
             if not isinstance(result, stream_type):
@@ -176,13 +173,10 @@ def _async_wrapper(operation: str, original: Any) -> Callable[..., Any]:
                 result = await _bind(call, wrapped, instance, original)(
                     *args, **call.arguments()
                 )
-            except Exception as exc:
+            except BaseException as exc:  # cancelled or interrupted too: recorded, not retried
                 if call.should_fall_back(exc):
                     call.switch_to_blue(exc, instance)
                     continue
-                _quietly(call.failed, exc)
-                raise
-            except BaseException as exc:  # cancelled or interrupted: recorded, never retried
                 _quietly(call.failed, exc)
                 raise
             if not isinstance(result, stream_type):
