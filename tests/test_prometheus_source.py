@@ -266,3 +266,24 @@ def test_unreachable_and_silent_servers_fail_within_the_timeout() -> None:
             PrometheusSource(url, timeout=0.5).snapshot(time.time())
         assert time.monotonic() - t0 < 1.5
         assert url in str(info.value)
+
+
+def test_a_histogram_restarts_with_its_total_even_where_a_bucket_came_back_as_high() -> None:
+    """A restarted replica's small bucket may be scraped again at its old value; the histogram's
+    total going down is what shows the restart, and every bucket restarts with it."""
+    from openai_bluegreen.sources.prometheus import TTFC_BUCKET
+
+    def series(le: str, values: list[tuple[float, int]]) -> dict[str, Any]:
+        return {"metric": {"__name__": TTFC_BUCKET, "bluegreen_rollout": "r",
+                           "bluegreen_environment": "green", "otel_scope_name": "openai_bluegreen",
+                           "instance": "a:1", "le": le},
+                "values": [[t, str(v)] for t, v in values]}
+
+    source = PrometheusSource("http://127.0.0.1:9")
+    # Origin 100: before it, 1 sample under 1 ms of 10; then 2 more calls (over 1 ms); the
+    # replica restarts and makes 4 calls, 1 of them under 1 ms again.
+    source._absorb([series("0.001", [(90, 1), (110, 1), (130, 1)]),
+                    series("+Inf", [(90, 10), (110, 12), (130, 4)])], origin=100.0)
+    totals = {dict(key)["le"]: s.total for key, s in source._series.items()}
+    assert totals == {"0.001": 1.0, "+Inf": 6.0}
+

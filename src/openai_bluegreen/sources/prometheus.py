@@ -37,8 +37,11 @@ also looks :data:`LOOKBACK` seconds back from the origin to find each series' va
 
 Limits: a series that stops being scraped for longer than :data:`FORGET_AFTER` is folded into
 its group's total and forgotten; if it reappears with its old value, that value counts again
-(a restarted replica starts from 0, which is exact). A replica restarted and scraped again only
-after it exceeded its previous value looks like no restart (the same limit as ``increase()``).
+(a restarted replica starts from 0, which is exact). A histogram's buckets restart together:
+when its total (``_count`` or the ``+Inf`` bucket) goes down, every bucket of that label set
+counts from 0, even one that came back at or above its old value. A replica restarted and
+scraped again only after its total exceeded the old one looks like no restart (the same limit
+as ``increase()``).
 
 Names: verified on a real scrape (``opentelemetry-exporter-prometheus`` ``PrometheusMetricReader``
 + ``prometheus_client``, scraped by Prometheus 2.42; see ``tests/test_prometheus_source.py``):
@@ -64,7 +67,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,25 +223,15 @@ class PrometheusSource:
 
     # -- accumulation ------------------------------------------------------------------
     def _absorb(self, result: Iterable[Any], origin: float) -> None:
-        for item in result:
-            if not isinstance(item, dict):
-                continue
-            labels = item.get("metric")
-            values = item.get("values")
-            if not isinstance(labels, dict) or not isinstance(values, list):
-                continue
-            group = _group_of(labels)
-            if group is None:
-                continue
-            key = tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+        items = [(labels, values, group)
+                 for labels, values in _items(result)
+                 if (group := _group_of(labels)) is not None]
+        resets = self._histogram_resets(items)
+        for labels, values, group in items:
+            key = _key(labels)
             series = self._series.get(key)
-            for sample in values:
-                try:
-                    t, v = float(sample[0]), float(sample[1])
-                except (TypeError, ValueError, IndexError):
-                    continue
-                if not math.isfinite(v):
-                    continue
+            family = resets.get(_family(labels))
+            for t, v in _samples(values):
                 if series is None:
                     # A value at or before the origin is the baseline; a series first seen
                     # after it was born after it (or a replica restarted): counted from 0.
@@ -251,8 +244,31 @@ class PrometheusSource:
                 if t <= origin:  # stored late, still before the origin: a later baseline
                     series.last_t, series.last_v = t, v
                     continue
-                series.total += v - series.last_v if v >= series.last_v else v
+                restarted = v < series.last_v or (
+                    family is not None and any(series.last_t < r <= t for r in family))
+                series.total += v if restarted else v - series.last_v
                 series.last_t, series.last_v = t, v
+
+    def _histogram_resets(self, items: list[tuple[dict[str, Any], list[Any], _Group]]
+                          ) -> dict[tuple[str, ...], list[float]]:
+        """When each histogram (one label set, all its buckets) restarted from 0, as its total
+        (``_count``, or the ``+Inf`` bucket) shows by going down. A restarted replica's small
+        buckets may come back at or above their old values, which alone would hide the restart
+        (``expected (2, 11) got (1, 12)``); they restart with their total."""
+        resets: dict[tuple[str, ...], list[float]] = {}
+        for labels, values, group in items:
+            metric, le = group[0], group[4]
+            if not (metric == DURATION_COUNT or (metric.endswith("_bucket") and le == math.inf)):
+                continue
+            series = self._series.get(_key(labels))
+            last_t, last_v = (series.last_t, series.last_v) if series else (-math.inf, None)
+            for t, v in _samples(values):
+                if t <= last_t:
+                    continue
+                if last_v is not None and v < last_v:
+                    resets.setdefault(_family(labels), []).append(t)
+                last_t, last_v = t, v
+        return resets
 
     def _forget(self, now: float) -> None:
         stale = [k for k, s in self._series.items() if now - s.last_t > FORGET_AFTER]
@@ -307,6 +323,35 @@ def _histogram(cumulative: Mapping[float, int]) -> Histogram:
         counts.append(level - running)
         running = level
     return Histogram(bounds, tuple(counts))
+
+
+def _items(result: Iterable[Any]) -> Iterator[tuple[dict[str, Any], list[Any]]]:
+    for item in result:
+        if isinstance(item, dict):
+            labels, values = item.get("metric"), item.get("values")
+            if isinstance(labels, dict) and isinstance(values, list):
+                yield labels, values
+
+
+def _samples(values: list[Any]) -> Iterator[tuple[float, float]]:
+    for sample in values:
+        try:
+            t, v = float(sample[0]), float(sample[1])
+        except (TypeError, ValueError, IndexError):
+            continue
+        if math.isfinite(v):
+            yield t, v
+
+
+def _key(labels: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+
+
+def _family(labels: Mapping[str, Any]) -> tuple[str, ...]:
+    """One histogram's label set: its buckets and ``_count`` share it (name without suffix)."""
+    name = str(labels.get("__name__", ""))
+    base = name.removesuffix("_bucket").removesuffix("_count")
+    return (base, *sorted(f"{k}={v}" for k, v in labels.items() if k not in ("__name__", "le")))
 
 
 def _group_of(labels: Mapping[str, Any]) -> _Group | None:
