@@ -39,6 +39,7 @@ from _common import machine, write_section
 from openai_bluegreen._config import Rollout, load_config
 from openai_bluegreen._rollout import Action, Phase, initial_state, transition
 from openai_bluegreen._telemetry import DURATION_BUCKETS
+from openai_bluegreen.cli import _at_least_one
 from openai_bluegreen.policy import Evidence, StepWindow, decide
 from openai_bluegreen.sources import EnvStats, Histogram, RolloutStats
 
@@ -552,7 +553,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="a tenth of the rollouts; prints the table, writes nothing")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=_at_least_one, default=2)
     args = parser.parse_args()
 
     started = time.perf_counter()

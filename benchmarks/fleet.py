@@ -47,6 +47,7 @@ from _common import (
 from openai_bluegreen import load_config
 from openai_bluegreen._control import apply_action
 from openai_bluegreen._rollout import Action
+from openai_bluegreen.cli import _at_least_one
 from openai_bluegreen.stores.redis import RedisStore
 
 ARMS = ("plain", "plain-again", "memory", "redis", "redis-down")
@@ -255,9 +256,9 @@ def redis_version() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small run; do not write the file")
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--block", type=int, default=60)
-    parser.add_argument("--writes", type=int, default=50)
+    parser.add_argument("--rounds", type=_at_least_one, default=30)
+    parser.add_argument("--block", type=_at_least_one, default=60)
+    parser.add_argument("--writes", type=_at_least_one, default=50)
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.block, args.writes = 3, 20, 8

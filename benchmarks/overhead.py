@@ -37,6 +37,7 @@ from _common import (
     upstream_process,
     write_section,
 )
+from openai_bluegreen.cli import _at_least_one
 
 ARMS = ("plain", "plain-again", "bluegreen", "bluegreen-noop-telemetry", "sdk-telemetry-inline",
         "otel-openai")
@@ -318,11 +319,11 @@ def report(sync: dict[str, list[float]], measured: dict[str, dict[str, list[floa
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small run; do not write the file")
-    parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--block", type=int, default=50)
-    parser.add_argument("--async-rounds", type=int, default=30)
-    parser.add_argument("--async-block", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=_at_least_one, default=40)
+    parser.add_argument("--block", type=_at_least_one, default=50)
+    parser.add_argument("--async-rounds", type=_at_least_one, default=30)
+    parser.add_argument("--async-block", type=_at_least_one, default=1000)
+    parser.add_argument("--concurrency", type=_at_least_one, default=64)
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.block, args.async_rounds, args.async_block = 4, 30, 2, 300

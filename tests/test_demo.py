@@ -191,19 +191,19 @@ def test_otlp_export_reaches_an_otlp_http_receiver(tmp_path: Path,
     finally:
         server.shutdown()
         server.server_close()
-    metric_names = set()
-    for body in received.get("/v1/metrics", []):
-        request = ExportMetricsServiceRequest.FromString(body)
-        for rm in request.resource_metrics:
-            for sm in rm.scope_metrics:
-                metric_names.update(m.name for m in sm.metrics)
+    def names(path: str, parse: Any, resources: str, scopes: str, items: str) -> set[str]:
+        """Names of every item in the OTLP requests posted to ``path``."""
+        return {item.name
+                for body in received.get(path, [])
+                for resource in getattr(parse(body), resources)
+                for scope in getattr(resource, scopes)
+                for item in getattr(scope, items)}
+
+    metric_names = names("/v1/metrics", ExportMetricsServiceRequest.FromString,
+                         "resource_metrics", "scope_metrics", "metrics")
     assert {"gen_ai.client.operation.duration", "bluegreen.rollout.decisions",
             "bluegreen.rollout.weight"} <= metric_names
-    span_names = set()
-    for body in received.get("/v1/traces", []):
-        request = ExportTraceServiceRequest.FromString(body)
-        for rs in request.resource_spans:
-            for ss in rs.scope_spans:
-                span_names.update(s.name for s in ss.spans)
+    span_names = names("/v1/traces", ExportTraceServiceRequest.FromString,
+                       "resource_spans", "scope_spans", "spans")
     assert any(name.startswith("chat ") for name in span_names)
     assert "bluegreen.decide chat-upgrade" in span_names
