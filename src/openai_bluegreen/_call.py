@@ -80,8 +80,7 @@ class Call:
     """
 
     __slots__ = ("fallback", "fell_back", "kwargs", "lane", "output", "parent", "prefetch",
-                 "rollout", "router", "span_start_ns", "start", "start_ns", "stream", "text",
-                 "ttfc")
+                 "rollout", "router", "span_start_ns", "start", "start_ns", "stream", "text")
 
     def __init__(self, router: Router, rollout: RolloutRuntime, operation: str, instance: Any,
                  kwargs: dict[str, Any]) -> None:
@@ -98,7 +97,6 @@ class Call:
         self.text = T.input_messages_json(kwargs) if router.capture_content else None
         self.output: str | None = None
         self.fallback: tuple[str, str, float, int] | None = None
-        self.ttfc: float | None = None
         # The span is started by the worker, as a child of the caller's context at this point.
         self.parent = context.get_current()
         self.start_ns = _wall_ns()  # the current attempt's start (blue's, after a fallback)
@@ -144,26 +142,29 @@ class Call:
         self.finished(T.describe_response(response), None, end)
 
     def first_chunk(self, at: float) -> None:
-        self.ttfc = at - self.start
+        # Recorded now, not when the stream ends: the watcher judges time to first chunk while
+        # long streams are still running.
+        _worker.submit(_record_ttfc, self.router.instruments, at - self.start,
+                       self.lane.metric_attrs)
 
     def finished(self, described: Described, etype: str | None, end: float) -> None:
         """The call is over for the caller: queue its telemetry for the worker."""
         self.kwargs = _DONE  # the request (messages and all) need not outlive the call
         response_id, response_model, reasons, in_tokens, out_tokens = described
-        # 16 arguments: a record stays within _worker.MAX_RECORD items (see there).
+        # 15 arguments: a record stays within _worker.MAX_RECORD items (see there).
         _worker.submit(_emit, self.router, self.lane, self.parent, self.span_start_ns,
                        self.start_ns, end - self.start, etype, self.fallback,
-                       self.ttfc, response_id, response_model, T.intern_reasons(reasons),
+                       response_id, response_model, T.intern_reasons(reasons),
                        in_tokens, out_tokens, self.text, self.output)
 
 
 def _emit(router: Router, lane: Lane, parent: context.Context, span_start_ns: int,
           start_ns: int, elapsed: float, etype: str | None,
-          fallback: tuple[str, str, float, int] | None, ttfc: float | None,
+          fallback: tuple[str, str, float, int] | None,
           response_id: str | None, response_model: str | None, reasons: tuple[str, ...],
           in_tokens: int | None, out_tokens: int | None, text: str | None, output: str | None
           ) -> None:
-    """Run by the worker: record duration, usage and time to first chunk; emit the span.
+    """Run by the worker: record duration and usage; emit the span.
 
     The span is started and ended here, with every attribute given at start (samplers see them
     all), the caller's context as parent, and the logical call's times: from its start (before
@@ -179,8 +180,6 @@ def _emit(router: Router, lane: Lane, parent: context.Context, span_start_ns: in
         attrs[T.ERROR_TYPE] = etype
     else:
         instruments.duration.record(elapsed, lane.metric_attrs)
-    if ttfc is not None:
-        instruments.ttfc.record(ttfc, lane.metric_attrs)
     if response_id is not None:
         attrs[T.RESPONSE_ID] = response_id
     if response_model is not None:
@@ -210,6 +209,11 @@ def _emit(router: Router, lane: Lane, parent: context.Context, span_start_ns: in
     if etype is not None:
         span.set_status(Status(StatusCode.ERROR, etype))
     span.end(end_time=start_ns + int(elapsed * 1e9))
+
+
+def _record_ttfc(instruments: T.Instruments, seconds: float, attrs: dict[str, Any]) -> None:
+    """Run by the worker (a function, not a bound method: nothing per call waits in the queue)."""
+    instruments.ttfc.record(seconds, attrs)
 
 
 def _record_fallback(instruments: T.Instruments, green: Lane, etype: str, elapsed: float
