@@ -68,6 +68,12 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank quantile ``q`` (0..1) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
 def write_section(title: str, body: str) -> None:
     """Replace (or append) one ``## title`` section of BENCHMARKS.md."""
     text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else (
@@ -97,18 +103,24 @@ def machine() -> str:
 Arms = dict[str, tuple[Callable[[], None], Callable[[], None]]]
 
 
-def _flush() -> None:
+def _flush() -> float:
+    """Record the telemetry still queued; returns the seconds it took."""
     import openai_bluegreen
 
+    t0 = time.perf_counter()
     openai_bluegreen.flush()
+    return time.perf_counter() - t0
 
 
 def timed_sync_calls(client: Any, arms: Arms, rounds: int, block: int, *, warm: int = 1,
-                     label: str = "sync") -> dict[str, list[float]]:
+                     label: str = "sync", flushes: dict[str, list[float]] | None = None
+                     ) -> dict[str, list[float]]:
     """Per-call seconds of ``client.chat.completions.create`` for each arm.
 
     Each round runs every arm's block once, in a shuffled order: ``setup()``, ``warm`` untimed
-    calls (lanes, the watcher's first look), ``block`` timed calls, ``teardown()``.
+    calls (lanes, the watcher's first look), ``block`` timed calls, then the telemetry still
+    queued is recorded (its seconds go to ``flushes[arm]``, one entry per block, when given)
+    and ``teardown()``.
     """
     samples: dict[str, list[float]] = {arm: [] for arm in arms}
     for _ in range(50):  # warm up connections, imports, caches
@@ -127,8 +139,10 @@ def timed_sync_calls(client: Any, arms: Arms, rounds: int, block: int, *, warm: 
                 t0 = perf()
                 client.chat.completions.create(model="bench-model", messages=MESSAGES)
                 out.append(perf() - t0)
+            spent = _flush()  # telemetry queued by this arm is not charged to the next one
+            if flushes is not None:
+                flushes.setdefault(arm, []).append(spent)
             teardown()
-            _flush()  # telemetry queued by this arm is not charged to the next one
         print(f"\r  {label} round {i + 1}/{rounds}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     return samples

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,6 +39,7 @@ import openai_bluegreen
 from _common import (
     machine,
     median,
+    percentile,
     providers,
     timed_sync_calls,
     upstream_process,
@@ -76,11 +77,6 @@ def config(state: str) -> dict[str, object]:
         "schedule": {"steps": [50], "min_step_duration": "1h"},
         "analysis": {"interval": "1s"},
     }]}
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 # -- 1. the request path ----------------------------------------------------------------------

@@ -141,3 +141,32 @@ def test_a_routed_calls_record_fits_the_tuples_cpython_reuses(
     sizes = [b - a for a, b in zip(starts, [*starts[1:], len(items)], strict=True)]
     assert sizes and max(sizes) <= _worker.MAX_RECORD == 19
     openai_bluegreen.flush()
+
+
+def test_local_source_counts_calls_still_queued(
+        parked_worker: None, monkeypatch: pytest.MonkeyPatch, blue: SimulatedUpstream,
+        green: SimulatedUpstream) -> None:
+    """The worker records in bursts; the in-process source records what is queued before each
+    look, so the watcher judges every call that ended before it looked."""
+    import time
+
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    from openai_bluegreen.sources.local import LocalSource
+
+    monkeypatch.setenv("GREEN_API_KEY", "green-key")
+    source = LocalSource()
+    provider = MeterProvider(metric_readers=[source])
+    openai_bluegreen.install(rollout_config(green, weight=50), meter_provider=provider)
+    try:
+        with openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0) as client:
+            for i in range(30):
+                client.chat.completions.create(model="gpt-4.1", messages=MSGS, user=f"u{i}")
+        assert len(_worker._tasks) > 30  # nothing recorded yet: the worker is parked
+        stats = source.snapshot(time.time()).rollouts["chat-upgrade"]
+        assert stats.blue.requests + stats.green.requests == 30
+        assert stats.blue.requests > 0 and stats.green.requests > 0
+        assert not _worker._tasks
+    finally:
+        openai_bluegreen.uninstall()
+        provider.shutdown()

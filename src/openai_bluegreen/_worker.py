@@ -4,9 +4,10 @@ The request path only appends a record to a deque: a marker, the task to run and
 laid out flat (``RECORD, task, n, arg1 … argn``) in one atomic ``extend``. A read cut short
 (an exception raised by a signal handler in ``flush()``) loses that one record: the next read
 skips to the next marker. A daemon thread drains it every
-50 ms, in one burst. ``flush()`` drains it in the caller, e.g. before reading an in-memory
-exporter in a test, and runs at interpreter exit so nothing recorded is lost. A task that raises
-is logged and dropped: telemetry faults never reach the caller.
+250 ms, in one burst. ``flush()`` drains it in the caller, e.g. before reading an in-memory
+exporter in a test; the in-process metric source flushes before each look, and ``flush()`` runs
+at interpreter exit, so nothing recorded is lost or judged late. A task that raises is logged and
+dropped: telemetry faults never reach the caller.
 
 Why flat: whatever the queue holds lives until the next burst. A tuple or an object per record
 is a garbage-collector object that outlives the call, and in an asyncio app with many calls in
@@ -33,7 +34,14 @@ logger = logging.getLogger("openai_bluegreen")
 MAX_PENDING = 4_000_000  # queued items (a task and its arguments are one item each)
 # One burst per interval: the worker takes the GIL once per burst instead of contending with
 # request threads after every call (GIL hand-offs cost more than the records themselves).
-_INTERVAL = 0.05
+# Why 250 ms and not less: the spans a burst hands to the batch span processor push the garbage
+# collector into a young pass, and the first pass of each burst also walks every young object
+# of the app's in-flight calls (a few ms with 64 async calls in flight); the passes that follow
+# within the same burst are cheap. Fewer, larger bursts pay that first pass less often: with 64
+# async calls in flight, 50 ms bursts cost 28.9 µs of collector time per call in the worker,
+# 250 ms ones about 10 (benchmarks/overhead.py, BENCHMARKS.md). The price is a longer hold of
+# the GIL per burst (the interpreter still hands it over every switch interval, 5 ms).
+_INTERVAL = 0.25
 _sleep = time.sleep
 
 _tasks: collections.deque[Any] = collections.deque()

@@ -20,6 +20,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from .. import _telemetry as T
+from .. import _worker
 from . import EnvStats, Histogram, RolloutStats, Snapshot, SourceUnavailable
 
 __all__ = ["LocalSource"]
@@ -81,6 +82,8 @@ class LocalSource(MetricReader):
         Raises:
             SourceUnavailable: The reader is not attached to a MeterProvider yet.
         """
+        # Calls that ended before this look are recorded first: the worker drains in bursts.
+        _worker.flush()
         with self._lock:
             self._latest = None
             try:
