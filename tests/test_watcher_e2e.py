@@ -180,3 +180,24 @@ def test_a_redis_never_reached_keeps_every_call_on_blue_until_it_comes(
         assert openai_bluegreen.status()["watcher"]["problem"] is None
         _drive(client, 1.0)
         assert green.requests
+
+
+def test_a_reinstall_keeps_a_memory_rollout_where_it_was(
+        install: Any, telemetry: Telemetry, blue: SimulatedUpstream,
+        green: SimulatedUpstream) -> None:
+    """Re-installing (a changed config) continues the process's rollouts, as a shared store
+    would; uninstall() forgets them."""
+    install(rollout_config(green, schedule=SCHEDULE, analysis=ANALYSIS))
+    openai_bluegreen.set_weight("chat-upgrade", 30, reason="hold here", actor="alice")
+    install(rollout_config(green, schedule={**SCHEDULE, "min_requests": 40}, analysis=ANALYSIS))
+    status = openai_bluegreen.status()["rollouts"][0]
+    assert (status["phase"], status["weight"]) == ("paused", 30.0), status
+    assert status["history"][-1]["actor"] == "alice"
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    _drive(client, 0.5)
+    assert green.requests, "the kept weight routes calls to green"
+    openai_bluegreen.uninstall()
+    install(rollout_config(green, schedule=SCHEDULE, analysis=ANALYSIS))
+    status = openai_bluegreen.status()["rollouts"][0]
+    assert status["phase"] != "paused", status
+    assert "alice" not in [h["actor"] for h in status["history"]]

@@ -20,7 +20,7 @@ from ._router import Router
 from ._watcher import Watcher
 from .sources import MetricSource, open_source
 from .sources.local import LocalSource
-from .stores import StoreUnavailable, open_store
+from .stores import StateStore, StoreUnavailable, open_store
 
 __all__ = ["flush", "install", "pause", "promote", "resume", "rollback", "set_weight", "status",
            "uninstall"]
@@ -111,7 +111,14 @@ def install(
         router.providers = (tracer_provider, meter_provider)
         watcher = None
         if scheduled:
-            store = open_store(validated.state)
+            previous = _state.watcher
+            if validated.state == "memory" and previous is not None \
+                    and previous.store.url == "memory":
+                # A re-install keeps this process's rollouts where they are, as a shared store
+                # does; uninstall() forgets them.
+                store: StateStore = previous.store
+            else:
+                store = open_store(validated.state)
             watcher = Watcher(validated, store, source, apply_weight=router.set_weight,
                               tracer_provider=tracer_provider, meter_provider=effective_mp)
             try:  # pick up a rollout already under way (another process, a restart)
@@ -226,8 +233,9 @@ def status() -> dict[str, Any]:
 def flush() -> None:
     """Hand every span and metric recorded so far to the providers.
 
-    Telemetry is recorded off the request path by a background worker within a few
-    milliseconds; call this before reading an in-memory exporter or reader (tests) or before
-    shutting the providers down by hand. It also runs at interpreter exit.
+    Telemetry is recorded off the request path by a background worker, in bursts every 250 ms
+    (the in-process metric source flushes before each look). Call this before reading an
+    in-memory exporter or reader (tests) or before shutting the providers down by hand. It also
+    runs at interpreter exit.
     """
     _worker.flush()
