@@ -34,6 +34,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/worker_interval.py
 	$(BIN)/python benchmarks/hotpath.py
 	$(BIN)/python benchmarks/detection.py
 

@@ -1,0 +1,37 @@
+"""The benchmarks run (their numbers are BENCHMARKS.md's business): each ``--quick`` run ends
+with its table, one row per arm, and leaves BENCHMARKS.md alone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(("script", "rows"), [
+    ("overhead.py", ["| plain |", "| bluegreen |", "| bluegreen-noop-telemetry |",
+                     "| sdk-telemetry-inline |", "| otel-openai |", "Ceiling, same run"]),
+    ("worker_interval.py", ["| plain |", "| bluegreen, every 50 ms |",
+                            "| bluegreen, every 250 ms |", "| bluegreen, every 1000 ms |"]),
+])
+def test_benchmark_quick_run_prints_every_arm(script: str, rows: list[str]) -> None:
+    before = (ROOT / "BENCHMARKS.md").read_text()
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
+                          check=False, capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for row in rows:
+        assert done.stdout.count(row) >= 1, (row, done.stdout[-3000:])
+    assert (ROOT / "BENCHMARKS.md").read_text() == before
+
+
+def test_benchmark_refuses_bad_intervals() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "worker_interval.py"),
+                           "--intervals", "0.25,-1"], check=False, capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2
+    assert "--intervals" in done.stderr and "'0.25,-1'" in done.stderr
