@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -146,3 +147,43 @@ def timed_sync_calls(client: Any, arms: Arms, rounds: int, block: int, *, warm: 
         print(f"\r  {label} round {i + 1}/{rounds}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     return samples
+
+
+async def async_block(client: Any, total: int, concurrency: int) -> float:
+    """``total`` chat calls with ``concurrency`` in flight; returns calls per second."""
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await client.chat.completions.create(model="bench-model", messages=MESSAGES)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return total / (time.perf_counter() - t0)
+
+
+def per_round(values: list[float], rounds: int) -> list[list[float]]:
+    size = len(values) // rounds
+    return [values[i * size:(i + 1) * size] for i in range(rounds)]
+
+
+def paired_added(sync: dict[str, list[float]], arm: str, rounds: int) -> float:
+    """Median over rounds of (arm's block median - plain's block median in the same round).
+
+    Blocks of one round ran seconds apart, so this cancels the machine's drift between rounds,
+    which the difference of the overall medians does not."""
+    return median([median(a) - median(p) for a, p in
+                   zip(per_round(sync[arm], rounds), per_round(sync["plain"], rounds),
+                       strict=True)])
+
+
+def paired_mean_added(sync: dict[str, list[float]], flushes: dict[str, list[float]], arm: str,
+                      rounds: int) -> float:
+    """Like :func:`paired_added`, for the mean per call with the block's leftover telemetry
+    (recorded after its last call) charged to the block: the whole cost, bursts included."""
+    def means(name: str) -> list[float]:
+        return [(sum(block) + spent) / len(block) for block, spent in
+                zip(per_round(sync[name], rounds), flushes[name], strict=True)]
+    return median([a - p for a, p in zip(means(arm), means("plain"), strict=True)])

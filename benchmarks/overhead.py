@@ -31,9 +31,11 @@ from opentelemetry.trace import NoOpTracerProvider
 
 import openai_bluegreen
 from _common import (
-    MESSAGES,
+    async_block,
     machine,
     median,
+    paired_added,
+    paired_mean_added,
     percentile,
     providers,
     timed_sync_calls,
@@ -181,20 +183,6 @@ def run_sync(base_url: str, rounds: int, block: int
     return samples, flushes
 
 
-async def _async_block(client: openai.AsyncOpenAI, total: int, concurrency: int) -> float:
-    remaining = total
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await client.chat.completions.create(model="bench-model", messages=MESSAGES)
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return total / (time.perf_counter() - t0)
-
-
 class GcMeter:
     """Counts the garbage collector's passes and the CPU they take (all generations, any thread).
 
@@ -227,7 +215,7 @@ async def run_async(base_url: str, rounds: int, block: int, concurrency: int
     out: dict[str, dict[str, list[float]]] = {
         key: {arm: [] for arm in ARMS} for key in ("throughput", "cpu", "gc_passes", "gc_seconds")
     }
-    await _async_block(client, 200, concurrency)
+    await async_block(client, 200, concurrency)
     for i in range(rounds):
         order = list(ARMS)
         random.Random(1000 + i).shuffle(order)
@@ -237,7 +225,7 @@ async def run_async(base_url: str, rounds: int, block: int, concurrency: int
             meter = GcMeter()
             gc.callbacks.append(meter)
             c0, t0 = time.process_time(), time.perf_counter()
-            await _async_block(client, block, concurrency)
+            await async_block(client, block, concurrency)
             openai_bluegreen.flush()  # owed by this block, not by the next arm
             out["throughput"][arm].append(block / (time.perf_counter() - t0))
             out["cpu"][arm].append((time.process_time() - c0) / block)
@@ -249,31 +237,6 @@ async def run_async(base_url: str, rounds: int, block: int, concurrency: int
     print(file=sys.stderr)
     await client.close()
     return out
-
-
-def _per_round(values: list[float], rounds: int) -> list[list[float]]:
-    size = len(values) // rounds
-    return [values[i * size:(i + 1) * size] for i in range(rounds)]
-
-
-def paired_added(sync: dict[str, list[float]], arm: str, rounds: int) -> float:
-    """Median over rounds of (arm's block median - plain's block median in the same round).
-
-    Blocks of one round ran seconds apart, so this cancels the machine's drift between rounds,
-    which the difference of the overall medians does not."""
-    return median([median(a) - median(p) for a, p in
-                   zip(_per_round(sync[arm], rounds), _per_round(sync["plain"], rounds),
-                       strict=True)])
-
-
-def paired_mean_added(sync: dict[str, list[float]], flushes: dict[str, list[float]], arm: str,
-                      rounds: int) -> float:
-    """Like :func:`paired_added`, for the mean per call with the block's leftover telemetry
-    (recorded after its last call) charged to the block: the whole cost, bursts included."""
-    def means(name: str) -> list[float]:
-        return [(sum(block) + spent) / len(block) for block, spent in
-                zip(_per_round(sync[name], rounds), flushes[name], strict=True)]
-    return median([a - p for a, p in zip(means(arm), means("plain"), strict=True)])
 
 
 def report(sync: dict[str, list[float]], flushes: dict[str, list[float]],

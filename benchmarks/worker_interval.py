@@ -30,11 +30,14 @@ import openai
 
 import openai_bluegreen
 from _common import (
-    MESSAGES,
+    async_block,
     machine,
     median,
+    paired_added,
+    paired_mean_added,
     percentile,
     providers,
+    timed_sync_calls,
     upstream_process,
     write_section,
 )
@@ -97,16 +100,7 @@ async def run_async(base_url: str, arms: dict[str, Any], rounds: int, block: int
     client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
     out: dict[str, dict[str, list[float]]] = {
         key: {arm: [] for arm in arms} for key in ("throughput", "gc_main", "gc_worker")}
-    remaining = 0
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await client.chat.completions.create(model="bench-model", messages=MESSAGES)
-
-    remaining = 200
-    await asyncio.gather(*(worker() for _ in range(64)))
+    await async_block(client, 200, 64)
     for i in range(rounds):
         order = list(arms)
         random.Random(500 + i).shuffle(order)
@@ -116,8 +110,7 @@ async def run_async(base_url: str, arms: dict[str, Any], rounds: int, block: int
             meter = GcByThread()
             gc.callbacks.append(meter)
             t0 = time.perf_counter()
-            remaining = block
-            await asyncio.gather(*(worker() for _ in range(64)))
+            await async_block(client, block, 64)
             openai_bluegreen.flush()  # owed by this block
             out["throughput"][arm].append(block / (time.perf_counter() - t0))
             gc.callbacks.remove(meter)
@@ -131,51 +124,19 @@ async def run_async(base_url: str, arms: dict[str, Any], rounds: int, block: int
 
 
 def run_sync(base_url: str, arms: dict[str, Any], rounds: int, block: int
-             ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[float]]]:
-    """Per arm: every call's seconds, each block's median, each block's mean with its leftover
-    telemetry charged."""
-    client = openai.OpenAI(base_url=base_url, api_key="bench", max_retries=0)
-    calls: dict[str, list[float]] = {arm: [] for arm in arms}
-    medians: dict[str, list[float]] = {arm: [] for arm in arms}
-    means: dict[str, list[float]] = {arm: [] for arm in arms}
-    for _ in range(50):
-        client.chat.completions.create(model="bench-model", messages=MESSAGES)
-    perf = time.perf_counter
-    for i in range(rounds):
-        order = list(arms)
-        random.Random(900 + i).shuffle(order)
-        for arm in order:
-            setup, teardown = arms[arm]
-            setup()
-            client.chat.completions.create(model="bench-model", messages=MESSAGES)
-            times = []
-            for _ in range(block):
-                t0 = perf()
-                client.chat.completions.create(model="bench-model", messages=MESSAGES)
-                times.append(perf() - t0)
-            t0 = perf()
-            openai_bluegreen.flush()
-            leftover = perf() - t0
-            calls[arm] += times
-            medians[arm].append(median(times))
-            means[arm].append((sum(times) + leftover) / block)
-            teardown()
-        print(f"\r  sync round {i + 1}/{rounds}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-    client.close()
-    return calls, medians, means
-
-
-def paired(values: dict[str, list[float]], arm: str) -> float:
-    """Median over rounds of (arm - plain) in the same round."""
-    return median([a - p for a, p in zip(values[arm], values["plain"], strict=True)])
+             ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per arm: every call's seconds, and each block's leftover telemetry's seconds."""
+    with openai.OpenAI(base_url=base_url, api_key="bench", max_retries=0) as client:
+        flushes: dict[str, list[float]] = {}
+        calls = timed_sync_calls(client, arms, rounds, block, flushes=flushes)
+    return calls, flushes
 
 
 def report(measured: dict[str, dict[str, list[float]]], calls: dict[str, list[float]],
-           medians: dict[str, list[float]], means: dict[str, list[float]], command: str,
-           rounds: tuple[int, int], blocks: tuple[int, int]) -> str:
+           flushes: dict[str, list[float]], command: str, rounds: tuple[int, int],
+           blocks: tuple[int, int]) -> str:
     throughput = measured["throughput"]
-    base = median(medians["plain"])
+    base = median(calls["plain"])
     lines = [
         f"Command: `{command}`  ",
         f"Machine: {machine()}. Upstream: simulated, zero latency, separate process, loopback.",
@@ -200,7 +161,8 @@ def report(measured: dict[str, dict[str, list[float]]], calls: dict[str, list[fl
         "|---|---:|---:|---:|---:|",
     ]
     for arm, times in calls.items():
-        added, mean = paired(medians, arm), paired(means, arm)
+        added = paired_added(calls, arm, rounds[1])
+        mean = paired_mean_added(calls, flushes, arm, rounds[1])
         lines.append(f"| {arm} | {added * 1e6:+.1f} µs ({added / base:+.1%}) | "
                      f"{mean * 1e6:+.1f} µs ({mean / base:+.1%}) | "
                      f"{percentile(times, 0.99) * 1e6:.0f} µs | "
@@ -241,9 +203,9 @@ def main() -> int:
     arms = make_arms(intervals)
     with upstream_process("--name", "bench") as base_url:
         measured = asyncio.run(run_async(base_url, arms, args.async_rounds, args.async_block))
-        calls, medians, means = run_sync(base_url, arms, args.sync_rounds, args.sync_block)
+        calls, flushes = run_sync(base_url, arms, args.sync_rounds, args.sync_block)
     command = " ".join(["python benchmarks/worker_interval.py", *sys.argv[1:]])
-    text = report(measured, calls, medians, means, command,
+    text = report(measured, calls, flushes, command,
                   (args.async_rounds, args.sync_rounds), (args.async_block, args.sync_block))
     print(text)
     if not args.quick:
