@@ -201,3 +201,40 @@ def test_a_reinstall_keeps_a_memory_rollout_where_it_was(
     status = openai_bluegreen.status()["rollouts"][0]
     assert status["phase"] != "paused", status
     assert "alice" not in [h["actor"] for h in status["history"]]
+
+
+def test_a_forked_child_gets_a_watcher_of_its_own(
+        install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+        tmp_path: Any) -> None:
+    """gunicorn --preload, multiprocessing's fork: the child inherits the router but not the
+    watcher's thread. Its own watcher keeps its weights following the shared store."""
+    import os
+    import signal
+
+    slow = {**SCHEDULE, "min_step_duration": "1h"}
+    install({**rollout_config(green, schedule=slow, analysis=ANALYSIS),
+             "state": f"file://{tmp_path}/rollouts.json"})
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    _drive(client, 5.0, until=lambda: _phase() == "progressing")
+    assert openai_bluegreen.status()["rollouts"][0]["weight"] == 20.0
+    parent_holder = openai_bluegreen._state.watcher.holder  # type: ignore[union-attr]
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit code only
+        code = 10
+        try:
+            signal.alarm(20)
+            watcher = openai_bluegreen._state.watcher
+            code = 11 if watcher is None or watcher.holder == parent_holder else 12
+            deadline = time.monotonic() + 10
+            while code == 12 and time.monotonic() < deadline:
+                router = openai_bluegreen._state.router
+                if router is not None and router.rollouts["chat-upgrade"].weight_bp == 10_000:
+                    code = 0  # the child's own calls now go to green
+                time.sleep(0.05)
+        finally:
+            os._exit(code)
+    openai_bluegreen.promote("chat-upgrade", reason="tested", actor="alice")  # the parent acts
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, (
+        "child: 11 = no watcher of its own, 12 = did not follow the promotion, "
+        f"negative = killed by a signal (deadlock); got {os.waitstatus_to_exitcode(status)}")

@@ -170,3 +170,47 @@ def test_local_source_counts_calls_still_queued(
     finally:
         openai_bluegreen.uninstall()
         provider.shutdown()
+
+
+def test_a_forked_child_records_its_own_calls(
+        install: Any, telemetry: Telemetry, blue: SimulatedUpstream,
+        green: SimulatedUpstream) -> None:
+    """gunicorn --preload, multiprocessing's fork: the child has no worker thread and may copy
+    the queue's lock held. It must start its own worker, drop the parent's records (the parent
+    records those) and record its own calls without being asked."""
+    import os
+    import signal
+    import time
+
+    install(rollout_config(green, weight=50))
+    with openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0) as client:
+        client.chat.completions.create(model="gpt-4.1", messages=MSGS)  # the worker runs
+        openai_bluegreen.flush()
+        before = len(telemetry.spans())
+        with _worker._drain_lock:  # held at fork time, as by a worker mid-burst
+            for i in range(3):
+                client.chat.completions.create(model="gpt-4.1", messages=MSGS, user=f"p{i}")
+            pid = os.fork()
+            if pid == 0:  # the child: report through the exit code only
+                code = 10
+                try:
+                    signal.alarm(20)  # a deadlock kills the child instead of hanging the test
+                    code = 11 if _worker._tasks else 12
+                    if code == 12:
+                        with openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY,
+                                           max_retries=0) as own:
+                            for i in range(5):
+                                own.chat.completions.create(model="gpt-4.1", messages=MSGS,
+                                                            user=f"c{i}")
+                        deadline = time.monotonic() + 5
+                        while time.monotonic() < deadline and len(telemetry.spans()) < before + 5:
+                            time.sleep(0.05)
+                        code = 0 if len(telemetry.spans()) == before + 5 else 13
+                finally:
+                    os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, (
+        "child: 11 = parent's records kept, 13 = its own calls not recorded, "
+        f"negative = killed by a signal (deadlock); got {os.waitstatus_to_exitcode(status)}")
+    openai_bluegreen.flush()
+    assert len(telemetry.spans()) == before + 3  # the parent's three, recorded once, here

@@ -21,6 +21,7 @@ from ._watcher import Watcher
 from .sources import MetricSource, open_source
 from .sources.local import LocalSource
 from .stores import StateStore, StoreUnavailable, open_store
+from .stores.memory import MemoryStore
 
 __all__ = ["flush", "install", "pause", "promote", "resume", "rollback", "set_weight", "status",
            "uninstall"]
@@ -152,6 +153,40 @@ def _stop_watcher() -> None:
                     part.close()
             except Exception:
                 logger.debug("openai-bluegreen: closing %r failed", part, exc_info=True)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (gunicorn --preload, multiprocessing's fork) inherits the router but not
+    the watcher's thread: give it a watcher of its own, so its weights keep following the
+    store. The parent's watcher object is left alone (stopping it would release the parent's
+    lease). Failing here leaves the child's calls on the weights of the fork, as a watcher
+    fault does."""
+    global _lock  # noqa: PLW0603 - may have been copied held by a thread the child lacks
+    _lock = threading.Lock()
+    old = _state.watcher
+    _state.watcher = None
+    if old is None or _state.router is None:
+        return
+    try:
+        config = old.config
+        if config.state == "memory":  # this process's own copy of the states
+            store: StateStore = MemoryStore(old.store.load_all())
+        else:
+            store = open_store(config.state)
+        source = old.source
+        if isinstance(source, LocalSource):  # reads this process's provider, as before
+            source.after_fork()
+        elif source is not None:
+            source = open_source(config.metrics_source)
+        watcher = old.for_process(store, source)
+        watcher.start()
+        _state.watcher = watcher
+    except Exception:
+        logger.exception("openai-bluegreen: no watcher in this forked process; its calls keep "
+                         "the weights they had at the fork")
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _router() -> Router:

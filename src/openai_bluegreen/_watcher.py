@@ -165,6 +165,15 @@ class Watcher:
         self._tracer = T.tracer_for(tracer_provider)
         self._instruments = _instruments_for(meter_provider, self,
                                              with_weight=apply_weight is None)
+        self._providers = (tracer_provider, meter_provider)
+        self._poll_arg = poll
+
+    def for_process(self, store: StateStore, source: MetricSource | None) -> Watcher:
+        """The same watcher for another process (a forked child): same config, weights target
+        and providers; the store and source given; a lease holder of its own."""
+        return Watcher(self.config, store, source, apply_weight=self._apply_weight,
+                       tracer_provider=self._providers[0], meter_provider=self._providers[1],
+                       clock=self._clock, poll=self._poll_arg)
 
     # -- state ---------------------------------------------------------------------------
     def states(self) -> dict[str, RolloutState]:

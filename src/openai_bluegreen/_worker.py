@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -103,6 +104,20 @@ def _run() -> None:
         except BaseException:  # never let the worker die: all telemetry would stop for good
             logger.exception("openai-bluegreen: telemetry worker error")
         _sleep(_INTERVAL)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (gunicorn --preload, multiprocessing's fork) has no worker thread, and its
+    copies of the locks may be held by a thread that does not exist in it: start afresh. The
+    records copied from the parent are the parent's to record."""
+    global _thread, _drain_lock, _start_lock  # noqa: PLW0603 - module-level worker state
+    _thread = None
+    _drain_lock = threading.Lock()
+    _start_lock = threading.Lock()
+    _tasks.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _start() -> None:

@@ -76,6 +76,10 @@ class LocalSource(MetricReader):
     def close(self) -> None:
         """Nothing to release; the provider owns the reader."""
 
+    def after_fork(self) -> None:
+        """In a forked child: the lock may have been copied held by a thread it does not have."""
+        self._lock = threading.Lock()
+
     def snapshot(self, now: float) -> Snapshot:
         """Cumulative counts per rollout and environment since the reader was attached.
 

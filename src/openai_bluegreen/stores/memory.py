@@ -15,9 +15,9 @@ class MemoryStore:
 
     url = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, states: Mapping[str, RolloutState] | None = None) -> None:
         self._lock = threading.Lock()
-        self._states: dict[str, RolloutState] = {}
+        self._states: dict[str, RolloutState] = dict(states or {})
 
     def load(self, rollout: str) -> RolloutState | None:
         return self._states.get(rollout)
