@@ -203,6 +203,20 @@ def test_a_reinstall_keeps_a_memory_rollout_where_it_was(
     assert "alice" not in [h["actor"] for h in status["history"]]
 
 
+def test_a_reinstall_with_another_candidate_starts_that_rollout_over(
+        install: Any, telemetry: Telemetry, blue: SimulatedUpstream,
+        green: SimulatedUpstream) -> None:
+    """A promoted rollout whose green changed must not hand the new candidate every call."""
+    install(rollout_config(green, schedule=SCHEDULE, analysis=ANALYSIS))
+    openai_bluegreen.promote("chat-upgrade", reason="done", actor="alice")
+    assert openai_bluegreen.status()["rollouts"][0]["phase"] == "promoted"
+    config = rollout_config(green, schedule=SCHEDULE, analysis=ANALYSIS)
+    config["rollouts"][0]["green"]["model"] = "next-candidate"
+    install(config)
+    status = openai_bluegreen.status()["rollouts"][0]
+    assert status["phase"] != "promoted" and status["weight"] < 100.0, status
+
+
 def test_a_forked_child_gets_a_watcher_of_its_own(
         install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
         tmp_path: Any) -> None:

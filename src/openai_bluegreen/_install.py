@@ -115,9 +115,7 @@ def install(
             previous = _state.watcher
             if validated.state == "memory" and previous is not None \
                     and previous.store.url == "memory":
-                # A re-install keeps this process's rollouts where they are, as a shared store
-                # does; uninstall() forgets them.
-                store: StateStore = previous.store
+                store: StateStore = MemoryStore(_kept_states(previous, validated))
             else:
                 store = open_store(validated.state)
             watcher = Watcher(validated, store, source, apply_weight=router.set_weight,
@@ -132,6 +130,22 @@ def install(
         _state.watcher = watcher
         if watcher is not None:
             watcher.start()
+
+
+def _kept_states(previous: Watcher, config: Config) -> dict[str, RolloutState]:
+    """The states a re-install with ``state: memory`` keeps: those of rollouts still configured
+    with the same calls and the same blue and green. A rollout whose candidate changed starts
+    over (a promoted state must not hand a new green every call at once); ``uninstall()``
+    forgets them all."""
+    before = {r.name: r for r in previous.config.rollouts}
+    kept = {}
+    for rollout in config.rollouts:
+        old = before.get(rollout.name)
+        state = previous.store.load(rollout.name)
+        if state is not None and old is not None and (old.match, old.blue, old.green) == (
+                rollout.match, rollout.blue, rollout.green):
+            kept[rollout.name] = state
+    return kept
 
 
 def uninstall() -> None:
