@@ -221,7 +221,8 @@ def test_a_forked_child_gets_a_watcher_of_its_own(
         install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
         tmp_path: Any) -> None:
     """gunicorn --preload, multiprocessing's fork: the child inherits the router but not the
-    watcher's thread. Its own watcher keeps its weights following the shared store."""
+    watcher's thread. Its own watcher (started with its first routed call) keeps its weights
+    following the shared store."""
     import os
     import signal
 
@@ -237,9 +238,19 @@ def test_a_forked_child_gets_a_watcher_of_its_own(
         code = 10
         try:
             signal.alarm(20)
-            watcher = openai_bluegreen._state.watcher
+            import threading
+
+            if any(t.name == "openai-bluegreen-watcher" for t in threading.enumerate()):
+                os._exit(14)  # the fork itself starts nothing: a child may only go on to exec
+            with openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0) as own:
+                own.chat.completions.create(model="gpt-4.1", messages=[{"role": "user",
+                                                                         "content": "hi"}])
+            deadline = time.monotonic() + 10  # its telemetry worker starts its watcher
+            watcher = None
+            while watcher is None and time.monotonic() < deadline:
+                watcher = openai_bluegreen._state.watcher
+                time.sleep(0.01)
             code = 11 if watcher is None or watcher.holder == parent_holder else 12
-            deadline = time.monotonic() + 10
             while code == 12 and time.monotonic() < deadline:
                 router = openai_bluegreen._state.router
                 if router is not None and router.rollouts["chat-upgrade"].weight_bp == 10_000:
@@ -250,5 +261,6 @@ def test_a_forked_child_gets_a_watcher_of_its_own(
     openai_bluegreen.promote("chat-upgrade", reason="tested", actor="alice")  # the parent acts
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, (
-        "child: 11 = no watcher of its own, 12 = did not follow the promotion, "
+        "child: 11 = no watcher of its own, 12 = did not follow the promotion, 14 = a watcher "
+        "thread started by the fork itself, "
         f"negative = killed by a signal (deadlock); got {os.waitstatus_to_exitcode(status)}")

@@ -214,3 +214,48 @@ def test_a_forked_child_records_its_own_calls(
         f"negative = killed by a signal (deadlock); got {os.waitstatus_to_exitcode(status)}")
     openai_bluegreen.flush()
     assert len(telemetry.spans()) == before + 3  # the parent's three, recorded once, here
+
+
+def test_a_multiprocessing_child_records_its_last_calls(
+        monkeypatch: pytest.MonkeyPatch, blue: SimulatedUpstream, green: SimulatedUpstream,
+        tmp_path: Any) -> None:
+    """multiprocessing's children end with os._exit, past atexit: what the worker had not
+    recorded yet when the target returned must be recorded before that."""
+    import multiprocessing
+    from collections.abc import Sequence
+
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        SimpleSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    out = tmp_path / "spans.txt"
+
+    class LineExporter(SpanExporter):  # the child's spans, where the parent can read them
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            with out.open("a") as handle:
+                handle.writelines(f"{span.name}\n" for span in spans)
+            return SpanExportResult.SUCCESS
+
+    monkeypatch.setenv("GREEN_API_KEY", "green-key")
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(LineExporter()))
+    openai_bluegreen.install(rollout_config(green, weight=50), tracer_provider=provider)
+
+    def child() -> None:
+        with openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0) as client:
+            for i in range(8):
+                client.chat.completions.create(model="gpt-4.1", messages=MSGS, user=f"m{i}")
+
+    try:
+        process = multiprocessing.get_context("fork").Process(target=child)
+        process.start()
+        process.join(30)
+        assert process.exitcode == 0
+        lines = out.read_text().splitlines() if out.exists() else []
+        assert len(lines) == 8 and all(line.startswith("chat ") for line in lines), lines
+    finally:
+        openai_bluegreen.uninstall()
+        provider.shutdown()

@@ -171,35 +171,51 @@ def _stop_watcher() -> None:
 
 def _after_fork_in_child() -> None:
     """A forked child (gunicorn --preload, multiprocessing's fork) inherits the router but not
-    the watcher's thread: give it a watcher of its own, so its weights keep following the
-    store. The parent's watcher object is left alone (stopping it would release the parent's
-    lease). Failing here leaves the child's calls on the weights of the fork, as a watcher
-    fault does."""
-    global _lock  # noqa: PLW0603 - may have been copied held by a thread the child lacks
+    the watcher's thread. The hook only resets: the child's own watcher is started later by
+    its telemetry worker (with its first routed call), off the request path and never in a
+    child that only goes on to exec. The parent's watcher object is left alone (stopping it
+    would release the parent's lease)."""
+    global _lock, _forked_from  # noqa: PLW0603 - may have been copied held by a lost thread
     _lock = threading.Lock()
-    old = _state.watcher
+    _forked_from = _state.watcher
     _state.watcher = None
-    if old is None or _state.router is None:
+
+
+_forked_from: Watcher | None = None
+
+
+def _start_watcher_in_child() -> None:
+    """Run by a new telemetry worker thread: in a forked child, give it a watcher of its own
+    (its own lease holder, the store reopened or, for ``memory``, the child's copy of the
+    states), so its weights keep following the store. Failing here leaves the child's calls on
+    the weights of the fork, as a watcher fault does."""
+    global _forked_from
+    old, _forked_from = _forked_from, None
+    if old is None:
         return
-    try:
-        config = old.config
-        if config.state == "memory":  # this process's own copy of the states
-            store: StateStore = MemoryStore(old.store.load_all())
-        else:
-            store = open_store(config.state)
-        source = old.source
-        if isinstance(source, LocalSource):  # reads this process's provider, as before
-            source.after_fork()
-        elif source is not None:
-            source = open_source(config.metrics_source)
-        watcher = old.for_process(store, source)
-        watcher.start()
-        _state.watcher = watcher
-    except Exception:
-        logger.exception("openai-bluegreen: no watcher in this forked process; its calls keep "
-                         "the weights they had at the fork")
+    with _lock:
+        if _state.router is None or _state.watcher is not None:
+            return  # uninstalled or re-installed since the fork
+        try:
+            config = old.config
+            if config.state == "memory":
+                store: StateStore = MemoryStore(old.store.load_all())
+            else:
+                store = open_store(config.state)
+            source = old.source
+            if isinstance(source, LocalSource):  # reads this process's provider, as before
+                source.after_fork()
+            elif source is not None:
+                source = open_source(config.metrics_source)
+            watcher = old.for_process(store, source)
+            watcher.start()
+            _state.watcher = watcher
+        except Exception:
+            logger.exception("openai-bluegreen: no watcher in this forked process; its calls "
+                             "keep the weights they had at the fork")
 
 
+_worker.on_start(_start_watcher_in_child)
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 

@@ -23,12 +23,13 @@ import atexit
 import collections
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["flush", "submit"]
+__all__ = ["flush", "on_start", "submit"]
 
 logger = logging.getLogger("openai_bluegreen")
 
@@ -97,6 +98,11 @@ def flush() -> None:
 
 
 def _run() -> None:
+    for hook in list(_on_start):
+        try:
+            hook()
+        except BaseException:
+            logger.exception("openai-bluegreen: telemetry worker start hook failed")
     while True:
         try:
             if _tasks:
@@ -106,15 +112,42 @@ def _run() -> None:
         _sleep(_INTERVAL)
 
 
+def on_start(hook: Callable[[], None]) -> None:
+    """Run ``hook()`` in each new worker thread (one per process) before its first burst."""
+    _on_start.append(hook)
+
+
+_on_start: list[Callable[[], None]] = []
+
+
 def _after_fork_in_child() -> None:
     """A forked child (gunicorn --preload, multiprocessing's fork) has no worker thread, and its
-    copies of the locks may be held by a thread that does not exist in it: start afresh. The
-    records copied from the parent are the parent's to record."""
+    copies of the locks may be held by a thread that does not exist in it: start afresh (the
+    thread starts with the child's first record). The records copied from the parent are the
+    parent's to record."""
     global _thread, _drain_lock, _start_lock  # noqa: PLW0603 - module-level worker state
     _thread = None
     _drain_lock = threading.Lock()
     _start_lock = threading.Lock()
     _tasks.clear()
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        # A multiprocessing child ends with os._exit, past atexit: flush when its target
+        # returns. Registered for after multiprocessing's own reset of its finalizers.
+        mp_util.register_after_fork(_MP_CHILD, _flush_when_mp_child_exits)
+
+
+class _MultiprocessingChild:
+    """The (weak-referenceable) key of our entry in multiprocessing's after-fork registry."""
+
+
+_MP_CHILD = _MultiprocessingChild()
+
+
+def _flush_when_mp_child_exits(_key: _MultiprocessingChild) -> None:
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(None, flush, exitpriority=10)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
