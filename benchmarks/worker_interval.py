@@ -69,10 +69,20 @@ class GcByThread:
 def make_arms(intervals: list[float]) -> dict[str, tuple[Callable[[], None], Callable[[], None]]]:
     tracer_provider, meter_provider, _, _ = providers()
     default = _worker._INTERVAL
+    # The worker sleeps through its interval; an arm that changes the interval wakes it, so the
+    # new interval holds from the arm's start, not after the previous arm's last sleep.
+    wake = threading.Event()
+
+    def sleep(seconds: float) -> None:
+        wake.wait(seconds)
+        wake.clear()
+
+    _worker._sleep = sleep
 
     def installed(interval: float) -> tuple[Callable[[], None], Callable[[], None]]:
         def setup() -> None:
             _worker._INTERVAL = interval
+            wake.set()
             openai_bluegreen.install(CONFIG, tracer_provider=tracer_provider,
                                      meter_provider=meter_provider)
 
