@@ -40,8 +40,8 @@ MAX_PENDING = 4_000_000  # queued items (a task and its arguments are one item e
 # collector into a young pass, and the first pass of each burst also walks every young object
 # of the app's in-flight calls (a few ms with 64 async calls in flight); the passes that follow
 # within the same burst are cheap. Fewer, larger bursts pay that first pass less often: with 64
-# async calls in flight, 50 ms bursts cost 37-44 µs of collector CPU per call in the worker,
-# 250 ms ones 13-18 (benchmarks/worker_interval.py, BENCHMARKS.md). The price is a longer hold
+# async calls in flight, 50 ms bursts cost 24-44 µs of collector CPU per call in the worker,
+# 250 ms ones 9-18 (benchmarks/worker_interval.py, BENCHMARKS.md). The price is a longer hold
 # of the GIL per burst (the interpreter still hands it over every switch interval, 5 ms): a
 # sync caller answered mid-burst can wait for several of them.
 _INTERVAL = 0.25
