@@ -8,8 +8,10 @@ and guards each write with the state's ``version`` (compare-and-set).
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from hashlib import blake2b
 from typing import Any
 
 from ._config import Rollout
@@ -22,6 +24,8 @@ __all__ = [
     "Phase",
     "RolloutState",
     "initial_state",
+    "restarted",
+    "revision_of",
     "transition",
 ]
 
@@ -100,6 +104,10 @@ class RolloutState:
     updated_at: float = 0.0
     version: int = 0
     history: tuple[HistoryEntry, ...] = field(default_factory=tuple)
+    # Which blue/green this state is about (``revision_of``); "" in states stored before
+    # revisions existed. ``superseded``: revisions this rollout was restarted away from.
+    revision: str = ""
+    superseded: tuple[str, ...] = ()
 
     @property
     def last(self) -> HistoryEntry | None:
@@ -109,7 +117,8 @@ class RolloutState:
         return {"rollout": self.rollout, "phase": self.phase.value, "step": self.step,
                 "weight": self.weight, "step_started_at": self.step_started_at,
                 "updated_at": self.updated_at, "version": self.version,
-                "history": [h.to_dict() for h in self.history]}
+                "history": [h.to_dict() for h in self.history], "revision": self.revision,
+                "superseded": list(self.superseded)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RolloutState:
@@ -123,14 +132,43 @@ class RolloutState:
             updated_at=float(data.get("updated_at", 0.0)),
             version=int(data["version"]),
             history=tuple(HistoryEntry.from_dict(h) for h in data.get("history", ())),
+            revision=str(data.get("revision") or ""),
+            superseded=tuple(str(r) for r in data.get("superseded") or ()),
         )
+
+
+def revision_of(rollout: Rollout) -> str:
+    """A short fingerprint of what the rollout compares: its calls, its blue and its green. A
+    state stored for another revision is about another candidate."""
+    what = json.dumps([rollout.match.model_dump(mode="json"),
+                       rollout.blue.model_dump(mode="json"),
+                       rollout.green.model_dump(mode="json")], sort_keys=True)
+    return blake2b(what.encode(), digest_size=6).hexdigest()
 
 
 def initial_state(rollout: Rollout) -> RolloutState:
     """A rollout nobody has touched: pending at 0% (or its fixed weight without a schedule)."""
     if rollout.schedule is None:
-        return RolloutState(rollout.name, Phase.PROGRESSING, None, rollout.weight)
-    return RolloutState(rollout.name)
+        return RolloutState(rollout.name, Phase.PROGRESSING, None, rollout.weight,
+                            revision=revision_of(rollout))
+    return RolloutState(rollout.name, revision=revision_of(rollout))
+
+
+SUPERSEDED_LIMIT = 20
+
+
+def restarted(rollout: Rollout, stored: RolloutState, now: float, *, actor: str
+              ) -> RolloutState:
+    """The rollout started over because its blue/green changed: a fresh state for this
+    revision, keeping the history and noting the revision it replaces."""
+    fresh = initial_state(rollout)
+    reason = (f"blue/green changed (revision {stored.revision} -> {fresh.revision}): "
+              "starting over")
+    entry = HistoryEntry(now, "restart", actor, reason, fresh.phase.value, fresh.step,
+                         fresh.weight)
+    return replace(fresh, updated_at=now, version=stored.version + 1,
+                   history=(*stored.history, entry)[-HISTORY_LIMIT:],
+                   superseded=(*stored.superseded, stored.revision)[-SUPERSEDED_LIMIT:])
 
 
 def _step_below(rollout: Rollout, weight: float) -> int:

@@ -20,7 +20,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -28,7 +28,16 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from . import _telemetry as T
 from ._config import Config, Rollout
-from ._rollout import Action, InvalidTransition, Phase, RolloutState, initial_state, transition
+from ._rollout import (
+    Action,
+    InvalidTransition,
+    Phase,
+    RolloutState,
+    initial_state,
+    restarted,
+    revision_of,
+    transition,
+)
 from ._version import __version__
 from .policy import Decision, Evidence, StepWindow, decide
 from .sources import MetricSource, RolloutStats, Snapshot, SourceUnavailable
@@ -143,6 +152,7 @@ class Watcher:
         self.store = store
         self.source = source
         self.rollouts: dict[str, Rollout] = {r.name: r for r in config.rollouts if r.schedule}
+        self._revisions = {name: revision_of(r) for name, r in self.rollouts.items()}
         self.interval = min((r.effective_analysis.interval for r in self.rollouts.values()),
                             default=30.0)
         self.poll = min(poll, self.interval)
@@ -212,13 +222,20 @@ class Watcher:
                 self._missing.add(name)  # the store lost it (e.g. a Redis without persistence)
         self._push_weights()
 
+    def _foreign(self, name: str, state: RolloutState) -> bool:
+        """The stored state is about another blue/green than this config's (a new candidate
+        under the same name, or this process runs an older config than the store's)."""
+        return bool(state.revision) and state.revision != self._revisions[name]
+
     def _push_weights(self) -> None:
         if self._apply_weight is None:
             return
         for name, state in self.states().items():
-            if self._applied.get(name) != state.weight:
-                self._apply_weight(name, state.weight)
-                self._applied[name] = state.weight
+            # Another candidate's weight says nothing about ours: blue until it is ours.
+            weight = 0.0 if self._foreign(name, state) else state.weight
+            if self._applied.get(name) != weight:
+                self._apply_weight(name, weight)
+                self._applied[name] = weight
 
     # -- one look ------------------------------------------------------------------------
     def look(self, now: float | None = None) -> list[Decision]:
@@ -272,6 +289,27 @@ class Watcher:
         name = rollout.name
         for _attempt in range(3):
             stored = self._states.get(name)
+            if stored is not None and self._foreign(name, stored):
+                if self._revisions[name] in stored.superseded:
+                    return None  # the store moved on from our config: we are the stale one
+                restart = restarted(rollout, stored, now, actor="watcher")
+                try:
+                    written = self.store.compare_and_set(restart, stored.version)
+                except StoreUnavailable:
+                    return None
+                if written:
+                    logger.warning("openai-bluegreen watcher: rollout %s: %s", name,
+                                   restart.history[-1].reason)
+                    self._states[name] = restart
+                    self._runs.pop(name, None)
+                    continue
+                try:  # someone wrote first: look again at what is stored now
+                    fresh = self.store.load(name)
+                except StoreUnavailable:
+                    return None
+                if fresh is not None:
+                    self._states[name] = fresh
+                continue
             state = stored or initial_state(rollout)
             snapshot, note = self._snapshot_for(rollout, state, snapshot, note, now)
             evidence = self._evidence(rollout, state, snapshot, note)
@@ -284,6 +322,8 @@ class Watcher:
                                  reason=decision.reason)
             except InvalidTransition:
                 return None
+            if not new.revision:  # a state stored before revisions existed: now ours
+                new = replace(new, revision=self._revisions[name])
             try:
                 written = self.store.compare_and_set(new, None if stored is None else
                                                      stored.version)
@@ -492,6 +532,8 @@ class Watcher:
             decision = self.last_decisions.get(name)
             out.append({"name": name, "phase": state.phase.value, "step": state.step,
                         "weight": state.weight, "version": state.version,
+                        "revision": state.revision,
+                        "other_candidate": self._foreign(name, state),
                         "last_decision": None if decision is None else decision.to_dict(),
                         "history": [h.to_dict() for h in state.history[-10:]]})
         return out
