@@ -103,3 +103,26 @@ def test_file_store_reports_an_unwritable_location(tmp_path: Path) -> None:
 def test_unknown_store_urls_are_refused_by_name() -> None:
     with pytest.raises(StoreUnavailable, match="unknown state store 'etcd://x'"):
         open_store("etcd://x")
+
+
+def test_an_action_with_another_candidate_starts_the_rollout_over(store: StateStore) -> None:
+    """An operator acting with a config whose green changed acts on a fresh rollout (the old
+    candidate's 'promoted' is not inherited); one acting with a superseded config is refused."""
+    from openai_bluegreen._errors import BlueGreenError
+    from openai_bluegreen._rollout import revision_of
+
+    old = load_config(CONFIG).rollouts[0]
+    new = load_config({"rollouts": [{**CONFIG["rollouts"][0], "green": {"model": "c"}}]}
+                      ).rollouts[0]
+    assert revision_of(old) != revision_of(new)
+    promoted = apply_action(store, old, Action.PROMOTE, actor="alice", reason="a is good",
+                            now=1.0)
+    paused = apply_action(store, new, Action.PAUSE, actor="bob", reason="c: wait", now=2.0)
+    assert (paused.phase, paused.weight, paused.revision) == (Phase.PAUSED, 0.0,
+                                                              revision_of(new))
+    assert [h.action for h in paused.history] == ["promote", "restart", "pause"]
+    assert paused.superseded == (promoted.revision,)
+    assert store.load("chat") == paused
+    with pytest.raises(BlueGreenError, match="superseded"):
+        apply_action(store, old, Action.PROMOTE, actor="carol", reason="stale", now=3.0)
+    assert store.load("chat") == paused

@@ -11,10 +11,11 @@ import os
 import random
 import socket
 import time
+from dataclasses import replace
 
 from ._config import Config, Rollout
 from ._errors import BlueGreenError, UnknownRolloutError
-from ._rollout import Action, RolloutState, initial_state, transition
+from ._rollout import Action, RolloutState, initial_state, restarted, revision_of, transition
 from .stores import StateStore
 
 __all__ = ["apply_action", "default_actor", "find_rollout"]
@@ -52,13 +53,23 @@ def apply_action(store: StateStore, rollout: Rollout, action: Action, *, actor: 
         StoreUnavailable: The store cannot be read or written.
         BlueGreenError: Too many concurrent writers (gave up after retrying).
     """
+    revision = revision_of(rollout)
     for attempt in range(_ATTEMPTS):
         if attempt:  # someone else wrote first: back off with jitter, then re-read
             time.sleep(random.uniform(0.0, min(0.2, 0.002 * 2 ** min(attempt, 7))))
         stored = store.load(rollout.name)
+        at = time.time() if now is None else now
         base = stored if stored is not None else initial_state(rollout)
-        new = transition(rollout, base, action, time.time() if now is None else now,
-                         actor=actor, reason=reason, weight=weight)
+        if stored is not None and stored.revision and stored.revision != revision:
+            if revision in stored.superseded:
+                raise BlueGreenError(
+                    f"rollout {rollout.name!r} in the store is about another blue/green "
+                    f"(revision {stored.revision}); this config's revision {revision} was "
+                    "superseded: act with the current config")
+            base = restarted(rollout, stored, at, actor=actor)  # another candidate: anew
+        new = transition(rollout, base, action, at, actor=actor, reason=reason, weight=weight)
+        if not new.revision:  # stored before revisions existed: now this config's
+            new = replace(new, revision=revision)
         if store.compare_and_set(new, None if stored is None else stored.version):
             return new
     raise BlueGreenError(f"could not write rollout {rollout.name!r}: the state kept changing "
