@@ -106,9 +106,8 @@ def test_unknown_store_urls_are_refused_by_name() -> None:
 
 
 def test_an_action_with_another_candidate_starts_the_rollout_over(store: StateStore) -> None:
-    """An operator acting with a config whose green changed acts on a fresh rollout (the old
-    candidate's 'promoted' is not inherited); one acting with a superseded config is refused."""
-    from openai_bluegreen._errors import BlueGreenError
+    """An operator acting with a config whose green changed acts on a fresh rollout: the old
+    candidate's 'promoted' is never inherited, in either direction."""
     from openai_bluegreen._rollout import revision_of
 
     old = load_config(CONFIG).rollouts[0]
@@ -123,6 +122,47 @@ def test_an_action_with_another_candidate_starts_the_rollout_over(store: StateSt
     assert [h.action for h in paused.history] == ["promote", "restart", "pause"]
     assert paused.superseded == (promoted.revision,)
     assert store.load("chat") == paused
-    with pytest.raises(BlueGreenError, match="superseded"):
-        apply_action(store, old, Action.PROMOTE, actor="carol", reason="stale", now=3.0)
-    assert store.load("chat") == paused
+    back = apply_action(store, old, Action.PAUSE, actor="carol", reason="a again", now=3.0)
+    assert (back.phase, back.weight, back.revision) == (Phase.PAUSED, 0.0, revision_of(old))
+    assert [h.action for h in back.history][-2:] == ["restart", "pause"]
+
+
+def test_watchers_send_another_candidates_state_to_blue_and_adopt_old_states(
+        store: StateStore) -> None:
+    """A watcher that only follows (no metric source, not leading) applies weight 0 to a state
+    about another blue/green; a leading one starts it over; a state stored before revisions
+    existed is adopted as the current config's, whatever its phase."""
+    from dataclasses import replace
+
+    from openai_bluegreen._rollout import revision_of
+    from openai_bluegreen._watcher import Watcher
+
+    old = load_config(CONFIG)
+    new = load_config({"rollouts": [{**CONFIG["rollouts"][0], "green": {"model": "c"}}]})
+    apply_action(store, old.rollouts[0], Action.PROMOTE, actor="alice", reason="a", now=1.0)
+    applied: list[tuple[str, float]] = []
+    follower = Watcher(new, store, None, apply_weight=lambda n, w: applied.append((n, w)))
+    follower.sync()
+    assert applied == [("chat", 0.0)]
+    assert follower.status()[0]["other_candidate"]
+    follower.stop()
+
+    leader = Watcher(new, store, None, apply_weight=lambda n, w: applied.append((n, w)))
+    leader.look(now=2.0)
+    state = store.load("chat")
+    assert state is not None and state.revision == revision_of(new.rollouts[0])
+    assert state.phase is not Phase.PROMOTED and state.weight < 100.0
+    assert state.history[-1].action in ("restart", "start")
+    leader.stop()
+
+    legacy = replace(apply_action(store, old.rollouts[0], Action.PROMOTE, actor="a",
+                                  reason="a", now=3.0), revision="", superseded=())
+    current = store.load("chat")
+    assert current is not None
+    assert store.compare_and_set(replace(legacy, version=current.version + 1), current.version)
+    adopter = Watcher(old, store, None, apply_weight=lambda n, w: applied.append((n, w)))
+    adopter.look(now=4.0)
+    adopted = store.load("chat")
+    assert adopted is not None and adopted.revision == revision_of(old.rollouts[0])
+    assert adopted.phase is Phase.PROMOTED  # adopted as it was, not restarted
+    adopter.stop()

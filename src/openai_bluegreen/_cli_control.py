@@ -21,7 +21,7 @@ from typing import Any
 from ._config import Config, load_config, mask_url
 from ._control import apply_action, default_actor, find_rollout
 from ._errors import BlueGreenError, ConfigError
-from ._rollout import Action, InvalidTransition, RolloutState, initial_state
+from ._rollout import Action, InvalidTransition, RolloutState, initial_state, revision_of
 from .stores import StoreUnavailable, open_store
 
 __all__ = ["add_control_commands"]
@@ -69,9 +69,12 @@ def _state_rows(config: Config, window: float) -> tuple[list[dict[str, Any]], st
     rows = []
     for rollout in config.rollouts:
         state = stored.get(rollout.name) or initial_state(rollout)
+        # A state about another blue/green: apps with this config send that rollout to blue.
+        other = bool(state.revision) and state.revision != revision_of(rollout)
         rows.append({"name": rollout.name, "phase": state.phase.value, "step": state.step,
                      "steps": rollout.schedule.steps if rollout.schedule else None,
-                     "weight": state.weight, "version": state.version,
+                     "weight": 0.0 if other else state.weight, "version": state.version,
+                     "revision": state.revision, "other_candidate": other,
                      "blue": rollout.blue.model, "green": rollout.green.model,
                      "metrics": metrics.get(rollout.name),
                      "history": [h.to_dict() for h in state.history[-10:]]})
@@ -102,6 +105,11 @@ def _render(config: Config, rows: list[dict[str, Any]], problem: str | None,
         out.append(f"{row['name']:<20} {row['phase']:<12} {step:<6} {row['weight']:>5g}%  "
                    f"{_env_cell(metrics.get('blue')):<36} {_env_cell(metrics.get('green'))}")
     for row in rows:
+        if row.get("other_candidate"):
+            out.append(f"{row['name']}: the store's state is about another blue/green (revision "
+                       f"{row['revision']}); apps with this config send it to blue until a "
+                       "watcher with this config starts it over")
+    for row in rows:
         if row["history"]:
             out += ["", f"{row['name']} ({row['blue']} -> {row['green']}), last decisions:"]
             for entry in row["history"][-5:]:
@@ -113,7 +121,8 @@ def _render(config: Config, rows: list[dict[str, Any]], problem: str | None,
 _PHASE_STYLE = {"pending": "dim", "progressing": "cyan", "paused": "yellow",
                 "promoted": "bold green", "rolled_back": "bold red"}
 _ACTION_STYLE = {"rollback": "red", "pause": "yellow", "promote": "green", "advance": "cyan",
-                 "start": "cyan", "resume": "cyan", "set_weight": "magenta"}
+                 "start": "cyan", "resume": "cyan", "set_weight": "magenta",
+                 "restart": "magenta"}
 
 
 def _rich() -> Any:

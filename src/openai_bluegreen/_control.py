@@ -61,11 +61,6 @@ def apply_action(store: StateStore, rollout: Rollout, action: Action, *, actor: 
         at = time.time() if now is None else now
         base = stored if stored is not None else initial_state(rollout)
         if stored is not None and stored.revision and stored.revision != revision:
-            if revision in stored.superseded:
-                raise BlueGreenError(
-                    f"rollout {rollout.name!r} in the store is about another blue/green "
-                    f"(revision {stored.revision}); this config's revision {revision} was "
-                    "superseded: act with the current config")
             base = restarted(rollout, stored, at, actor=actor)  # another candidate: anew
         new = transition(rollout, base, action, at, actor=actor, reason=reason, weight=weight)
         if not new.revision:  # stored before revisions existed: now this config's

@@ -15,7 +15,7 @@ from . import _patch, _state, _worker
 from ._config import Config, load_config, mask_url
 from ._control import apply_action, default_actor, find_rollout
 from ._errors import BlueGreenError
-from ._rollout import Action, RolloutState
+from ._rollout import Action, RolloutState, revision_of
 from ._router import Router
 from ._watcher import Watcher
 from .sources import MetricSource, open_source
@@ -142,8 +142,7 @@ def _kept_states(previous: Watcher, config: Config) -> dict[str, RolloutState]:
     for rollout in config.rollouts:
         old = before.get(rollout.name)
         state = previous.store.load(rollout.name)
-        if state is not None and old is not None and (old.match, old.blue, old.green) == (
-                rollout.match, rollout.blue, rollout.green):
+        if state is not None and old is not None and revision_of(old) == revision_of(rollout):
             kept[rollout.name] = state
     return kept
 

@@ -289,19 +289,24 @@ class Watcher:
         name = rollout.name
         for _attempt in range(3):
             stored = self._states.get(name)
-            if stored is not None and self._foreign(name, stored):
-                if self._revisions[name] in stored.superseded:
-                    return None  # the store moved on from our config: we are the stale one
-                restart = restarted(rollout, stored, now, actor="watcher")
+            if stored is not None and (self._foreign(name, stored) or not stored.revision):
+                # Another candidate's state (restart: only ever less green), or one stored
+                # before revisions existed (adopt it as this config's, whatever its phase).
+                if stored.revision:
+                    update = restarted(rollout, stored, now, actor="watcher")
+                else:
+                    update = replace(stored, revision=self._revisions[name],
+                                     version=stored.version + 1)
                 try:
-                    written = self.store.compare_and_set(restart, stored.version)
+                    written = self.store.compare_and_set(update, stored.version)
                 except StoreUnavailable:
                     return None
                 if written:
-                    logger.warning("openai-bluegreen watcher: rollout %s: %s", name,
-                                   restart.history[-1].reason)
-                    self._states[name] = restart
-                    self._runs.pop(name, None)
+                    if stored.revision:
+                        logger.warning("openai-bluegreen watcher: rollout %s: %s", name,
+                                       update.history[-1].reason)
+                        self._runs.pop(name, None)
+                    self._states[name] = update
                     continue
                 try:  # someone wrote first: look again at what is stored now
                     fresh = self.store.load(name)
@@ -322,8 +327,6 @@ class Watcher:
                                  reason=decision.reason)
             except InvalidTransition:
                 return None
-            if not new.revision:  # a state stored before revisions existed: now ours
-                new = replace(new, revision=self._revisions[name])
             try:
                 written = self.store.compare_and_set(new, None if stored is None else
                                                      stored.version)
