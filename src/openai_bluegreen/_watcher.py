@@ -104,8 +104,11 @@ class _ControllerInstruments:
             description="1 for the rollout's current state (attribute bluegreen.state), else 0.")
         if with_weight:
             def observe_weight(_options: CallbackOptions) -> Iterable[Observation]:
-                return [Observation(s.weight / 100.0, {T.ROLLOUT: n})
-                        for n, s in states().items()]
+                watcher = self.watcher
+                if watcher is None:
+                    return []
+                return [Observation(watcher.routed_weight(n, s) / 100.0, {T.ROLLOUT: n})
+                        for n, s in watcher.states().items()]
 
             meter.create_observable_gauge(
                 "bluegreen.rollout.weight", callbacks=[observe_weight], unit="1",
@@ -227,12 +230,16 @@ class Watcher:
         under the same name, or this process runs an older config than the store's)."""
         return bool(state.revision) and state.revision != self._revisions[name]
 
+    def routed_weight(self, name: str, state: RolloutState) -> float:
+        """The percent to green that calls of this config get: another candidate's weight
+        says nothing about ours, so blue until the state is ours."""
+        return 0.0 if self._foreign(name, state) else state.weight
+
     def _push_weights(self) -> None:
         if self._apply_weight is None:
             return
         for name, state in self.states().items():
-            # Another candidate's weight says nothing about ours: blue until it is ours.
-            weight = 0.0 if self._foreign(name, state) else state.weight
+            weight = self.routed_weight(name, state)
             if self._applied.get(name) != weight:
                 self._apply_weight(name, weight)
                 self._applied[name] = weight
