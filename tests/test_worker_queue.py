@@ -184,10 +184,15 @@ def test_a_forked_child_records_its_own_calls(
 
     install(rollout_config(green, weight=50))
     with openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0) as client:
-        client.chat.completions.create(model="gpt-4.1", messages=MSGS)  # the worker runs
+        for i in range(12):  # the worker runs; both lanes of this client are built
+            client.chat.completions.create(model="gpt-4.1", messages=MSGS, user=f"w{i}")
         openai_bluegreen.flush()
         before = len(telemetry.spans())
-        with _worker._drain_lock:  # held at fork time, as by a worker mid-burst
+        router = openai_bluegreen._state.router
+        assert router is not None
+        # Held at fork time, as by a worker mid-burst and by a thread building a lane: the
+        # child's first call on its own client builds a lane.
+        with _worker._drain_lock, router._lock:
             for i in range(3):
                 client.chat.completions.create(model="gpt-4.1", messages=MSGS, user=f"p{i}")
             pid = os.fork()

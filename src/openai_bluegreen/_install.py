@@ -176,6 +176,9 @@ def _after_fork_in_child() -> None:
     would release the parent's lease)."""
     global _lock, _forked_from  # noqa: PLW0603 - may have been copied held by a lost thread
     _lock = threading.Lock()
+    _patch.reset_lock_after_fork()
+    if _state.router is not None:
+        _state.router.reset_lock_after_fork()
     _forked_from = _state.watcher
     _state.watcher = None
 

@@ -237,5 +237,11 @@ def unpatch() -> None:
         _unpatch_locked()
 
 
+def reset_lock_after_fork() -> None:
+    """In a forked child: the lock may have been copied held by a thread it does not have."""
+    global _lock  # noqa: PLW0603 - module-level patch state
+    _lock = threading.Lock()
+
+
 def is_patched() -> bool:
     return bool(_patched)

@@ -245,6 +245,10 @@ class Router:
         self._last: tuple[weakref.ref[Any], dict[tuple[str, str, str, str], Lane]] | None = None
         self._lock = threading.Lock()
 
+    def reset_lock_after_fork(self) -> None:
+        """In a forked child: the lane lock may have been copied held by a thread it lacks."""
+        self._lock = threading.Lock()
+
     def weights(self) -> Iterable[tuple[str, float]]:
         return [(name, r.weight_bp / BUCKETS) for name, r in self.rollouts.items()]
 
