@@ -38,9 +38,9 @@ def _assert_fell_back(telemetry: Telemetry, error_type: str) -> None:
     assert dict(event.attributes or {})["error.type"] == error_type
 
 
-@pytest.mark.parametrize(("status", "error_type"), [(503, "InternalServerError"),
-                                                     (500, "InternalServerError"),
-                                                     (429, "RateLimitError")])
+@pytest.mark.parametrize(("status", "error_type"), [(503, "openai.InternalServerError"),
+                                                     (500, "openai.InternalServerError"),
+                                                     (429, "openai.RateLimitError")])
 def test_green_error_status_falls_back_to_blue(
     install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
     status: int, error_type: str,
@@ -61,7 +61,7 @@ def test_green_timeout_falls_back_to_blue(
     install(rollout_config(green, weight=100))
     out = _client(blue, timeout=0.3).chat.completions.create(model="gpt-4.1", messages=MSGS)
     assert out.model == "blue-model"
-    _assert_fell_back(telemetry, "APITimeoutError")
+    _assert_fell_back(telemetry, "openai.APITimeoutError")
 
 
 def test_green_refusing_connections_falls_back_to_blue(
@@ -73,7 +73,7 @@ def test_green_refusing_connections_falls_back_to_blue(
     install(config)
     out = _client(blue).chat.completions.create(model="gpt-4.1", messages=MSGS)
     assert out.model == "blue-model"
-    _assert_fell_back(telemetry, "APIConnectionError")
+    _assert_fell_back(telemetry, "openai.APIConnectionError")
 
 
 def test_green_stream_cut_before_first_chunk_falls_back(
@@ -108,9 +108,9 @@ def test_green_stream_cut_after_first_chunk_reaches_caller_as_error(
     (span,) = telemetry.spans()
     attrs = dict(span.attributes or {})
     assert attrs["bluegreen.environment"] == "green"
-    assert attrs["error.type"] == type(caught.value).__qualname__
+    assert attrs["error.type"] == "openai." + type(caught.value).__qualname__
     assert telemetry.count("gen_ai.client.operation.duration", bluegreen__environment="green",
-                           error__type=type(caught.value).__qualname__) == 1
+                           error__type="openai." + type(caught.value).__qualname__) == 1
 
 
 def test_blue_failure_propagates_with_the_sdks_exception_type(
@@ -126,7 +126,7 @@ def test_blue_failure_propagates_with_the_sdks_exception_type(
     assert type(routed.value) is type(plain.value) is openai.InternalServerError
     assert routed.value.status_code == 503
     (span,) = telemetry.spans()
-    assert dict(span.attributes or {})["error.type"] == "InternalServerError"
+    assert dict(span.attributes or {})["error.type"] == "openai.InternalServerError"
     assert span.status.status_code.name == "ERROR"
     assert telemetry.count("bluegreen.fallbacks") == 0
 
@@ -141,7 +141,8 @@ def test_green_and_blue_both_failing_raises_blues_error(
         _client(blue).chat.completions.create(model="gpt-4.1", messages=MSGS)
     assert caught.value.status_code == 500
     assert telemetry.count("bluegreen.fallbacks") == 1
-    assert telemetry.count("gen_ai.client.operation.duration", error__type="InternalServerError",
+    assert telemetry.count("gen_ai.client.operation.duration",
+                           error__type="openai.InternalServerError",
                            bluegreen__environment="blue") == 1
 
 

@@ -210,7 +210,7 @@ def test_replicas_summed_restart_counted_and_outage_reported(tmp_path: Path,
         series = _get_json(prom.url + f"/api/v1/series?match[]={match}")["data"]
         assert {s["otel_scope_name"] for s in series} == {"openai_bluegreen"}
         assert {s["bluegreen_environment"] for s in series} == {"blue", "green"}
-        assert {s.get("error_type", "") for s in series} == {"", "InternalServerError"}
+        assert {s.get("error_type", "") for s in series} == {"", "openai.InternalServerError"}
         assert {s["bluegreen_rollout"] for s in series} == {ROLLOUT}
 
         # Replica a restarts on the same ports (same series, counters back at 0): its old

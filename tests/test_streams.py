@@ -80,7 +80,7 @@ def test_stream_error_is_recorded_and_reaches_caller(client: openai.OpenAI, tele
     with pytest.raises(Exception) as caught:
         list(stream)
     attrs = _one_span(telemetry)
-    assert attrs["error.type"] == type(caught.value).__qualname__
+    assert attrs["error.type"] == "openai." + type(caught.value).__qualname__
 
 
 def test_async_stream_finalizes_once_on_close(install: Any, telemetry: Telemetry,
@@ -142,10 +142,11 @@ def test_cancelled_async_calls_and_streams_are_recorded_as_such(
     asyncio.run(main())
     spans = telemetry.spans()
     assert len(spans) == 2
-    assert {(s.attributes or {}).get("error.type") for s in spans} == {"CancelledError"}
+    assert {(s.attributes or {}).get("error.type") for s in spans} == {
+        "asyncio.exceptions.CancelledError"}
     assert all(not s.status.is_ok for s in spans)
     assert telemetry.count("gen_ai.client.operation.duration",
-                           error__type="CancelledError") == 2
+                           error__type="asyncio.exceptions.CancelledError") == 2
 
 
 def test_an_exception_leaving_with_stream_is_the_calls_failure_but_closing_early_is_not(

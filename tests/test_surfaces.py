@@ -318,7 +318,7 @@ def test_green_client_is_derived_from_callers_and_cached(
 ) -> None:
     install(rollout_config(green, weight=100, fallback={"enabled": False}))
     client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=3,
-                           timeout=7.5, default_headers={"x-app": "demo"})
+                           timeout=7.5)
     for _ in range(3):
         client.chat.completions.create(model="gpt-4.1", messages=MSGS)
     router = openai_bluegreen._state.router
@@ -330,8 +330,63 @@ def test_green_client_is_derived_from_callers_and_cached(
     assert derived.timeout == 7.5
     assert derived.max_retries == 3
     assert derived._client is client._client  # same connection pool
-    assert all(r.headers["x-app"] == "demo" for r in green.requests)
-    assert len(green.requests) == 3
+    assert [r.api_key for r in green.requests] == [GREEN_KEY] * 3
+
+
+def test_callers_credentials_and_identity_never_reach_another_endpoint(
+    install: Any, blue: SimulatedUpstream, green: SimulatedUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Green on another base_url gets its own key and headers only: not the caller's key,
+    organization, project, default headers (a gateway token) or default query."""
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-from-env")
+    config = rollout_config(green, weight=100)
+    config["rollouts"][0]["green"]["headers"] = {"x-tenant": "canary"}
+    install(config)
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, organization="org-blue",
+                           project="proj-blue", max_retries=0, default_query={"tenant": "blue"},
+                           default_headers={"x-gateway-token": "blue-gateway-secret"})
+    client.chat.completions.create(model="gpt-4.1", messages=MSGS,
+                                   extra_headers={"x-caller": "app"})
+    (request,) = green.requests
+    assert request.api_key == GREEN_KEY
+    assert request.headers["x-tenant"] == "canary"
+    assert request.headers["x-caller"] == "app"  # the call's own headers are the call's
+    for name in ("x-gateway-token", "openai-organization", "openai-project"):
+        assert name not in request.headers
+    assert "tenant" not in request.query
+    assert BLUE_KEY not in repr(request.headers)
+
+
+def test_environment_without_a_key_sends_no_authorization(
+    install: Any, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    config = rollout_config(green, weight=100)
+    del config["rollouts"][0]["green"]["api_key_env"]
+    install(config)
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+    (request,) = green.requests
+    assert "authorization" not in request.headers
+
+
+@pytest.mark.asyncio
+async def test_azure_caller_reaches_a_non_azure_green_as_a_plain_openai_client(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    install(rollout_config(green, weight=100, models="chat-deployment"))
+    async with openai.AsyncAzureOpenAI(azure_endpoint=f"http://127.0.0.1:{blue.port}",
+                                       api_key=BLUE_KEY, api_version="2024-10-21",
+                                       max_retries=0) as client:
+        out = await client.chat.completions.create(model="chat-deployment", messages=MSGS)
+    assert out.model == "green-model"
+    (request,) = green.requests
+    assert request.path == "/chat/completions"  # not Azure's /deployments/{model}/...
+    assert "api-version" not in request.query
+    assert request.api_key == GREEN_KEY
+    assert "api-key" not in request.headers
+    (span,) = telemetry.spans()
+    assert dict(span.attributes or {})["gen_ai.provider.name"] == "openai"  # a 127.0.0.1 host
 
 
 def test_azure_client_is_routed(install: Any, telemetry: Telemetry, blue: SimulatedUpstream,

@@ -67,8 +67,14 @@ def classify(exc: BaseException) -> str | None:
 
 
 def error_type(exc: BaseException) -> str:
-    """``error.type``: the exception class name (low cardinality, never the message)."""
-    return type(exc).__qualname__
+    """``error.type``: the exception's fully qualified class name (``openai.RateLimitError``;
+    builtins unqualified), as the SDK's ``exception.type`` and OpenTelemetry's own GenAI
+    instrumentations spell it. Low cardinality; never the message."""
+    cls = type(exc)
+    module = cls.__module__
+    if not module or module == "builtins":
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}"
 
 
 class Call:

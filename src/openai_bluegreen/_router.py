@@ -31,8 +31,10 @@ from ._errors import ConfigError, UnknownRolloutError
 
 __all__ = ["Lane", "RolloutRuntime", "Router", "TargetRuntime"]
 
+# Host suffix -> gen_ai.provider.name (semconv values), first match wins: more specific first.
 _PROVIDER_BY_HOST = (
     ("openai.azure.com", "azure.ai.openai"),
+    ("cognitiveservices.azure.com", "azure.ai.openai"),
     ("api.openai.com", "openai"),
     ("deepseek.com", "deepseek"),
     ("mistral.ai", "mistral_ai"),
@@ -40,18 +42,25 @@ _PROVIDER_BY_HOST = (
     ("x.ai", "x_ai"),
     ("perplexity.ai", "perplexity"),
     ("anthropic.com", "anthropic"),
-    ("googleapis.com", "gcp.gemini"),
+    ("cohere.ai", "cohere"),
+    ("cohere.com", "cohere"),
+    ("aiplatform.googleapis.com", "gcp.vertex_ai"),
+    ("generativelanguage.googleapis.com", "gcp.gemini"),
 )
 
 
 def infer_provider(host: str | None, client: Any) -> str:
-    """A ``gen_ai.provider.name`` for a host, ``openai`` when unknown (OpenAI-compatible API)."""
-    if type(client).__name__.startswith(("AzureOpenAI", "AsyncAzureOpenAI")):
-        return "azure.ai.openai"
+    """A ``gen_ai.provider.name`` for the host a call goes to; for an unknown host,
+    ``azure.ai.openai`` on an Azure client and ``openai`` otherwise (OpenAI-compatible API)."""
     if host:
         for suffix, name in _PROVIDER_BY_HOST:
-            if host == suffix or host.endswith("." + suffix):
+            # "-" for regional hosts: us-central1-aiplatform.googleapis.com
+            if host == suffix or host.endswith(("." + suffix, "-" + suffix)):
                 return name
+        if host.startswith("bedrock") and host.endswith(".amazonaws.com"):
+            return "aws.bedrock"
+    if type(client).__name__.startswith(("AzureOpenAI", "AsyncAzureOpenAI")):
+        return "azure.ai.openai"
     return "openai"
 
 
@@ -131,7 +140,13 @@ class Lane:
         self.env = env
         self.model = target.model
         self.params = target.params
-        self.headers = target.headers
+        self.headers: dict[str, Any] = target.headers
+        if target.base_url is not None and target.api_key is None:
+            # Another endpoint with no key configured: send none (see Router._own_client).
+            # Per call, where the SDK's check for a missing key looks for it.
+            import openai
+
+            self.headers = {**target.headers, "Authorization": openai.Omit()}
         self.client = own_client
         self.resources: dict[type, Any] = {}
         effective = own_client if own_client is not None else caller_client
@@ -286,17 +301,27 @@ class Router:
             return lane
 
     def _own_client(self, client: Any, rollout: RolloutRuntime, env: Environment) -> Any | None:
-        """A client derived from the caller's (same timeouts, pool, settings) when the
-        environment needs another base URL, key, or retry budget; ``None`` to use the caller's."""
+        """The client an environment's calls go through; ``None`` to use the caller's.
+
+        With its own ``base_url``, an environment talks to another endpoint, often another
+        provider: it gets a plain ``OpenAI`` / ``AsyncOpenAI`` client with the caller's transport
+        (connection pool, timeouts, retries) but none of the caller's credentials or identity:
+        not its key, organization or project, not its default headers or query (a gateway token
+        there must not reach a third party), and not an Azure client's deployment URLs. It sends
+        its own key (none when it has no ``api_key_env``) and its ``headers``. Without a
+        ``base_url`` it is the caller's client (``with_options``), with its own key and, for
+        green with fallback, its own retry budget."""
         target = rollout.green if env == "green" else rollout.blue
-        options: dict[str, Any] = {}
+        retries = client.max_retries
+        if env == "green" and rollout.fallback_enabled:
+            retries = rollout.green_max_retries
         if target.base_url is not None:
-            options["base_url"] = target.base_url
+            return _endpoint_client(client, target.base_url, target.api_key, retries)
+        options: dict[str, Any] = {}
         if target.api_key is not None:
             options["api_key"] = target.api_key
-        if (env == "green" and rollout.fallback_enabled
-                and getattr(client, "max_retries", None) != rollout.green_max_retries):
-            options["max_retries"] = rollout.green_max_retries
+        if retries != client.max_retries:
+            options["max_retries"] = retries
         if not options:
             return None
         return client.with_options(**options)
@@ -315,3 +340,24 @@ class Router:
                 "fallback": rollout.fallback.enabled,
             })
         return out
+
+
+def _endpoint_client(caller: Any, base_url: str, api_key: str | None, max_retries: int) -> Any:
+    """A client for another endpoint on the caller's transport, with no credential of the
+    caller's (see ``Router._own_client``)."""
+    import openai
+
+    cls = openai.AsyncOpenAI if isinstance(caller, openai.AsyncOpenAI) else openai.OpenAI
+    # Omit removes a header the SDK would add: OPENAI_ORG_ID / OPENAI_PROJECT_ID from the
+    # environment stay with the caller's endpoint.
+    removed = {"OpenAI-Organization": openai.Omit(), "OpenAI-Project": openai.Omit()}
+    return cls(
+        # The SDK insists on a key; without one configured, a placeholder that the lane's
+        # per-call "Authorization: Omit" keeps off the wire (Lane.__init__).
+        api_key=api_key if api_key is not None else "no-key-configured",
+        base_url=base_url,
+        timeout=caller.timeout,
+        max_retries=max_retries,
+        http_client=caller._client,  # the caller's connection pool, shared
+        default_headers=removed,  # type: ignore[arg-type]  # Omit removes; the SDK allows it
+    )

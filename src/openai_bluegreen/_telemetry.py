@@ -51,11 +51,9 @@ DURATION_BUCKETS: Sequence[float] = (
 TOKEN_BUCKETS: Sequence[float] = (
     1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
 )
-# Time to first chunk: the semconv boundaries for time-to-first-token, which resolve the
-# sub-second range where streaming latency regressions show.
-TTFC_BUCKETS: Sequence[float] = (
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-)
+# Time to first chunk: the semconv boundaries for gen_ai.client.operation.time_to_first_chunk
+# (the duration boundaries, up to 81.92 s: a reasoning model's first chunk can take a minute).
+TTFC_BUCKETS: Sequence[float] = DURATION_BUCKETS
 
 CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 _CAPTURE_ON = frozenset({"true", "1", "yes", "span_only", "span_and_event"})
@@ -164,7 +162,7 @@ def describe_response(obj: Any) -> tuple[str | None, str | None, tuple[str, ...]
     else:
         status = getattr(obj, "status", None)
         if isinstance(status, str):
-            reasons = (status,)
+            reasons = _responses_finish_reasons(obj, status)
     usage = getattr(obj, "usage", None)
     in_tokens = out_tokens = None
     if usage is not None:
@@ -177,6 +175,34 @@ def describe_response(obj: Any) -> tuple[str | None, str | None, tuple[str, ...]
         in_tokens if isinstance(in_tokens, int) else None,
         out_tokens if isinstance(out_tokens, int) else None,
     )
+
+
+# Responses API: why an ``incomplete`` response stopped, as a chat-style finish reason.
+_INCOMPLETE_REASONS = {"max_output_tokens": "length", "content_filter": "content_filter"}
+
+
+def _responses_finish_reasons(obj: Any, status: str) -> tuple[str, ...]:
+    """``gen_ai.response.finish_reasons`` of a Responses API response, in the values chat
+    completions use (as OpenTelemetry's OpenAI instrumentation maps them): ``completed`` →
+    ``stop`` (``tool_calls`` when it ends in a function call), ``incomplete`` → the reason
+    (``length``, ``content_filter``), ``failed`` / ``cancelled`` → ``error``."""
+    if status == "completed":
+        reasons: list[str] = []
+        for item in getattr(obj, "output", None) or ():
+            kind = getattr(item, "type", None)
+            reason = "tool_calls" if kind == "function_call" else \
+                "stop" if kind == "message" else None
+            if reason is not None and reason not in reasons:
+                reasons.append(reason)
+        return tuple(reasons) or ("stop",)
+    if status in ("failed", "cancelled"):
+        return ("error",)
+    if status == "incomplete":
+        details = getattr(obj, "incomplete_details", None)
+        reason = getattr(details, "reason", None)
+        return (_INCOMPLETE_REASONS.get(reason, reason) if isinstance(reason, str)
+                else "incomplete",)
+    return ()  # queued / in_progress: not finished
 
 
 _REASONS: dict[tuple[str, ...], tuple[str, ...]] = {}

@@ -49,6 +49,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: dict[str, Any]
     status: int
+    query: str = ""  # the raw query string, without "?"
 
     @property
     def model(self) -> str | None:
@@ -221,8 +222,8 @@ class SimulatedUpstream:
                     await self._send_json(writer, 413, {"error": {"message": "body too large"}})
                     return
                 raw = await reader.readexactly(length) if length else b""
-                keep_open = await self._dispatch(method, target.split("?", 1)[0], headers, raw,
-                                                 writer)
+                path, _, query = target.partition("?")
+                keep_open = await self._dispatch(method, path, headers, raw, writer, query)
                 if not keep_open or headers.get("connection", "").lower() == "close":
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -275,7 +276,7 @@ class SimulatedUpstream:
         return median * math.exp(sigma * z)
 
     async def _dispatch(self, method: str, path: str, headers: dict[str, str], raw: bytes,
-                        writer: asyncio.StreamWriter) -> bool:
+                        writer: asyncio.StreamWriter, query: str = "") -> bool:
         route = path[3:] if path.startswith("/v1/") else path
         if route.startswith("/openai/deployments/"):  # Azure OpenAI: /openai/deployments/{d}/...
             route = "/" + route.split("/", 4)[-1] if route.count("/") >= 4 else route
@@ -300,12 +301,12 @@ class SimulatedUpstream:
         settings, u, status, stall, cut = self._draw()
         if stall:
             self.status_counts[408] += 1
-            self.requests.append(RecordedRequest(method, route, headers, body, 408))
+            self.requests.append(RecordedRequest(method, route, headers, body, 408, query))
             await asyncio.sleep(settings.stall_seconds)
             return False
         final = status or 200
         self.status_counts[final] += 1
-        self.requests.append(RecordedRequest(method, route, headers, body, final))
+        self.requests.append(RecordedRequest(method, route, headers, body, final, query))
         if status is not None:
             await asyncio.sleep(self._jitter(settings.latency, settings.latency_sigma, u) / 2)
             extra = {"retry-after": "1"} if status == 429 else None

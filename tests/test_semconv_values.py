@@ -1,0 +1,96 @@
+"""Attribute values and histogram boundaries follow the GenAI semantic conventions, as
+OpenTelemetry's own OpenAI instrumentation emits them (so both can share dashboards)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import pytest
+from openai.types.responses import Response
+
+from openai_bluegreen._router import infer_provider
+from openai_bluegreen._telemetry import DURATION_BUCKETS, describe_response
+from openai_bluegreen.testing import SimulatedUpstream
+
+from .conftest import BLUE_KEY, Telemetry, rollout_config
+
+MSGS = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(("host", "client", "expected"), [
+    ("api.openai.com", openai.OpenAI, "openai"),
+    ("myres.openai.azure.com", openai.OpenAI, "azure.ai.openai"),
+    ("myres.cognitiveservices.azure.com", openai.OpenAI, "azure.ai.openai"),
+    ("us-central1-aiplatform.googleapis.com", openai.OpenAI, "gcp.vertex_ai"),
+    ("generativelanguage.googleapis.com", openai.OpenAI, "gcp.gemini"),
+    ("bedrock-runtime.us-east-1.amazonaws.com", openai.OpenAI, "aws.bedrock"),
+    ("api.cohere.ai", openai.OpenAI, "cohere"),
+    ("api.deepseek.com", openai.OpenAI, "deepseek"),
+    # The host decides before the client class: an Azure app's green on DeepSeek is DeepSeek.
+    ("api.deepseek.com", openai.AzureOpenAI, "deepseek"),
+    ("127.0.0.1", openai.AzureOpenAI, "azure.ai.openai"),
+    ("127.0.0.1", openai.OpenAI, "openai"),
+])
+def test_provider_is_inferred_from_the_host_before_the_client_class(
+    host: str, client: type, expected: str,
+) -> None:
+    instance = client.__new__(client)  # only its class is looked at
+    assert infer_provider(host, instance) == expected
+
+
+def _response(status: str, output: list[dict[str, Any]], **extra: Any) -> Response:
+    return Response.model_validate({
+        "id": "resp_1", "object": "response", "created_at": 0, "model": "m", "status": status,
+        "output": output, "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+        **extra,
+    })
+
+
+MESSAGE = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+           "content": [{"type": "output_text", "text": "hi", "annotations": []}]}
+CALL = {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "f", "arguments": "{}",
+        "status": "completed"}
+
+
+@pytest.mark.parametrize(("response", "reasons"), [
+    (_response("completed", [MESSAGE]), ("stop",)),
+    (_response("completed", [CALL]), ("tool_calls",)),
+    (_response("completed", [MESSAGE, CALL]), ("stop", "tool_calls")),
+    (_response("incomplete", [MESSAGE],
+               incomplete_details={"reason": "max_output_tokens"}), ("length",)),
+    (_response("incomplete", [], incomplete_details={"reason": "content_filter"}),
+     ("content_filter",)),
+    (_response("failed", []), ("error",)),
+    (_response("cancelled", []), ("error",)),
+    (_response("in_progress", []), ()),
+], ids=["message", "function-call", "both", "max-tokens", "filtered", "failed", "cancelled",
+        "in-progress"])
+def test_responses_api_finish_reasons_use_the_chat_values(response: Response,
+                                                          reasons: tuple[str, ...]) -> None:
+    assert describe_response(response)[2] == reasons
+
+
+def test_routed_responses_call_reports_stop_not_its_status(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    install(rollout_config(green, weight=100))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    client.responses.create(model="gpt-4.1", input="hello")
+    for event in client.responses.create(model="gpt-4.1", input="hello", stream=True):
+        del event
+    spans = telemetry.spans()
+    assert [dict(s.attributes or {})["gen_ai.response.finish_reasons"] for s in spans] == [
+        ("stop",), ("stop",)]
+
+
+def test_time_to_first_chunk_uses_the_semconv_boundaries_up_to_82_seconds(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    install(rollout_config(green, weight=100))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    for chunk in client.chat.completions.create(model="gpt-4.1", messages=MSGS, stream=True):
+        del chunk
+    ((_, point),) = telemetry.points("gen_ai.client.operation.time_to_first_chunk")
+    assert tuple(point.explicit_bounds) == tuple(DURATION_BUCKETS)
+    assert point.explicit_bounds[-1] == 81.92
