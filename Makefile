@@ -8,7 +8,7 @@ PRISM  := tools/prism/node_modules/.bin/prism
 # Older SDK majors we claim: the routing, fallback, stream and lifecycle suites run on each.
 OLD_SDKS := 1.109.1 2.54.0
 SDK_TESTS := tests/test_surfaces.py tests/test_fallback.py tests/test_streams.py \
-             tests/test_lifecycle.py
+             tests/test_lifecycle.py tests/test_semconv_values.py
 
 .PHONY: demo test lint pytest test-sdks bench install clean
 

@@ -137,14 +137,14 @@ def test_a_broken_tracer_never_touches_routing_and_metrics_still_flow(
 
 
 def test_green_client_that_cannot_be_built_fails_open_to_blue(
-    install: Any, blue: SimulatedUpstream, green: SimulatedUpstream,
+    install: Any, blue: SimulatedUpstream, green: SimulatedUpstream, monkeypatch: Any,
 ) -> None:
-    class Client(openai.OpenAI):
-        def with_options(self, **kwargs: Any) -> Any:  # type: ignore[override]
-            raise RuntimeError("cannot derive")
+    def cannot_build(*_args: Any) -> Any:
+        raise RuntimeError("cannot build")
 
+    monkeypatch.setattr("openai_bluegreen._router._endpoint_client", cannot_build)
     install(rollout_config(green, weight=100))
-    with Client(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0) as client:
+    with openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0) as client:
         out = client.chat.completions.create(model="gpt-4.1", messages=MSGS)
     assert out.model == "blue-model"
     assert not green.requests
@@ -181,16 +181,16 @@ def test_spans_are_children_of_the_callers_span_with_the_calls_own_times(
 def test_fail_open_sends_the_call_unchanged_when_blue_has_its_own_endpoint(
         install: Any, blue: SimulatedUpstream, green: SimulatedUpstream,
         monkeypatch: Any) -> None:
-    class Client(openai.OpenAI):
-        def with_options(self, **kwargs: Any) -> Any:  # type: ignore[override]
-            raise RuntimeError("cannot derive")
+    def cannot_build(*_args: Any) -> Any:
+        raise RuntimeError("cannot build")
 
+    monkeypatch.setattr("openai_bluegreen._router._endpoint_client", cannot_build)
     monkeypatch.setenv("BLUE_API_KEY", "blue-own-key")
     config = rollout_config(green, weight=0)
     config["rollouts"][0]["blue"] = {"model": "blue-model", "base_url": blue.base_url,
                                      "api_key_env": "BLUE_API_KEY"}
     install(config)
-    with Client(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0) as client:
+    with openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0) as client:
         out = client.chat.completions.create(model="gpt-4.1", messages=MSGS)
     assert out.model == "gpt-4.1"  # what the app asked for, on the app's own client
     assert blue.requests[-1].api_key == BLUE_KEY
@@ -250,13 +250,13 @@ def test_each_client_keeps_its_own_derived_green_client(
         install: Any, blue: SimulatedUpstream, green: SimulatedUpstream) -> None:
     """Lanes are cached per caller client: alternating clients never borrow each other's."""
     install(rollout_config(green, weight=100))
-    a = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0,
-                      default_headers={"X-App": "a"})
-    b = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0,
-                      default_headers={"X-App": "b"})
+    # Told apart by their timeouts, which their green clients keep (the SDK sends them).
+    a = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0, timeout=11)
+    b = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0, timeout=12)
     order = ["a", "b", "b", "a", "b", "a", "a"]
     with a, b:
         for name in order:
             (a if name == "a" else b).chat.completions.create(model="gpt-4.1", messages=MSGS)
-    assert [r.headers.get("x-app") for r in green.requests] == order
+    timeouts = {"11": "a", "11.0": "a", "12": "b", "12.0": "b"}
+    assert [timeouts[r.headers["x-stainless-read-timeout"]] for r in green.requests] == order
     assert not blue.requests

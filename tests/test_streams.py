@@ -80,7 +80,9 @@ def test_stream_error_is_recorded_and_reaches_caller(client: openai.OpenAI, tele
     with pytest.raises(Exception) as caught:
         list(stream)
     attrs = _one_span(telemetry)
-    assert attrs["error.type"] == "openai." + type(caught.value).__qualname__
+    # openai.APIConnectionError (3.x), httpx.RemoteProtocolError (1.x, 2.x): fully qualified
+    error = type(caught.value)
+    assert attrs["error.type"] == f"{error.__module__}.{error.__qualname__}"
 
 
 def test_async_stream_finalizes_once_on_close(install: Any, telemetry: Telemetry,
@@ -172,3 +174,113 @@ def test_an_exception_leaving_with_stream_is_the_calls_failure_but_closing_early
     assert [(s.attributes or {}).get("error.type") for s in spans] == [
         "ValueError", "KeyboardInterrupt", None]
     assert telemetry.count("gen_ai.client.operation.duration", error__type="ValueError") == 1
+
+
+# stream() helpers: the SDK's helper stream closes the HTTP response past our proxy, and an
+# exception leaving its ``with`` block never reaches the proxy.
+
+def test_stream_helper_with_block_error_ends_the_call_at_exit(client: openai.OpenAI,
+                                                              telemetry: Telemetry) -> None:
+    with pytest.raises(ValueError), client.chat.completions.stream(
+            model="gpt-4.1", messages=MSGS) as stream:
+        for _ in stream:
+            raise ValueError("the app chokes on a chunk")
+    # The helper stream is still referenced: the span ended at the with-block's exit.
+    attrs = _one_span(telemetry)
+    assert attrs["error.type"] == "ValueError"
+    assert stream is not None
+
+
+def test_responses_stream_helper_early_break_ends_the_call_at_exit(
+    client: openai.OpenAI, telemetry: Telemetry,
+) -> None:
+    with client.responses.stream(model="gpt-4.1", input="hi") as stream:
+        for _ in stream:
+            break
+    attrs = _one_span(telemetry)
+    assert "error.type" not in attrs
+    assert stream is not None
+
+
+def test_stream_helper_closed_without_with_ends_the_call(client: openai.OpenAI,
+                                                         telemetry: Telemetry) -> None:
+    manager = client.chat.completions.stream(model="gpt-4.1", messages=MSGS)
+    stream = manager.__enter__()
+    next(iter(stream))
+    stream.close()
+    assert "error.type" not in _one_span(telemetry)
+
+
+@pytest.mark.asyncio
+async def test_async_stream_helpers_end_the_call_at_exit(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    install(rollout_config(green, weight=100))
+    client = openai.AsyncOpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    with pytest.raises(ValueError):
+        async with client.chat.completions.stream(model="gpt-4.1", messages=MSGS) as chat:
+            async for _ in chat:
+                raise ValueError("the app chokes on a chunk")
+    async with client.responses.stream(model="gpt-4.1", input="hi") as responses:
+        async for _ in responses:
+            break
+    spans = telemetry.spans()
+    assert [dict(s.attributes or {}).get("error.type") for s in spans] == ["ValueError", None]
+    assert chat is not None and responses is not None
+    await client.close()
+
+
+# with_raw_response(stream=True): the body is the stream that parse() returns.
+
+def test_raw_response_stream_is_measured_to_its_end(client: openai.OpenAI,
+                                                    telemetry: Telemetry) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4.1", messages=MSGS, stream=True, stream_options={"include_usage": True})
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    assert raw.parse() is raw.parse()
+    chunks = list(raw.parse())
+    assert chunks[-1].usage is not None
+    attrs = _one_span(telemetry)
+    assert attrs["gen_ai.usage.output_tokens"] == 8
+    assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
+    assert telemetry.count("gen_ai.client.operation.time_to_first_chunk") == 1
+
+
+def test_raw_response_stream_failing_mid_stream_is_a_failure(
+    client: openai.OpenAI, telemetry: Telemetry, blue: SimulatedUpstream,
+) -> None:
+    blue.configure(disconnect_rate=1.0, disconnect_after_chunks=3)
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4.1", messages=MSGS,
+                                                           stream=True)
+    with pytest.raises(Exception) as caught:  # the SDK's (3.x) or httpx's (1.x, 2.x)
+        list(raw.parse())
+    error = type(caught.value)
+    assert _one_span(telemetry)["error.type"] == f"{error.__module__}.{error.__qualname__}"
+
+
+def test_raw_response_stream_never_parsed_ends_when_dropped(client: openai.OpenAI,
+                                                            telemetry: Telemetry) -> None:
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4.1", messages=MSGS,
+                                                           stream=True)
+    raw.http_response.close()
+    del raw
+    gc.collect()
+    attrs = _one_span(telemetry)
+    assert "error.type" not in attrs
+
+
+@pytest.mark.asyncio
+async def test_async_raw_response_stream_is_measured_to_its_end(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    install(rollout_config(green, weight=100))
+    client = openai.AsyncOpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    raw = await client.responses.with_raw_response.create(model="gpt-4.1", input="hi",
+                                                          stream=True)
+    events = [event async for event in raw.parse()]
+    assert events
+    attrs = _one_span(telemetry)
+    assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
+    assert attrs["bluegreen.environment"] == "green"
+    assert telemetry.count("gen_ai.client.operation.time_to_first_chunk") == 1
+    await client.close()

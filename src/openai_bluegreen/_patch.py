@@ -19,7 +19,13 @@ import wrapt
 from . import _state
 from ._call import NOTHING, Call
 from ._router import RolloutRuntime, Router
-from ._streams import MISSING, AsyncStreamProxy, SyncStreamProxy
+from ._streams import (
+    MISSING,
+    AsyncStreamProxy,
+    RawStreamResponse,
+    SyncStreamProxy,
+    end_helper_stream,
+)
 
 __all__ = ["SURFACES", "patch", "unpatch"]
 
@@ -40,6 +46,22 @@ SURFACES: tuple[tuple[str, str, str, str], ...] = (
     ("openai.resources.embeddings", "AsyncEmbeddings", "create", "embeddings"),
     ("openai.resources.completions", "Completions", "create", "text_completion"),
     ("openai.resources.completions", "AsyncCompletions", "create", "text_completion"),
+)
+
+# The stream() helpers' streams close the HTTP response past our proxy, and an exception
+# leaving their ``with`` block never reaches it: (module, class, method, kind).
+HELPER_SURFACES: tuple[tuple[str, str, str, str], ...] = (
+    ("openai.lib.streaming.chat._completions", "ChatCompletionStream", "close", "close"),
+    ("openai.lib.streaming.chat._completions", "AsyncChatCompletionStream", "close", "aclose"),
+    ("openai.lib.streaming.chat._completions", "ChatCompletionStreamManager", "__exit__",
+     "exit"),
+    ("openai.lib.streaming.chat._completions", "AsyncChatCompletionStreamManager", "__aexit__",
+     "aexit"),
+    ("openai.lib.streaming.responses._responses", "ResponseStream", "close", "close"),
+    ("openai.lib.streaming.responses._responses", "AsyncResponseStream", "close", "aclose"),
+    ("openai.lib.streaming.responses._responses", "ResponseStreamManager", "__exit__", "exit"),
+    ("openai.lib.streaming.responses._responses", "AsyncResponseStreamManager", "__aexit__",
+     "aexit"),
 )
 
 _patched: list[tuple[type, str, Any]] = []
@@ -94,13 +116,13 @@ def _bind(call: Call, wrapped: Any, instance: Any, original: Any) -> Any:
     return wrapped if resource is instance else original.__get__(resource, type(resource))
 
 
-def _finish_plain(call: Call, result: Any, legacy: Any, lazy: tuple[Any, ...]) -> Any:
+def _finish_plain(call: Call, result: Any, legacy: Any, lazy: tuple[Any, ...],
+                  streams: tuple[type, type]) -> Any:
     """Record a non-streamed result (a model object, or a raw-response wrapper)."""
     if isinstance(result, legacy):  # with_raw_response: the body is read, parse() is cached
-        if call.stream:
-            _quietly(_end_without_body, call)
-        else:
-            _quietly(call.succeeded, result.parse())
+        if call.stream:  # the body is a stream: measured through the one parse() returns
+            return RawStreamResponse(result, call, streams)
+        _quietly(call.succeeded, result.parse())
     elif isinstance(result, lazy):  # with_streaming_response: the body is not read yet
         _quietly(_end_without_body, call)
     else:
@@ -113,7 +135,8 @@ def _end_without_body(call: Call) -> None:
 
 
 def _sync_wrapper(operation: str, original: Any) -> Callable[..., Any]:
-    stream_type, _, legacy, lazy = _sdk_types()
+    stream_type, async_stream_type, legacy, lazy = _sdk_types()
+    streams = (stream_type, async_stream_type)
 
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         router = _state.router
@@ -133,7 +156,7 @@ def _sync_wrapper(operation: str, original: Any) -> Callable[..., Any]:
                 _quietly(call.failed, exc)
                 raise
             if not isinstance(result, stream_type):
-                return _finish_plain(call, result, legacy, lazy)
+                return _finish_plain(call, result, legacy, lazy, streams)
             if not call.prefetch:
                 return SyncStreamProxy(result, call)
             # Green stream with fallback on: pull the first chunk now, so a failure before
@@ -158,7 +181,8 @@ def _sync_wrapper(operation: str, original: Any) -> Callable[..., Any]:
 
 
 def _async_wrapper(operation: str, original: Any) -> Callable[..., Any]:
-    _, stream_type, legacy, lazy = _sdk_types()
+    sync_stream_type, stream_type, legacy, lazy = _sdk_types()
+    streams = (sync_stream_type, stream_type)
 
     async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         router = _state.router
@@ -180,7 +204,7 @@ def _async_wrapper(operation: str, original: Any) -> Callable[..., Any]:
                 _quietly(call.failed, exc)
                 raise
             if not isinstance(result, stream_type):
-                return _finish_plain(call, result, legacy, lazy)
+                return _finish_plain(call, result, legacy, lazy, streams)
             if not call.prefetch:
                 return AsyncStreamProxy(result, call)
             try:
@@ -205,6 +229,38 @@ def _async_wrapper(operation: str, original: Any) -> Callable[..., Any]:
     return wrapper
 
 
+def _helper_wrapper(cls: type, kind: str) -> Callable[..., Any]:
+    """End our call when a stream() helper's stream closes, or its ``with`` block exits (with
+    the exception that left it, before the helper closes the stream)."""
+    attribute = f"_{cls.__name__}__stream"  # the manager's private (name-mangled) stream
+
+    def close(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            end_helper_stream(instance, None)
+
+    async def aclose(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        try:
+            return await wrapped(*args, **kwargs)
+        finally:
+            end_helper_stream(instance, None)
+
+    def exit_(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        stream = getattr(instance, attribute, None)
+        if stream is not None and len(args) > 1:
+            end_helper_stream(stream, args[1])
+        return wrapped(*args, **kwargs)
+
+    async def aexit(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        stream = getattr(instance, attribute, None)
+        if stream is not None and len(args) > 1:
+            end_helper_stream(stream, args[1])
+        return await wrapped(*args, **kwargs)
+
+    return {"close": close, "aclose": aclose, "exit": exit_, "aexit": aexit}[kind]
+
+
 def patch() -> None:
     """Wrap every surface once. On any failure, undo what was wrapped and re-raise."""
     with _lock:
@@ -219,6 +275,17 @@ def patch() -> None:
                 original = cls.__dict__[method]
                 factory = _async_wrapper if class_name.startswith("Async") else _sync_wrapper
                 wrapt.wrap_function_wrapper(cls, method, factory(operation, original))
+                _patched.append((cls, method, original))
+            for module_name, class_name, method, kind in HELPER_SURFACES:
+                try:
+                    module = importlib.import_module(module_name)
+                except ImportError:
+                    continue  # an SDK without this helper
+                cls = getattr(module, class_name, None)
+                if cls is None or method not in cls.__dict__:
+                    continue
+                original = cls.__dict__[method]
+                wrapt.wrap_function_wrapper(cls, method, _helper_wrapper(cls, kind))
                 _patched.append((cls, method, original))
         except BaseException:
             _unpatch_locked()

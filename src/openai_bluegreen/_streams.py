@@ -13,9 +13,10 @@ from typing import Any
 import wrapt
 
 from . import _telemetry as T
-from ._call import Call, error_type
+from ._call import NOTHING, Call, error_type
 
-__all__ = ["MISSING", "AsyncStreamProxy", "SyncStreamProxy"]
+__all__ = ["MISSING", "AsyncStreamProxy", "RawStreamResponse", "SyncStreamProxy",
+           "end_helper_stream"]
 
 MISSING: Any = object()
 _perf = time.perf_counter
@@ -198,3 +199,53 @@ class AsyncStreamProxy(_StreamProxyBase):
 
     async def aclose(self) -> None:
         await self.close()
+
+
+def end_helper_stream(helper: Any, error: BaseException | None) -> None:
+    """A ``stream()`` helper's stream (``ChatCompletionStream``, ``ResponseStream`` and their
+    async twins) is done: end our proxy's call. The helper closes the HTTP response itself, past
+    our proxy, and an exception leaving its ``with`` block (the app's own, or the helper's
+    parsing of the final chunk) never passes through our proxy."""
+    raw = getattr(helper, "_raw_stream", None)
+    if isinstance(raw, _StreamProxyBase):
+        raw._bg_finalize(_escaped(error))
+
+
+class RawStreamResponse(wrapt.ObjectProxy[Any]):
+    """Proxy for a streamed call's ``with_raw_response`` result (``LegacyAPIResponse``): the
+    headers are in, the body is the stream that ``parse()`` returns. That stream is handed out
+    in our stream proxy, so the call is measured to its end (time to first chunk, usage,
+    errors). A response never parsed ends the call when it is dropped, at the time its
+    headers arrived."""
+
+    def __init__(self, response: Any, call: Call, stream_types: tuple[type, type]) -> None:
+        super().__init__(response)
+        self._self_call = call
+        self._self_types = stream_types
+        self._self_headers_at = _perf()
+        self._self_stream: Any = None
+        self._self_proxy: _StreamProxyBase | None = None
+
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.__wrapped__.parse(*args, **kwargs)
+        if result is self._self_stream:
+            return self._self_proxy
+        sync_type, async_type = self._self_types
+        proxy: _StreamProxyBase
+        if self._self_proxy is not None:
+            return result  # a second, different parse: measured once already
+        if isinstance(result, sync_type):
+            proxy = SyncStreamProxy(result, self._self_call)
+        elif isinstance(result, async_type):
+            proxy = AsyncStreamProxy(result, self._self_call)
+        else:
+            return result
+        self._self_stream, self._self_proxy = result, proxy
+        return proxy
+
+    def __del__(self) -> None:
+        if self._self_proxy is None:
+            try:
+                self._self_call.finished(NOTHING, None, self._self_headers_at)
+            except Exception:
+                return
