@@ -283,3 +283,218 @@ def test_passwords_are_masked_whole_and_encoded_from_the_environment(
     source = openai_bluegreen.load_config(
         {"metrics_source": "http://admin:${REDIS_PASSWORD}@prom:9090"}).metrics_source
     assert mask_url(source) == "http://admin:***@prom:9090"
+
+
+# --- YAML 1.2 booleans, duplicate keys, empty and undecodable files --------------------------
+
+DESIGN_EXAMPLE = """\
+state: memory
+rollouts:
+  - name: chat-upgrade
+    match: {model: gpt-4.1}
+    blue:  {model: gpt-4.1}
+    green: {model: deepseek-v3.2}
+    fallback: {enabled: true, on: [server_error, timeout]}
+    schedule: {steps: [1, 5, 25, 50, 100], min_step_duration: 10m, min_requests: 200}
+"""
+
+
+def test_yaml_on_off_yes_no_are_strings_so_the_design_example_loads(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(DESIGN_EXAMPLE)
+    rollout = openai_bluegreen.load_config(path).rollouts[0]
+    assert rollout.fallback.enabled is True
+    assert rollout.fallback.on == ["server_error", "timeout"]
+    path.write_text(DESIGN_EXAMPLE.replace("enabled: true", "enabled: FALSE"))
+    assert openai_bluegreen.load_config(path).rollouts[0].fallback.enabled is False
+    path.write_text(DESIGN_EXAMPLE.replace("schedule:", "weight: yes\n    x-schedule:"))
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config(path)
+    assert "rollouts[0].weight" in {p for p, _ in caught.value.problems}
+    assert "'yes'" in str(caught.value)
+
+
+def test_duplicate_yaml_keys_are_refused_naming_key_path_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("rollouts:\n  - name: a\n    match: {model: gpt-4.1}\n"
+                    "    blue:  {model: gpt-4.1}\n    green: {model: m2}\n"
+                    "    green: {model: m3}\n")
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.install(path)
+    assert caught.value.problems == [
+        ("rollouts[0].green", "duplicate key at line 6 (first at line 5); each key may appear "
+         "once")]
+    assert not is_patched()
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("empty.yaml", ""), ("comments.yaml", "# nothing here\n"), ("empty.toml", ""),
+    ("empty.json", "{}"), ("no-rollouts.yaml", "state: memory\nrollouts: []\n"),
+])
+def test_config_file_without_rollouts_is_refused(tmp_path: Path, name: str, text: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.install(path)
+    assert [p for p, _ in caught.value.problems] == ["rollouts"]
+    assert "at least one rollout is required" in str(caught.value)
+    assert str(path) in str(caught.value)
+    assert openai_bluegreen.status()["installed"] is False
+
+
+def test_non_utf8_file_is_refused_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match=r"cannot read .*c\.yaml.*not UTF-8") as caught:
+        openai_bluegreen.install(path)
+    assert caught.value.source == str(path)
+
+
+# --- secrets never echoed ---------------------------------------------------------------------
+
+SECRET = "sk-proj-SECRETabc123XYZ"
+
+
+def test_credentials_in_base_url_are_refused_and_masked() -> None:
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config(with_change("green.base_url", f"http://u:{SECRET}@h/v1"))
+    assert SECRET not in str(caught.value)
+    assert "http://u:***@h/v1" in str(caught.value)
+    assert "rollouts[0].green.base_url" in str(caught.value)
+
+
+@pytest.mark.parametrize("pasted", [SECRET, "gsk_SECRETabc123XYZdef456", "Bearer abcdef123456",
+                                    "a3f9c2e17b4d4e0f9a8b7c6d5e4f3a2b1c0d9e8f"])
+def test_key_pasted_into_api_key_env_is_refused_without_echoing_it(pasted: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config(with_change("green.api_key_env", pasted))
+    message = str(caught.value)
+    assert "looks like a key, not a variable name" in message
+    assert "rollouts[0].green.api_key_env" in message
+    assert pasted not in message and pasted[8:] not in message
+
+
+def test_plausible_variable_names_stay_accepted_in_api_key_env() -> None:
+    for name in ("GREEN_API_KEY", "OPENAI_API_KEY_2", "deepseek_key", "SK_GREEN"):
+        config = openai_bluegreen.load_config(with_change("green.api_key_env", name))
+        assert config.rollouts[0].green.api_key_env == name
+
+
+def test_secret_looking_values_of_unknown_fields_are_masked() -> None:
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config(with_change("green.bearer", SECRET))
+    assert "rollouts[0].green.bearer: unknown field" in str(caught.value)
+    assert "SECRETabc" not in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config(with_change("green.auth", f"Bearer {SECRET}"))
+    assert "SECRETabc" not in str(caught.value)
+
+
+def test_yaml_parse_error_keeps_position_but_not_the_source_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("rollouts:\n  - name: a\n    green: {model: m2, headers: "
+                    f"{{Authorization: Bearer {SECRET}\n")
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.install(path)
+    message = str(caught.value)
+    assert "SECRETabc" not in message
+    assert "cannot parse" in message and "line 4, column 1" in message
+    assert len(message.splitlines()) == 2  # the header and one line for the problem
+
+
+# --- wrong types and environment overrides ----------------------------------------------------
+
+@pytest.mark.parametrize(("config", "field"), [
+    (with_change("weight", True), "rollouts[0].weight"),
+    (scheduled({"steps": [5, 100], "min_requests": True}), "rollouts[0].schedule.min_requests"),
+    (scheduled({"steps": [True, 100]}), "rollouts[0].schedule.steps"),
+    (with_change("fallback", {"green_max_retries": False}),
+     "rollouts[0].fallback.green_max_retries"),
+])
+def test_booleans_are_refused_for_numeric_fields(config: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config(config)
+    assert field in {p for p, _ in caught.value.problems}, caught.value.problems
+    assert "not a boolean" in str(caught.value)
+
+
+def test_install_of_an_unsupported_type_says_what_is_accepted() -> None:
+    with pytest.raises(ConfigError, match=r"a Config, a mapping or a path .* \(got int\)"):
+        openai_bluegreen.install(123)  # type: ignore[arg-type]  # the wrong type is the test
+    assert openai_bluegreen.status()["installed"] is False
+
+
+def test_bad_state_from_the_environment_names_the_variable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_BLUEGREEN_STATE", "s3://bucket")
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config(good())
+    assert "OPENAI_BLUEGREEN_STATE" in str(caught.value)
+    assert caught.value.problems[0][0] == "state"
+
+
+# --- URLs whose shape cannot work are refused at config time ----------------------------------
+
+@pytest.mark.parametrize(("config", "field", "shown"), [
+    ({"state": "file://somehost/x.json"}, "state", "file://somehost/x.json"),
+    ({"state": "file://relative.json"}, "state", "file://relative.json"),
+    ({"state": "redis://127.0.0.1:99999/0"}, "state", "99999"),
+    ({"state": "redis://:hunter2@h:0/0"}, "state", "redis://:***@h:0/0"),
+    ({"metrics_source": "http://127.0.0.1:99999"}, "metrics_source", "99999"),
+    (with_change("green.base_url", "http://h:99999/v1"), "rollouts[0].green.base_url", "99999"),
+])
+def test_urls_with_impossible_hosts_or_ports_are_refused(
+        config: dict[str, Any], field: str, shown: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config(config)
+    assert field in {p for p, _ in caught.value.problems}, caught.value.problems
+    assert shown in str(caught.value) and "hunter2" not in str(caught.value)
+    assert openai_bluegreen.load_config({"state": "file://localhost/tmp/x.json"}).state
+
+
+# --- a refused install changes nothing --------------------------------------------------------
+
+def _gauge(reader: Any) -> dict[str, float]:
+    openai_bluegreen.flush()
+    out: dict[str, float] = {}
+    data = reader.get_metrics_data()
+    for rm in data.resource_metrics if data else []:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == "bluegreen.rollout.weight":
+                    for point in metric.data.data_points:
+                        out[str(point.attributes["bluegreen.rollout"])] = point.value
+    return out
+
+
+def test_install_whose_store_cannot_open_is_a_config_error_and_changes_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    monkeypatch.setenv("GREEN_API_KEY", GREEN_KEY)
+    try:
+        openai_bluegreen.install(good(), meter_provider=provider)
+        readers_before = list(provider._all_metric_readers)
+        before = _gauge(reader)
+        assert before == {"chat-upgrade": 0.1}
+        # The redis client library is absent: the store cannot be opened.
+        monkeypatch.setitem(sys.modules, "redis", None)
+        monkeypatch.setitem(sys.modules, "openai_bluegreen.stores.redis", None)
+        refused = scheduled(name="other", match={"model": "other"})
+        refused["state"] = "redis://:hunter2@127.0.0.1:6379/0"
+        with pytest.raises(ConfigError) as caught:
+            openai_bluegreen.install(refused, meter_provider=provider)
+        assert caught.value.problems[0][0] == "state"
+        assert "redis://:***@127.0.0.1:6379/0" in str(caught.value)
+        assert "hunter2" not in str(caught.value)
+        assert _gauge(reader) == before
+        assert list(provider._all_metric_readers) == readers_before
+        assert [r["name"] for r in openai_bluegreen.status()["rollouts"]] == ["chat-upgrade"]
+    finally:
+        openai_bluegreen.uninstall()
+        provider.shutdown()

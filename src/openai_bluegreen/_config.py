@@ -14,9 +14,17 @@ import sys
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ._errors import ConfigError
 
@@ -77,13 +85,85 @@ def mask_url(url: str) -> str:
     return f"{match.group(0)}{user}:***@{rest[at + 1:]}"
 
 
+# What a pasted credential looks like: a provider key prefix, an auth scheme, or a long run of
+# mixed letters and digits (hex or base64 keys). Variable names are words joined by ``_``.
+_KEY_PREFIX_RE = re.compile(
+    r"^(?:sk|pk|rk|gsk|xai|ghp|gho|hf|glpat|sess)[-_][A-Za-z0-9_\-]{8}|^AIza|^(?i:bearer|basic)\s")
+_KEY_TOKEN_RE = re.compile(
+    r"\b(?:sk|pk|rk|gsk|xai|ghp|gho|hf|glpat|sess)[-_][A-Za-z0-9_\-]{6,}"
+    r"|(?i:\b(?:bearer|basic)\s+\S+)|\bAIza[A-Za-z0-9_\-]{8,}"
+    r"|\b(?=[A-Za-z_\-]*\d)(?=[0-9_\-]*[A-Za-z])[A-Za-z0-9_\-]{24,}")
+_LONG_RUN_RE = re.compile(r"[A-Za-z0-9]{20,}")
+
+
+def looks_like_secret(value: str) -> bool:
+    """Whether ``value`` looks like a credential rather than a name (a key prefix such as
+    ``sk-``, an auth scheme such as ``Bearer``, or a long run mixing letters and digits)."""
+    text = value.strip()
+    if _KEY_PREFIX_RE.search(text):
+        return True
+    return any(len(run) >= 32 or (len(run) >= 20 and re.search(r"\d", run) is not None
+                                  and re.search(r"[a-z]", run) is not None)
+               for run in _LONG_RUN_RE.findall(text))
+
+
+def _masked_prefix(value: str) -> str:
+    """The first few characters of a secret, enough to recognise it, never enough to use it."""
+    return repr(value.strip()[:4] + "***")
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with every token that looks like a credential cut to a masked prefix."""
+    return _KEY_TOKEN_RE.sub(lambda m: m.group(0)[:4] + "***", text)
+
+
+def _url_problem(url: str) -> str | None:
+    """Why an http(s)/redis URL cannot work (a port outside 1..65535), or ``None``."""
+    try:
+        port = urllib.parse.urlsplit(url).port
+    except ValueError:
+        return "the port must be a number from 1 to 65535"
+    if port is not None and not 1 <= port <= 65535:
+        return "the port must be a number from 1 to 65535"
+    return None
+
+
 def _expand(value: str) -> str:
     """``${VAR}`` from the environment, percent-encoded (credentials may hold ``@`` or ``/``)."""
     return _VAR_RE.sub(lambda m: urllib.parse.quote(os.environ[m.group(1)], safe=""), value)
 
 
+def _numeric(annotation: Any) -> tuple[bool, bool]:
+    """``(numeric, list of numbers)`` for a field's annotation (bool itself is not numeric)."""
+    def number(tp: Any) -> bool:
+        if get_origin(tp) is Union or type(tp).__name__ == "UnionType":
+            return any(number(arg) for arg in get_args(tp))
+        return tp in (int, float)
+
+    if get_origin(annotation) is list:
+        return False, any(number(arg) for arg in get_args(annotation))
+    return number(annotation), False
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``weight: true`` is a mistake, not 1%: numbers are never taken from booleans."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None:
+            return value
+        numeric, numbers = _numeric(field.annotation)
+        if numeric and isinstance(value, bool):
+            raise ValueError(f"must be a number, not a boolean (got {str(value).lower()})")
+        if numbers and isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, bool):
+                    raise ValueError(f"item {i} must be a number, not a boolean "
+                                     f"(got {str(item).lower()})")
+        return value
 
 
 class EnvironmentTarget(_Strict):
@@ -117,14 +197,30 @@ class EnvironmentTarget(_Strict):
     @field_validator("base_url")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
-        if value is not None and not _URL_RE.match(value):
+        if value is None:
+            return value
+        scheme = _SCHEME_RE.match(value)
+        if scheme is not None and "@" in value[scheme.end():].split("/", 1)[0]:
+            raise ValueError(f"must not hold credentials (user:password@): name the key's "
+                             f"variable in api_key_env (got {mask_url(value)!r})")
+        if not _URL_RE.match(value):
             raise ValueError("must be an http:// or https:// URL with a host")
+        problem = _url_problem(value)
+        if problem is not None:
+            raise ValueError(f"{problem} (got {value!r})")
         return value
 
     @field_validator("api_key_env")
     @classmethod
     def _check_env_name(cls, value: str | None) -> str | None:
-        if value is not None and not _ENV_VAR_RE.match(value):
+        if value is None:
+            return value
+        if looks_like_secret(value):
+            raise ValueError(
+                f"looks like a key, not a variable name: put the key in an environment "
+                f"variable and name that variable here, e.g. GREEN_API_KEY "
+                f"(got {_masked_prefix(value)})")
+        if not _ENV_VAR_RE.match(value):
             raise ValueError("must be an environment variable name such as GREEN_API_KEY")
         return value
 
@@ -374,12 +470,21 @@ class Config(_Strict):
     @field_validator("state")
     @classmethod
     def _check_state(cls, value: str) -> str:
-        if value == "memory" or (value.startswith("file://") and len(value) > len("file://")):
+        if value == "memory":
+            return value
+        if value.startswith("file://"):
+            parts = urllib.parse.urlsplit(value)
+            if parts.netloc not in ("", "localhost") or not parts.path.strip("/"):
+                raise ValueError(f"must look like file:///absolute/path/state.json (the host "
+                                 f"must be empty or localhost) (got {mask_url(value)!r})")
             return value
         if value.startswith(("redis://", "rediss://")):
             if not _REDIS_RE.match(value):
                 raise ValueError(f"must look like redis://[:password@]host[:port][/db] "
                                  f"(got {mask_url(value)!r})")
+            problem = _url_problem(value)
+            if problem is not None:
+                raise ValueError(f"{problem} (got {mask_url(value)!r})")
             return value
         raise ValueError("must be 'memory', 'file:///path/state.json' or "
                          "'redis://[:password@]host[:port][/db]'")
@@ -387,7 +492,12 @@ class Config(_Strict):
     @field_validator("metrics_source")
     @classmethod
     def _check_source(cls, value: str) -> str:
-        if value == "local" or _SOURCE_URL_RE.match(value):
+        if value == "local":
+            return value
+        if _SOURCE_URL_RE.match(value):
+            problem = _url_problem(value)
+            if problem is not None:
+                raise ValueError(f"{problem} (got {mask_url(value)!r})")
             return value
         raise ValueError("must be 'local' or a Prometheus URL such as http://prometheus:9090")
 
@@ -412,7 +522,7 @@ class Config(_Strict):
         return self
 
 
-_URL_FIELDS = frozenset({"state", "metrics_source"})
+_URL_FIELDS = frozenset({"state", "metrics_source", "base_url"})
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SECRET_HINT = re.compile(r"(key|token|secret|authorization|password)", re.IGNORECASE)
 
@@ -433,7 +543,9 @@ def _show_value(loc: tuple[int | str, ...], value: Any) -> str:
         and "headers" in loc
     ):
         return "'***'"
-    text = repr(value)
+    if isinstance(value, str) and looks_like_secret(value):
+        return _masked_prefix(value)
+    text = mask_secrets(repr(value))
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -455,17 +567,93 @@ def _problems(error: ValidationError) -> list[tuple[str, str]]:
     return problems
 
 
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _yaml_loader() -> type[Any]:
+    """A SafeLoader with YAML 1.2 booleans: only ``true`` / ``false`` (any case) are booleans,
+    so ``on``, ``off``, ``yes``, ``no``, ``y``, ``n`` stay strings, as keys and as values."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    Loader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|false)$", re.IGNORECASE),
+                                 list("tTfF"))
+    return Loader
+
+
+def _duplicate_keys(node: Any, loc: tuple[int | str, ...], seen: set[int],
+                    problems: list[tuple[str, str]]) -> None:
+    """Every mapping key that appears twice in the composed YAML ``node`` (YAML would keep
+    only the last one silently), with its path and line."""
+    import yaml
+
+    if id(node) in seen:  # an alias of a node already walked
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            key = (key_node.tag, str(key_node.value))
+            line = key_node.start_mark.line + 1
+            child = (*loc, str(key_node.value))
+            if key in first:
+                problems.append((_format_loc(child), f"duplicate key at line {line} (first at "
+                                 f"line {first[key]}); each key may appear once"))
+            else:
+                first[key] = line
+            _duplicate_keys(value_node, child, seen, problems)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _duplicate_keys(item, (*loc, i), seen, problems)
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    import yaml
+
+    loader = _yaml_loader()(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            what = " ".join(part for part in (exc.context, exc.problem) if part)
+            raise ConfigError([("(file)", f"cannot parse {str(path)!r}: "
+                                f"{mask_secrets(what)}{where}")], str(path)) from None
+        if node is None:
+            return {}
+        problems: list[tuple[str, str]] = []
+        _duplicate_keys(node, (), set(), problems)
+        if problems:
+            raise ConfigError(problems, str(path))
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def _read_file(path: Path) -> Any:
     suffix = path.suffix.lower()
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([("(file)", f"cannot read {str(path)!r}: {exc.strerror}")]) from exc
+        raise ConfigError([("(file)", f"cannot read {str(path)!r}: {exc.strerror}")],
+                          str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([("(file)", f"cannot read {str(path)!r}: not UTF-8 text (byte "
+                            f"{exc.object[exc.start]:#04x} at offset {exc.start})")],
+                          str(path)) from None
     try:
         if suffix in (".yaml", ".yml"):
-            import yaml
-
-            return yaml.safe_load(text) or {}
+            return _load_yaml(text, path)
         if suffix == ".toml":
             if sys.version_info >= (3, 11):
                 import tomllib
@@ -474,8 +662,12 @@ def _read_file(path: Path) -> Any:
             return tomllib.loads(text)
         if suffix == ".json":
             return json.loads(text)
+    except ConfigError:
+        raise
     except Exception as exc:
-        raise ConfigError([("(file)", f"cannot parse {str(path)!r}: {exc}")], str(path)) from exc
+        reason = mask_secrets(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise ConfigError([("(file)", f"cannot parse {str(path)!r}: {reason}")],
+                          str(path)) from None
     raise ConfigError(
         [("(file)", f"unknown config file type {suffix!r} (use .yaml, .yml, .toml or .json)")],
         str(path),
@@ -516,15 +708,25 @@ def load_config(
             )
         origin = str(path)
         data = _read_file(path)
-    else:
+    elif isinstance(source, (str, os.PathLike)) and isinstance(os.fspath(source), str):
         origin = os.fspath(source)
         data = _read_file(Path(origin))
+    else:
+        raise ConfigError([("(config)", "must be a Config, a mapping or a path to a YAML/TOML/"
+                            f"JSON file (str or os.PathLike) (got {type(source).__name__})")])
     if not isinstance(data, Mapping):
         raise ConfigError([("(config)", f"must be a mapping (got {type(data).__name__})")], origin)
     data = dict(data)
+    # A file that routes nothing is a mistake (an empty file, a wrong path's stub): refuse it.
+    required: list[tuple[str, str]] = []
+    if origin is not None and data.get("rollouts") in (None, []):
+        required.append(("rollouts", "at least one rollout is required; this file defines "
+                         "none"))
+    from_env: dict[str, str] = {}
     for env_name, key in ((ENV_STATE, "state"), (ENV_METRICS_SOURCE, "metrics_source")):
         if os.environ.get(env_name):
             data[key] = os.environ[env_name]
+            from_env[key] = env_name
     # Credentials stay out of files: ``${VAR}`` in these URLs comes from the environment.
     problems = []
     for key in ("state", "metrics_source"):
@@ -538,8 +740,18 @@ def load_config(
             else:
                 data[key] = _expand(value)
     if problems:
-        raise ConfigError(problems, origin)
+        raise ConfigError(_name_env(problems, from_env), origin)
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc), origin) from None
+        raise ConfigError(_name_env(_problems(exc), from_env) + required, origin) from None
+    if required:
+        raise ConfigError(required, origin)
+    return config
+
+
+def _name_env(problems: list[tuple[str, str]], from_env: Mapping[str, str]
+              ) -> list[tuple[str, str]]:
+    """Problems of a value that came from an environment variable say so."""
+    return [(path, f"{message} (set by environment variable {from_env[path]})"
+             if path in from_env else message) for path, message in problems]

@@ -7,21 +7,24 @@ import os
 import threading
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 
 from . import _patch, _state, _worker
-from ._config import Config, load_config, mask_url
+from ._config import Config, load_config, mask_secrets, mask_url
 from ._control import apply_action, default_actor, find_rollout
-from ._errors import BlueGreenError
+from ._errors import BlueGreenError, ConfigError
 from ._rollout import Action, RolloutState, revision_of
 from ._router import Router
 from ._watcher import Watcher
-from .sources import MetricSource, open_source
+from .sources import MetricSource, SourceUnavailable, open_source
 from .sources.local import LocalSource
 from .stores import StateStore, StoreUnavailable, open_store
 from .stores.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 
 __all__ = ["flush", "install", "pause", "promote", "resume", "rollback", "set_weight", "status",
            "uninstall"]
@@ -31,44 +34,104 @@ _lock = threading.Lock()
 _local_sources: weakref.WeakKeyDictionary[Any, LocalSource] = weakref.WeakKeyDictionary()
 
 
-def _local_source(meter_provider: metrics.MeterProvider | None
-                  ) -> tuple[metrics.MeterProvider | None, LocalSource]:
-    """A LocalSource reading the provider our metrics go to.
+class _LocalPlan:
+    """The LocalSource an install will read, found or made but not attached yet: attaching it
+    to the app's MeterProvider is a change to shared state, done only once nothing else can
+    fail, and undone if the install fails after all."""
 
-    An SDK provider gets the reader attached (once). Without an SDK provider (the app set
-    none), our metrics go to a private SDK provider with the reader, so the watcher still sees
-    them.
-    """
-    from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+    def __init__(self, meter_provider: metrics.MeterProvider | None) -> None:
+        from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 
-    target = meter_provider if meter_provider is not None else metrics.get_meter_provider()
-    if isinstance(target, SdkMeterProvider):
-        source = _local_sources.get(target)
-        if source is None:
-            readers = getattr(getattr(target, "_sdk_config", None), "metric_readers", ())
-            source = next((r for r in readers if isinstance(r, LocalSource)), None)
-        if source is None:
-            add = getattr(target, "add_metric_reader", None)
-            if add is None:
-                raise BlueGreenError(
-                    "the watcher reads this process's metrics through a metric reader, and this "
-                    "opentelemetry-sdk cannot add one to an existing MeterProvider: upgrade "
-                    "opentelemetry-sdk, or create your MeterProvider with "
-                    "metric_readers=[openai_bluegreen.sources.local.LocalSource(), ...]")
-            source = LocalSource()
-            add(source)
-        _local_sources[target] = source
-        return meter_provider, source
-    private = _local_sources.get(target)
-    if private is None:
-        private = LocalSource()
-        _local_sources[target] = private
-        _private_providers[target] = SdkMeterProvider(metric_readers=[private])
-    return _private_providers[target], private
+        self.target: Any = (meter_provider if meter_provider is not None
+                            else metrics.get_meter_provider())
+        self.attach: Any = None  # the provider's add_metric_reader when a reader must be added
+        self.attached = False
+        self.known = True  # whether the provider already had its LocalSource remembered
+        self.private: SdkMeterProvider | None = None
+        if isinstance(self.target, SdkMeterProvider):
+            self.effective: metrics.MeterProvider | None = meter_provider
+            source = _local_sources.get(self.target)
+            if source is None:
+                readers = getattr(getattr(self.target, "_sdk_config", None), "metric_readers",
+                                  ())
+                source = next((r for r in readers if isinstance(r, LocalSource)), None)
+            if source is None:
+                self.attach = getattr(self.target, "add_metric_reader", None)
+                if self.attach is None:
+                    raise BlueGreenError(
+                        "the watcher reads this process's metrics through a metric reader, and "
+                        "this opentelemetry-sdk cannot add one to an existing MeterProvider: "
+                        "upgrade opentelemetry-sdk, or create your MeterProvider with "
+                        "metric_readers=[openai_bluegreen.sources.local.LocalSource(), ...]")
+                source = LocalSource()
+            self.source = source
+            return
+        # Without an SDK provider our metrics go to a private one with the reader, so the
+        # watcher still sees them.
+        private = _local_sources.get(self.target)
+        if private is None:
+            private = LocalSource()
+            self.private = SdkMeterProvider(metric_readers=[private])
+            self.effective = self.private
+        else:
+            self.effective = _private_providers[self.target]
+        self.source = private
+
+    def commit(self) -> None:
+        """Attach the reader (if new) and remember it for this provider."""
+        self.known = self.target in _local_sources
+        if self.attach is not None:
+            self.attach(self.source)
+            self.attached = True
+        _local_sources[self.target] = self.source
+        if self.private is not None:
+            _private_providers[self.target] = self.private
+
+    def undo(self) -> None:
+        """Take back what :meth:`commit` did: detach the reader, forget what it remembered."""
+        if self.attached:
+            try:
+                self.target.remove_metric_reader(self.source)
+            except Exception:
+                logger.debug("openai-bluegreen: detaching %r failed", self.source, exc_info=True)
+            self.attached = False
+        if not self.known:
+            _local_sources.pop(self.target, None)
+        if self.private is not None:
+            if _private_providers.get(self.target) is self.private:
+                del _private_providers[self.target]
+            self.private.shutdown()
 
 
 _private_providers: weakref.WeakKeyDictionary[Any, metrics.MeterProvider] = (
     weakref.WeakKeyDictionary())
+
+
+def _open_store(url: str) -> StateStore:
+    """The config's state store; a store that cannot be opened is a config problem."""
+    try:
+        return open_store(url)
+    except StoreUnavailable as exc:
+        raise ConfigError([("state", f"cannot open state store {mask_url(url)!r}: "
+                            f"{mask_secrets(str(exc))}")]) from None
+
+
+def _open_source(url: str) -> MetricSource:
+    """The config's Prometheus source; one that cannot be opened is a config problem."""
+    try:
+        return open_source(url)
+    except (SourceUnavailable, ValueError) as exc:
+        raise ConfigError([("metrics_source", f"cannot open metrics source {mask_url(url)!r}: "
+                            f"{mask_secrets(str(exc))}")]) from None
+
+
+def _close(*parts: Any) -> None:
+    for part in parts:
+        try:
+            if part is not None:
+                part.close()
+        except Exception:
+            logger.debug("openai-bluegreen: closing %r failed", part, exc_info=True)
 
 
 def install(
@@ -86,8 +149,9 @@ def install(
         meter_provider: Where metrics go; default: the global provider.
 
     Raises:
-        ConfigError: The config is invalid; every bad field is named with its value and nothing
-            is installed (a previous installation stays as it was).
+        ConfigError: The config is invalid, or its state store or metrics source cannot be
+            opened; every bad field is named with its value and nothing is installed (a
+            previous installation stays as it was).
     """
     validated = load_config(config)
     scheduled = any(r.schedule is not None for r in validated.rollouts)
@@ -96,28 +160,45 @@ def install(
         if (current is not None and current.config == validated
                 and current.providers == (tracer_provider, meter_provider)):
             return
-        effective_mp: metrics.MeterProvider | None = meter_provider
+        # First everything that can fail (opening the store and the source, building the
+        # router); only then what other code sees (the app's MeterProvider, the gauges, the
+        # patch, the installed router). A failure undoes what this call made.
+        store: StateStore | None = None
         source: MetricSource | None = None
-        if scheduled and validated.metrics_source == "local":
-            effective_mp, source = _local_source(meter_provider)
-            if validated.state != "memory":
-                logger.warning(
-                    "openai-bluegreen: state %s is shared, but metrics_source is 'local': "
-                    "whichever process leads judges only its own calls. For a fleet, point "
-                    "metrics_source at the Prometheus that scrapes every replica.",
-                    mask_url(validated.state))
-        elif scheduled:
-            source = open_source(validated.metrics_source)
-        router = Router(validated, tracer_provider=tracer_provider, meter_provider=effective_mp)
-        router.providers = (tracer_provider, meter_provider)
+        plan: _LocalPlan | None = None
+        router: Router | None = None
+        try:
+            effective_mp: metrics.MeterProvider | None = meter_provider
+            if scheduled:
+                previous = _state.watcher
+                if validated.state == "memory" and previous is not None \
+                        and previous.store.url == "memory":
+                    store = MemoryStore(_kept_states(previous, validated))
+                else:
+                    store = _open_store(validated.state)
+                if validated.metrics_source == "local":
+                    plan = _LocalPlan(meter_provider)
+                    effective_mp, source = plan.effective, plan.source
+                else:
+                    source = _open_source(validated.metrics_source)
+            if plan is not None:
+                plan.commit()
+            router = Router(validated, tracer_provider=tracer_provider,
+                            meter_provider=effective_mp)
+            router.providers = (tracer_provider, meter_provider)
+        except BaseException:
+            if plan is not None:
+                plan.undo()
+            _close(store, source if plan is None else None)  # a LocalSource may be in use
+            raise
+        if plan is not None and validated.state != "memory":
+            logger.warning(
+                "openai-bluegreen: state %s is shared, but metrics_source is 'local': "
+                "whichever process leads judges only its own calls. For a fleet, point "
+                "metrics_source at the Prometheus that scrapes every replica.",
+                mask_url(validated.state))
         watcher = None
-        if scheduled:
-            previous = _state.watcher
-            if validated.state == "memory" and previous is not None \
-                    and previous.store.url == "memory":
-                store: StateStore = MemoryStore(_kept_states(previous, validated))
-            else:
-                store = open_store(validated.state)
+        if scheduled and store is not None:
             watcher = Watcher(validated, store, source, apply_weight=router.set_weight,
                               tracer_provider=tracer_provider, meter_provider=effective_mp)
             try:  # pick up a rollout already under way (another process, a restart)
@@ -160,12 +241,7 @@ def _stop_watcher() -> None:
     _state.watcher = None
     if watcher is not None:
         watcher.stop()
-        for part in (watcher.store, watcher.source):
-            try:
-                if part is not None:
-                    part.close()
-            except Exception:
-                logger.debug("openai-bluegreen: closing %r failed", part, exc_info=True)
+        _close(watcher.store, watcher.source)
 
 
 def _after_fork_in_child() -> None:
