@@ -41,8 +41,9 @@ def per_call_us(fn: object) -> float:
 def main() -> int:
     client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="x", max_retries=0)
     resource = client.chat.completions
-    wrapper = _patch._sync_wrapper("chat", None)
-    kwargs = {"model": "bench-model", "messages": [{"role": "user", "content": "x"}]}
+    wrapper = _patch._sync_wrapper("chat", None, "chat_completions")
+    kwargs = {"model": "bench-model", "messages": [{"role": "user", "content": "x"}],
+              "temperature": 0.7, "max_tokens": 256}
 
     def wrapped(*_args: object, **_kwargs: object) -> ChatCompletion:
         return CANNED

@@ -94,3 +94,63 @@ def test_time_to_first_chunk_uses_the_semconv_boundaries_up_to_82_seconds(
     ((_, point),) = telemetry.points("gen_ai.client.operation.time_to_first_chunk")
     assert tuple(point.explicit_bounds) == tuple(DURATION_BUCKETS)
     assert point.explicit_bounds[-1] == 81.92
+
+
+def test_request_parameters_are_on_the_span_as_each_environment_sent_them(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    config = rollout_config(green, weight=50, sticky=["user"])
+    config["rollouts"][0]["green"]["params"] = {"temperature": 0.1, "max_tokens": 64}
+    install(config)
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    for user in (f"user-{i}" for i in range(40)):
+        client.chat.completions.create(model="gpt-4.1", messages=MSGS, user=user,
+                                       temperature=0.7, max_completion_tokens=256, top_p=0.9,
+                                       seed=7, stop=["END"], n=2, frequency_penalty=0.5)
+    spans = [dict(s.attributes or {}) for s in telemetry.spans()]
+    assert {s["bluegreen.environment"] for s in spans} == {"blue", "green"}
+    for attrs in spans:
+        green_side = attrs["bluegreen.environment"] == "green"
+        assert attrs["gen_ai.request.temperature"] == (0.1 if green_side else 0.7)
+        assert attrs["gen_ai.request.max_tokens"] == (64 if green_side else 256)
+        assert attrs["gen_ai.request.top_p"] == 0.9
+        assert attrs["gen_ai.request.seed"] == 7
+        assert attrs["gen_ai.request.stop_sequences"] == ("END",)
+        assert attrs["gen_ai.request.choice.count"] == 2
+        assert attrs["gen_ai.request.frequency_penalty"] == 0.5
+        assert attrs["openai.api.type"] == "chat_completions"
+        assert "gen_ai.request.stream" not in attrs
+        assert "gen_ai.request.presence_penalty" not in attrs  # not sent
+
+
+def test_streams_carry_the_stream_flag_and_their_time_to_first_chunk(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    install(rollout_config(green, weight=100))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    for event in client.responses.create(model="gpt-4.1", input="hi", stream=True,
+                                         max_output_tokens=32):
+        del event
+    client.embeddings.create(model="gpt-4.1", input="hi", encoding_format="float")
+    streamed, embedded = (dict(s.attributes or {}) for s in telemetry.spans())
+    assert streamed["gen_ai.request.stream"] is True
+    assert streamed["openai.api.type"] == "responses"
+    assert streamed["gen_ai.request.max_tokens"] == 32
+    ((_, point),) = telemetry.points("gen_ai.client.operation.time_to_first_chunk")
+    assert streamed["gen_ai.response.time_to_first_chunk"] == pytest.approx(point.sum)
+    assert embedded["gen_ai.request.encoding_formats"] == ("float",)
+    assert "openai.api.type" not in embedded
+    assert "gen_ai.response.time_to_first_chunk" not in embedded
+
+
+def test_request_parameters_never_become_metric_attributes(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    install(rollout_config(green, weight=100))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    for seed in range(5):
+        client.chat.completions.create(model="gpt-4.1", messages=MSGS, seed=seed)
+    points = telemetry.points("gen_ai.client.operation.duration")
+    assert len(points) == 1  # one series whatever the seeds
+    assert not any(key.startswith("gen_ai.request.") and key != "gen_ai.request.model"
+                   for key in points[0][0])

@@ -85,12 +85,15 @@ class Call:
     freed with the caller's frame: nothing allocated for the call outlives it (see ``_worker``).
     """
 
-    __slots__ = ("fallback", "fell_back", "kwargs", "lane", "output", "parent", "prefetch",
-                 "rollout", "router", "span_start_ns", "start", "start_ns", "stream", "text")
+    __slots__ = ("api_type", "fallback", "fell_back", "kwargs", "lane", "output", "parent",
+                 "prefetch", "rollout", "router", "span_start_ns", "start", "start_ns", "stream",
+                 "text", "ttfc")
 
     def __init__(self, router: Router, rollout: RolloutRuntime, operation: str, instance: Any,
-                 kwargs: dict[str, Any]) -> None:
+                 kwargs: dict[str, Any], api_type: str | None = None) -> None:
         self.router = router
+        self.api_type = api_type
+        self.ttfc: float | None = None
         self.rollout = rollout
         self.kwargs = kwargs
         env = rollout.choose(kwargs)
@@ -150,26 +153,28 @@ class Call:
     def first_chunk(self, at: float) -> None:
         # Recorded now, not when the stream ends: the watcher judges time to first chunk while
         # long streams are still running.
-        _worker.submit(_record_ttfc, self.router.instruments, at - self.start,
-                       self.lane.metric_attrs)
+        self.ttfc = at - self.start
+        _worker.submit(_record_ttfc, self.router.instruments, self.ttfc, self.lane.metric_attrs)
 
     def finished(self, described: Described, etype: str | None, end: float) -> None:
         """The call is over for the caller: queue its telemetry for the worker."""
+        attrs = self.lane.request_attrs(self.kwargs, self.api_type)  # as the answering lane sent
         self.kwargs = _DONE  # the request (messages and all) need not outlive the call
         response_id, response_model, reasons, in_tokens, out_tokens = described
-        # 15 arguments: a record stays within _worker.MAX_RECORD items (see there).
+        content = None if self.text is None and self.output is None else (self.text, self.output)
+        # 16 arguments: a record stays within _worker.MAX_RECORD items (see there).
         _worker.submit(_emit, self.router, self.lane, self.parent, self.span_start_ns,
                        self.start_ns, end - self.start, etype, self.fallback,
                        response_id, response_model, T.intern_reasons(reasons),
-                       in_tokens, out_tokens, self.text, self.output)
+                       in_tokens, out_tokens, attrs, self.ttfc, content)
 
 
 def _emit(router: Router, lane: Lane, parent: context.Context, span_start_ns: int,
           start_ns: int, elapsed: float, etype: str | None,
           fallback: tuple[str, str, float, int] | None,
           response_id: str | None, response_model: str | None, reasons: tuple[str, ...],
-          in_tokens: int | None, out_tokens: int | None, text: str | None, output: str | None
-          ) -> None:
+          in_tokens: int | None, out_tokens: int | None, base_attrs: dict[str, Any],
+          ttfc: float | None, content: tuple[str | None, str | None] | None) -> None:
     """Run by the worker: record duration and usage; emit the span.
 
     The span is started and ended here, with every attribute given at start (samplers see them
@@ -178,7 +183,7 @@ def _emit(router: Router, lane: Lane, parent: context.Context, span_start_ns: in
     the answering attempt's (``start_ns`` is when that attempt began).
     """
     instruments = router.instruments
-    attrs: dict[str, Any] = dict(lane.span_attrs)
+    attrs: dict[str, Any] = dict(base_attrs)
     if fallback is not None:
         attrs[T.FALLBACK] = True
     if etype is not None:
@@ -198,10 +203,14 @@ def _emit(router: Router, lane: Lane, parent: context.Context, span_start_ns: in
     if out_tokens is not None:
         attrs[T.OUTPUT_TOKENS] = out_tokens
         instruments.tokens.record(out_tokens, lane.token_attrs[1])
-    if text is not None:
-        attrs[T.INPUT_MESSAGES] = text
-    if output is not None:
-        attrs[T.OUTPUT_MESSAGES] = output
+    if ttfc is not None:
+        attrs[T.RESPONSE_TTFC] = ttfc
+    if content is not None:
+        text, output = content
+        if text is not None:
+            attrs[T.INPUT_MESSAGES] = text
+        if output is not None:
+            attrs[T.OUTPUT_MESSAGES] = output
     span = router.tracer.start_span(lane.span_name, context=parent, kind=SpanKind.CLIENT,
                                     attributes=attrs, start_time=span_start_ns)
     if fallback is not None:

@@ -64,6 +64,10 @@ HELPER_SURFACES: tuple[tuple[str, str, str, str], ...] = (
      "aexit"),
 )
 
+# openai.api.type of a surface's module (the Responses API's calls are "chat" operations too).
+_API_TYPES = {"openai.resources.chat.completions": "chat_completions",
+              "openai.resources.responses": "responses"}
+
 _patched: list[tuple[type, str, Any]] = []
 _lock = threading.Lock()
 
@@ -84,9 +88,9 @@ def _route(router: Router | None, instance: Any, kwargs: dict[str, Any]) -> Roll
 
 
 def _start(router: Router, rollout: RolloutRuntime, operation: str, instance: Any,
-           kwargs: dict[str, Any]) -> Call | None:
+           kwargs: dict[str, Any], api_type: str | None) -> Call | None:
     try:
-        return Call(router, rollout, operation, instance, kwargs)
+        return Call(router, rollout, operation, instance, kwargs, api_type)
     except Exception:  # a routing fault never breaks the caller: fail open to blue
         logger.exception("openai-bluegreen: routing failed; sending this call to blue")
         return None
@@ -134,7 +138,7 @@ def _end_without_body(call: Call) -> None:
     call.finished(NOTHING, None, time.perf_counter())
 
 
-def _sync_wrapper(operation: str, original: Any) -> Callable[..., Any]:
+def _sync_wrapper(operation: str, original: Any, api_type: str | None) -> Callable[..., Any]:
     stream_type, async_stream_type, legacy, lazy = _sdk_types()
     streams = (stream_type, async_stream_type)
 
@@ -143,7 +147,7 @@ def _sync_wrapper(operation: str, original: Any) -> Callable[..., Any]:
         rollout = _route(router, instance, kwargs)
         if rollout is None or router is None:
             return wrapped(*args, **kwargs)
-        call = _start(router, rollout, operation, instance, kwargs)
+        call = _start(router, rollout, operation, instance, kwargs, api_type)
         if call is None:
             return wrapped(*args, **_fail_open(rollout, kwargs))
         while True:
@@ -180,7 +184,7 @@ def _sync_wrapper(operation: str, original: Any) -> Callable[..., Any]:
     return wrapper
 
 
-def _async_wrapper(operation: str, original: Any) -> Callable[..., Any]:
+def _async_wrapper(operation: str, original: Any, api_type: str | None) -> Callable[..., Any]:
     sync_stream_type, stream_type, legacy, lazy = _sdk_types()
     streams = (sync_stream_type, stream_type)
 
@@ -189,7 +193,7 @@ def _async_wrapper(operation: str, original: Any) -> Callable[..., Any]:
         rollout = _route(router, instance, kwargs)
         if rollout is None or router is None:
             return await wrapped(*args, **kwargs)
-        call = _start(router, rollout, operation, instance, kwargs)
+        call = _start(router, rollout, operation, instance, kwargs, api_type)
         if call is None:
             return await wrapped(*args, **_fail_open(rollout, kwargs))
         while True:
@@ -274,7 +278,8 @@ def patch() -> None:
                     continue  # older SDKs lack some surfaces (e.g. responses.parse)
                 original = cls.__dict__[method]
                 factory = _async_wrapper if class_name.startswith("Async") else _sync_wrapper
-                wrapt.wrap_function_wrapper(cls, method, factory(operation, original))
+                wrapt.wrap_function_wrapper(cls, method, factory(operation, original,
+                                                                 _API_TYPES.get(module_name)))
                 _patched.append((cls, method, original))
             for module_name, class_name, method, kind in HELPER_SURFACES:
                 try:

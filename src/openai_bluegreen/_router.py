@@ -118,6 +118,27 @@ class RolloutRuntime:
         return "green" if draw < weight else "blue"
 
 
+_MAX_SHARED_REQUEST_ATTRS = 256  # per lane; beyond, each call gets its own dict
+
+
+def _attribute_value(name: str, value: Any) -> Any:
+    """A request parameter as an attribute value, or ``None`` to leave it out (absent, an SDK
+    sentinel, or a value an attribute cannot hold)."""
+    if value is None or isinstance(value, (dict, set)) or type(value).__name__ in (
+            "NotGiven", "Omit"):
+        return None
+    if name in ("stop", "encoding_format"):
+        items = (value,) if isinstance(value, str) else value
+        if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items):
+            return tuple(items)
+        return None
+    if name == "n":
+        return value if isinstance(value, int) and value != 1 else None  # 1 is the default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value
+
+
 def _host_port(base_url: Any) -> tuple[str | None, int | None]:
     try:
         parts = urlsplit(str(base_url))
@@ -130,8 +151,9 @@ def _host_port(base_url: Any) -> tuple[str | None, int | None]:
 class Lane:
     """Precomputed routing and telemetry for one (client, rollout, environment, operation)."""
 
-    __slots__ = ("client", "env", "error_attrs", "headers", "metric_attrs", "model", "params",
-                 "resources", "rollout", "span_attrs", "span_name", "token_attrs")
+    __slots__ = ("_request_attrs", "client", "env", "error_attrs", "headers", "metric_attrs",
+                 "model", "params", "resources", "rollout", "span_attrs", "span_name",
+                 "token_attrs")
 
     def __init__(self, rollout: RolloutRuntime, env: Environment, operation: str,
                  requested_model: str, caller_client: Any, own_client: Any | None) -> None:
@@ -184,6 +206,44 @@ class Lane:
             {**metric_attrs, T.TOKEN_TYPE: "output"},
         )
         self.error_attrs: dict[str, dict[str, Any]] = {}
+        self._request_attrs: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def request_attrs(self, kwargs: dict[str, Any], api_type: str | None) -> dict[str, Any]:
+        """The span attributes of a call on this lane: ``span_attrs`` plus the request's
+        parameters as sent. One shared dict per distinct set of parameters (apps use a few),
+        so what waits in the worker's queue is an object that exists anyway."""
+        get = kwargs.get
+        stop = get("stop")
+        key = (api_type, get("stream"), get("temperature"), get("top_p"), get("max_tokens"),
+               get("max_completion_tokens"), get("max_output_tokens"),
+               get("frequency_penalty"), get("presence_penalty"), get("seed"),
+               tuple(stop) if stop.__class__ is list else stop, get("n"),
+               get("encoding_format"))
+        try:
+            attrs = self._request_attrs.get(key)
+        except TypeError:  # an unhashable value: not shared
+            return self._build_request_attrs(kwargs, api_type)
+        if attrs is None:
+            attrs = self._build_request_attrs(kwargs, api_type)
+            if len(self._request_attrs) < _MAX_SHARED_REQUEST_ATTRS:
+                attrs = self._request_attrs.setdefault(key, attrs)
+        return attrs
+
+    def _build_request_attrs(self, kwargs: dict[str, Any], api_type: str | None
+                             ) -> dict[str, Any]:
+        attrs = dict(self.span_attrs)
+        if api_type is not None:
+            attrs[T.API_TYPE] = api_type
+        if kwargs.get("stream") is True:
+            attrs[T.REQUEST_STREAM] = True
+        # The caller's values, then the environment's params over them (what the provider
+        # is told last wins, also across spellings of the token limit).
+        for source in (kwargs, self.params):
+            for name, attribute in T.REQUEST_PARAMS:
+                value = _attribute_value(name, source.get(name))
+                if value is not None:
+                    attrs[attribute] = value
+        return attrs
 
     def attrs_for_error(self, error_type: str) -> dict[str, Any]:
         attrs = self.error_attrs.get(error_type)

@@ -33,6 +33,24 @@ OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 TOKEN_TYPE = "gen_ai.token.type"
 INPUT_MESSAGES = "gen_ai.input.messages"
 OUTPUT_MESSAGES = "gen_ai.output.messages"
+REQUEST_STREAM = "gen_ai.request.stream"
+RESPONSE_TTFC = "gen_ai.response.time_to_first_chunk"
+API_TYPE = "openai.api.type"
+# Request parameters recorded on the span: (keyword argument, attribute), as sent (the
+# environment's ``params`` override the caller's). Three spellings of the token limit.
+REQUEST_PARAMS: tuple[tuple[str, str], ...] = (
+    ("temperature", "gen_ai.request.temperature"),
+    ("top_p", "gen_ai.request.top_p"),
+    ("max_tokens", "gen_ai.request.max_tokens"),
+    ("max_completion_tokens", "gen_ai.request.max_tokens"),
+    ("max_output_tokens", "gen_ai.request.max_tokens"),
+    ("frequency_penalty", "gen_ai.request.frequency_penalty"),
+    ("presence_penalty", "gen_ai.request.presence_penalty"),
+    ("seed", "gen_ai.request.seed"),
+    ("stop", "gen_ai.request.stop_sequences"),
+    ("n", "gen_ai.request.choice.count"),
+    ("encoding_format", "gen_ai.request.encoding_formats"),
+)
 SERVER_ADDRESS = "server.address"
 SERVER_PORT = "server.port"
 ERROR_TYPE = "error.type"
