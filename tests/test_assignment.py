@@ -144,3 +144,45 @@ def test_set_weight_validates_and_names_unknown_rollouts(install: Any,
         openai_bluegreen.set_weight("chat-upgrade", 120)
     openai_bluegreen.set_weight("chat-upgrade", 12.5)
     assert openai_bluegreen.status()["rollouts"][0]["weight"] == 12.5
+
+
+def test_responses_follow_ups_go_where_their_previous_response_is(
+    install: Any, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    """Each provider holds its own responses (the simulator, like OpenAI, refuses another's
+    previous_response_id): a follow-up must reach the environment that answered before, even
+    with per-call random draws, a weight change and force()."""
+    install(rollout_config(green, weight=50))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    firsts = [client.responses.create(model="gpt-4.1", input="hi") for _ in range(30)]
+    streamed = list(client.responses.create(model="gpt-4.1", input="hi", stream=True))
+    firsts.append(streamed[-1].response)
+    assert {r.model for r in firsts} == {"blue-model", "green-model"}
+    openai_bluegreen.set_weight("chat-upgrade", 100)
+    with openai_bluegreen.force("blue"):
+        for first in firsts:
+            follow_up = client.responses.create(model="gpt-4.1", input="and then?",
+                                                previous_response_id=first.id)
+            assert follow_up.model == first.model
+    assert all(r.status == 200 for r in blue.requests + green.requests)
+
+
+def test_simulator_refuses_a_previous_response_it_does_not_hold(
+    blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    on_green = openai.OpenAI(base_url=green.base_url, api_key="k", max_retries=0)
+    first = on_green.responses.create(model="m", input="hi")
+    on_blue = openai.OpenAI(base_url=blue.base_url, api_key="k", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="not found"):
+        on_blue.responses.create(model="m", input="more", previous_response_id=first.id)
+
+
+def test_stored_conversations_stay_on_the_callers_endpoint(
+    install: Any, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    install(rollout_config(green, weight=100))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    client.responses.create(model="gpt-4.1", input="hi", conversation="conv_123")
+    client.responses.create(model="gpt-4.1", input="hi")
+    assert [r.body.get("conversation") for r in blue.requests] == ["conv_123"]
+    assert len(green.requests) == 1

@@ -161,6 +161,8 @@ class Call:
         attrs = self.lane.request_attrs(self.kwargs, self.api_type)  # as the answering lane sent
         self.kwargs = _DONE  # the request (messages and all) need not outlive the call
         response_id, response_model, reasons, in_tokens, out_tokens = described
+        if response_id is not None and self.api_type == "responses" and etype is None:
+            self.rollout.remember_response(response_id, self.lane.env)
         content = None if self.text is None and self.output is None else (self.text, self.output)
         # 16 arguments: a record stays within _worker.MAX_RECORD items (see there).
         _worker.submit(_emit, self.router, self.lane, self.parent, self.span_start_ns,

@@ -7,6 +7,7 @@ and the frozen attribute sets for spans and metrics. The hot path only does dict
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
@@ -84,8 +85,8 @@ class TargetRuntime:
 class RolloutRuntime:
     """A rollout as the hot path sees it. ``weight_bp`` is replaced atomically by set_weight."""
 
-    __slots__ = ("blue", "fallback_enabled", "fallback_on", "green", "green_max_retries", "name",
-                 "salt", "sticky", "weight_bp")
+    __slots__ = ("blue", "conversation_env", "fallback_enabled", "fallback_on", "green",
+                 "green_max_retries", "name", "responses", "salt", "sticky", "weight_bp")
 
     def __init__(self, rollout: Rollout, blue: TargetRuntime, green: TargetRuntime) -> None:
         self.name = rollout.name
@@ -97,9 +98,35 @@ class RolloutRuntime:
         self.fallback_enabled = rollout.fallback.enabled
         self.fallback_on = frozenset(rollout.fallback.on)
         self.green_max_retries = rollout.fallback.green_max_retries
+        # Responses API state lives at the provider that made it. The responses this process
+        # saw answered, by environment, so a follow-up (previous_response_id) goes where its
+        # predecessor is; bounded, oldest forgotten first.
+        self.responses: dict[str, Environment] = {}
+        # A stored conversation (conversation=...) was made through the caller's own client:
+        # when exactly one environment keeps the caller's endpoint, that is where it lives.
+        self.conversation_env: Environment | None = (
+            "blue" if green.base_url is not None and blue.base_url is None
+            else "green" if blue.base_url is not None and green.base_url is None else None)
+
+    def remember_response(self, response_id: str, env: Environment) -> None:
+        """A Responses API response answered by ``env``: its follow-ups go there too."""
+        responses = self.responses
+        responses[response_id] = env
+        if len(responses) > MAX_REMEMBERED_RESPONSES:
+            # Another thread may evict or insert at the same time: then it did the work.
+            with contextlib.suppress(RuntimeError, StopIteration, KeyError):
+                del responses[next(iter(responses))]
 
     def choose(self, kwargs: dict[str, Any]) -> Environment:
-        """blue or green for one call: force, else sticky key hash, else a random draw."""
+        """blue or green for one call: where a Responses follow-up's state is, else force, else
+        sticky key hash, else a random draw."""
+        previous = kwargs.get("previous_response_id")
+        if previous.__class__ is str:
+            pinned = self.responses.get(previous)
+            if pinned is not None:
+                return pinned
+        if self.conversation_env is not None and kwargs.get("conversation") is not None:
+            return self.conversation_env
         forced = current_force()
         if forced is not None:
             return forced
@@ -118,6 +145,7 @@ class RolloutRuntime:
         return "green" if draw < weight else "blue"
 
 
+MAX_REMEMBERED_RESPONSES = 100_000  # per rollout: ~10 MB of ids at most
 _MAX_SHARED_REQUEST_ATTRS = 256  # per lane; beyond, each call gets its own dict
 
 

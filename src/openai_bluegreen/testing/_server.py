@@ -38,6 +38,7 @@ _WORDS = ("blue", "green", "rollout", "canary", "model", "latency", "token", "st
           "signal")
 _MAX_BODY = 8 * 1024 * 1024
 _NORMAL = NormalDist()
+_MAX_REMEMBERED = 100_000  # Responses API ids a server keeps for previous_response_id
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,11 @@ class SimulatedUpstream:
         self.status_counts: collections.Counter[int] = collections.Counter()
         self._rng = random.Random(self.settings.seed)
         self._ids = itertools.count(1)
+        # Responses API ids are unique to this server, and it remembers the ones it made: a
+        # follow-up naming another server's response (previous_response_id) is refused, as
+        # OpenAI refuses a response id it does not hold.
+        self._id_prefix = f"{random.getrandbits(32):08x}"
+        self._response_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._bucket: _TokenBucket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -298,6 +304,14 @@ class SimulatedUpstream:
         except ValueError as exc:
             await self._send_json(writer, 400, {"error": {"message": f"invalid JSON: {exc}"}})
             return True
+        previous = body.get("previous_response_id") if route == "/responses" else None
+        if previous is not None and previous not in self._response_ids:
+            self.requests.append(RecordedRequest(method, route, headers, body, 400, query))
+            await self._send_json(writer, 400, {"error": {
+                "message": f"Previous response with id '{previous}' not found.",
+                "type": "invalid_request_error", "param": "previous_response_id",
+                "code": "previous_response_not_found"}})
+            return True
         settings, u, status, stall, cut = self._draw()
         if stall:
             self.status_counts[408] += 1
@@ -370,7 +384,15 @@ class SimulatedUpstream:
                     data.append({"object": "embedding", "index": i, "embedding": vector})
             return {"object": "list", "data": data, "model": model,
                     "usage": {"prompt_tokens": n_in, "total_tokens": n_in}}
-        return self._response_object(f"resp_{ident}", model, text, n_in, n_out, "completed", now)
+        return self._response_object(self._response_id(ident), model, text, n_in, n_out,
+                                     "completed", now)
+
+    def _response_id(self, ident: int) -> str:
+        rid = f"resp_{self._id_prefix}{ident:06d}"
+        self._response_ids[rid] = None
+        if len(self._response_ids) > _MAX_REMEMBERED:
+            self._response_ids.popitem(last=False)
+        return rid
 
     @staticmethod
     def _response_object(ident: str, model: str, text: str | None, n_in: int, n_out: int,
@@ -421,7 +443,8 @@ class SimulatedUpstream:
                                         "finish_reason": "stop"}]}
             yield "[DONE]"
         else:
-            rid, mid = f"resp_{ident}", f"msg_resp_{ident}"
+            rid = self._response_id(ident)
+            mid = f"msg_{rid}"
             seq = itertools.count()
             pending = self._response_object(rid, model, None, n_in, n_out, "in_progress", now)
             yield {"type": "response.created", "sequence_number": next(seq), "response": pending}
