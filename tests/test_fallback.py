@@ -197,3 +197,39 @@ def test_green_sdk_retries_are_off_when_fallback_is_on(
     with openai_bluegreen.force("green"):
         assert client.chat.completions.create(model="gpt-4.1", messages=MSGS).model == "blue-model"
     assert len(green_always_503.requests) == 1  # green_max_retries=0: straight to blue
+
+
+@pytest.mark.parametrize("lifecycle_events", [1, 2])
+def test_green_responses_stream_cut_after_its_lifecycle_events_falls_back(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+    lifecycle_events: int,
+) -> None:
+    """response.created / response.in_progress are not the answer: a green stream that fails
+    after them, before its first chunk reached the caller, is still retried on blue."""
+    green.configure(disconnect_rate=1.0, disconnect_after_chunks=lifecycle_events)
+    install(rollout_config(green, weight=100))
+    events = list(_client(blue).responses.create(model="gpt-4.1", input="hi", stream=True))
+    assert events[0].type == "response.created"
+    assert events[-1].response.model == "blue-model"
+    assert len(green.requests) == 1
+    assert telemetry.count("bluegreen.fallbacks") == 1
+    assert telemetry.count("gen_ai.client.operation.time_to_first_chunk",
+                           bluegreen__environment="blue") == 1
+
+
+@pytest.mark.asyncio
+async def test_async_green_responses_stream_cut_after_its_first_chunk_reaches_the_caller(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    green.configure(disconnect_rate=1.0, disconnect_after_chunks=3)  # created, in_progress, 1
+    install(rollout_config(green, weight=100))
+    client = openai.AsyncOpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    seen = []
+    with pytest.raises(Exception):  # noqa: B017 - openai's (3.x) or httpx's (1.x, 2.x)
+        async for event in await client.responses.create(model="gpt-4.1", input="hi",
+                                                         stream=True):
+            seen.append(event.type)
+    assert seen == ["response.created", "response.in_progress", "response.output_item.added"]
+    assert not blue.requests  # bytes of the answer had reached the caller: no silent retry
+    assert telemetry.count("bluegreen.fallbacks") == 0
+    await client.close()

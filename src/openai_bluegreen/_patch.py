@@ -20,10 +20,11 @@ from . import _state
 from ._call import NOTHING, Call
 from ._router import RolloutRuntime, Router
 from ._streams import (
-    MISSING,
+    PREFETCH_MAX,
     AsyncStreamProxy,
     RawStreamResponse,
     SyncStreamProxy,
+    counts_as_first,
     end_helper_stream,
 )
 
@@ -163,15 +164,20 @@ def _sync_wrapper(operation: str, original: Any, api_type: str | None) -> Callab
                 return _finish_plain(call, result, legacy, lazy, streams)
             if not call.prefetch:
                 return SyncStreamProxy(result, call)
-            # Green stream with fallback on: pull the first chunk now, so a failure before
-            # any byte reached the caller can still be retried on blue.
+            # Green stream with fallback on: pull up to the first chunk now (past a Responses
+            # stream's lifecycle events: response.created, ...), so a failure before any of it
+            # reached the caller can still be retried on blue.
+            pending: list[Any] = []
+            error = None
             try:
-                first = result.__next__()
-                error = None
+                while len(pending) < PREFETCH_MAX:
+                    pending.append(result.__next__())
+                    if counts_as_first(pending[-1]):
+                        break
             except StopIteration:
-                first, error = MISSING, None
+                pass
             except Exception as exc:
-                first, error = MISSING, exc
+                error = exc
             except BaseException as exc:
                 _quietly(call.failed, exc)
                 raise
@@ -179,7 +185,7 @@ def _sync_wrapper(operation: str, original: Any, api_type: str | None) -> Callab
                 _quietly(result.close)
                 call.switch_to_blue(error, instance)
                 continue
-            return SyncStreamProxy(result, call, first, error)
+            return SyncStreamProxy(result, call, pending, error)
 
     return wrapper
 
@@ -211,13 +217,17 @@ def _async_wrapper(operation: str, original: Any, api_type: str | None) -> Calla
                 return _finish_plain(call, result, legacy, lazy, streams)
             if not call.prefetch:
                 return AsyncStreamProxy(result, call)
+            pending: list[Any] = []
+            error = None
             try:
-                first = await result.__anext__()
-                error = None
+                while len(pending) < PREFETCH_MAX:
+                    pending.append(await result.__anext__())
+                    if counts_as_first(pending[-1]):
+                        break
             except StopAsyncIteration:
-                first, error = MISSING, None
+                pass
             except Exception as exc:
-                first, error = MISSING, exc
+                error = exc
             except BaseException as exc:
                 _quietly(call.failed, exc)
                 raise
@@ -228,7 +238,7 @@ def _async_wrapper(operation: str, original: Any, api_type: str | None) -> Calla
                     logger.debug("openai-bluegreen: closing failed stream", exc_info=True)
                 call.switch_to_blue(error, instance)
                 continue
-            return AsyncStreamProxy(result, call, first, error)
+            return AsyncStreamProxy(result, call, pending, error)
 
     return wrapper
 

@@ -125,7 +125,9 @@ class RolloutRuntime:
             pinned = self.responses.get(previous)
             if pinned is not None:
                 return pinned
-        if self.conversation_env is not None and kwargs.get("conversation") is not None:
+        # A conversation id, or {"id": ...}; the stream() helpers pass the SDK's sentinel.
+        if (self.conversation_env is not None
+                and isinstance(kwargs.get("conversation"), (str, dict))):
             return self.conversation_env
         forced = current_force()
         if forced is not None:

@@ -15,10 +15,9 @@ import wrapt
 from . import _telemetry as T
 from ._call import NOTHING, Call, error_type
 
-__all__ = ["MISSING", "AsyncStreamProxy", "RawStreamResponse", "SyncStreamProxy",
-           "end_helper_stream"]
+__all__ = ["PREFETCH_MAX", "AsyncStreamProxy", "RawStreamResponse",
+           "SyncStreamProxy", "counts_as_first", "end_helper_stream"]
 
-MISSING: Any = object()
 _perf = time.perf_counter
 _LIFECYCLE = frozenset({"response.created", "response.in_progress", "response.queued"})
 
@@ -63,18 +62,23 @@ def _escaped(exc: BaseException | None) -> BaseException | None:
     return None if exc is None or isinstance(exc, GeneratorExit) else exc
 
 
-def _counts_as_first(item: Any) -> bool:
+def counts_as_first(item: Any) -> bool:
+    """Whether a stream item is a chunk of the answer (a Responses stream's lifecycle events,
+    ``response.created`` and the like, are not)."""
     return getattr(item, "type", None) not in _LIFECYCLE
+
+
+PREFETCH_MAX = 8  # items read ahead of the caller, at most, looking for the first chunk
 
 
 class _StreamProxyBase(wrapt.ObjectProxy[Any]):
     """State and bookkeeping shared by the sync and async proxies (no I/O)."""
 
-    def __init__(self, stream: Any, call: Call, pending: Any = MISSING,
+    def __init__(self, stream: Any, call: Call, pending: list[Any] | None = None,
                  pending_error: BaseException | None = None, first_at: float | None = None) -> None:
         super().__init__(stream)
         self._self_call = call
-        self._self_pending = pending
+        self._self_pending = pending or None  # read ahead, not yet handed to the caller
         self._self_error = pending_error
         self._self_done = False
         self._self_first = first_at is not None
@@ -82,15 +86,18 @@ class _StreamProxyBase(wrapt.ObjectProxy[Any]):
         self._self_acc = _Accumulated()
 
     def _bg_take_pending(self) -> Any:
-        item = self._self_pending
-        self._self_pending = MISSING
+        pending = self._self_pending
+        assert pending is not None
+        item = pending.pop(0)
+        if not pending:
+            self._self_pending = None
         return item
 
     def _bg_observe(self, item: Any) -> None:
         try:
             now = _perf()
             self._self_last = now
-            if not self._self_first and _counts_as_first(item):
+            if not self._self_first and counts_as_first(item):
                 self._self_first = True
                 self._self_call.first_chunk(now)
             self._self_acc.observe(item)
@@ -119,7 +126,7 @@ class SyncStreamProxy(_StreamProxyBase):
         return self
 
     def __next__(self) -> Any:
-        if self._self_pending is not MISSING:
+        if self._self_pending is not None:
             item = self._bg_take_pending()
             self._bg_observe(item)
             return item
@@ -162,7 +169,7 @@ class AsyncStreamProxy(_StreamProxyBase):
         return self
 
     async def __anext__(self) -> Any:
-        if self._self_pending is not MISSING:
+        if self._self_pending is not None:
             item = self._bg_take_pending()
             self._bg_observe(item)
             return item
