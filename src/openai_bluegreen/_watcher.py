@@ -1,12 +1,14 @@
 """The watcher: looks at the metrics every ``analysis.interval``, decides, writes, tells.
 
-One loop, off the request path (a daemon thread): every ``poll`` seconds it reads the state
-store and hands the weights to the router (the request path only ever reads those in-memory
-weights); every analysis interval it takes a metric snapshot, asks the pure policy what to do
-for each scheduled rollout, writes the result with compare-and-set (a manual action that landed
-in between wins: the watcher re-reads and decides again at its next look), and emits the
-decision as telemetry. Any fault in the store, the source or the policy is logged and the loop
-carries on; calls keep the last known weights (blue when none was ever known).
+Two daemon threads, off the request path: the follower reads the state store every ``poll``
+seconds and hands the weights to the router (the request path only ever reads those in-memory
+weights); the looker, every analysis interval, takes a metric snapshot, asks the pure policy
+what to do for each scheduled rollout, writes the result with compare-and-set (a manual action
+that landed in between wins: the watcher re-reads and decides again at its next look), and
+emits the decision as telemetry. A slow metric source therefore never delays an operator's
+action. Any fault in the store, the source or the policy is logged once when it starts and once
+when it ends, and the loops carry on; calls keep the last known weights (blue when none was
+ever known).
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ __all__ = ["Watcher"]
 logger = logging.getLogger("openai_bluegreen.watcher")
 
 DECISION = "bluegreen.decision"
+STOP_TIMEOUT = 2.0
+"""Seconds :meth:`Watcher.stop` waits for a look stuck in a store or source call."""
+_PROBLEM_KINDS = ("store", "lease", "write", "source")
 STATE = "bluegreen.state"
 _PHASES = tuple(p.value for p in Phase)
 
@@ -166,10 +171,15 @@ class Watcher:
         self._applied: dict[str, float] = {}
         self._runs: dict[str, _Run] = {}
         self.last_decisions: dict[str, Decision] = {}
-        self._store_problem: str | None = None
-        self._source_problem: str | None = None
+        self._problems: dict[str, str | None] = dict.fromkeys(_PROBLEM_KINDS)
+        self._problem_lock = threading.Lock()
+        self._write_fault: str | None = None
         self._wake = threading.Event()
         self._sync_lock = threading.Lock()
+        # Guards _states/_applied between the follower's reads and the looker's writes.
+        self._states_lock = threading.RLock()
+        self._generation = 0
+        self._written: dict[str, int] = {}  # rollout -> generation of the looker's last write
         self._unsubscribe: Callable[[], None] | None = None
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.leader = False
@@ -197,7 +207,8 @@ class Watcher:
     @property
     def problem(self) -> str | None:
         """Why the watcher is not working normally now (``None`` when it is)."""
-        return self._store_problem or self._source_problem
+        problems = self._problems
+        return next((p for p in (problems[k] for k in _PROBLEM_KINDS) if p is not None), None)
 
     def sync(self) -> None:
         """Read the store; hand changed weights to the router. Raises StoreUnavailable.
@@ -209,6 +220,8 @@ class Watcher:
             self._sync()
 
     def _sync(self) -> None:
+        with self._states_lock:
+            generation = self._generation
         try:
             stored = self.store.load_all()
         except StoreUnavailable as exc:
@@ -216,14 +229,25 @@ class Watcher:
                               kind="store")
             raise
         self._set_problem(None, kind="store")
-        self._missing = set()
-        for name in self.rollouts:
-            state = stored.get(name)
-            if state is not None:
-                self._states[name] = state
-            elif name in self._states:
-                self._missing.add(name)  # the store lost it (e.g. a Redis without persistence)
-        self._push_weights()
+        missing = set()
+        with self._states_lock:
+            for name in self.rollouts:
+                if self._written.get(name, -1) > generation:
+                    continue  # the looker wrote a newer state while this read was under way
+                state = stored.get(name)
+                if state is not None:
+                    self._states[name] = state
+                elif name in self._states:
+                    missing.add(name)  # the store lost it (e.g. a Redis without persistence)
+            self._missing = missing
+            self._push_weights()
+
+    def _remember(self, name: str, state: RolloutState) -> None:
+        """Keep a state the looker wrote or re-read (newer than any read under way)."""
+        with self._states_lock:
+            self._generation += 1
+            self._written[name] = self._generation
+            self._states[name] = state
 
     def _foreign(self, name: str, state: RolloutState) -> bool:
         """The stored state is about another blue/green than this config's (a new candidate
@@ -238,11 +262,12 @@ class Watcher:
     def _push_weights(self) -> None:
         if self._apply_weight is None:
             return
-        for name, state in self.states().items():
-            weight = self.routed_weight(name, state)
-            if self._applied.get(name) != weight:
-                self._apply_weight(name, weight)
-                self._applied[name] = weight
+        with self._states_lock:
+            for name, state in self.states().items():
+                weight = self.routed_weight(name, state)
+                if self._applied.get(name) != weight:
+                    self._apply_weight(name, weight)
+                    self._applied[name] = weight
 
     # -- one look ------------------------------------------------------------------------
     def look(self, now: float | None = None) -> list[Decision]:
@@ -251,13 +276,18 @@ class Watcher:
         was_leader = self.leader
         try:
             self.sync()
+        except StoreUnavailable:  # reported by sync()
+            self.leader = False
+            return []
+        try:
             # Only the lease holder decides; a lease outlives a few missed looks, not more.
             self.leader = self.store.acquire_lease(self.holder, ttl=3 * self.interval + 1.0)
         except StoreUnavailable as exc:
             self.leader = False
-            self._set_problem(f"state store unavailable, not deciding: {exc}", kind="store")
+            self._set_problem(f"state store unavailable, not deciding: {exc}", kind="lease")
             return []
-        if not self.leader:
+        self._set_problem(None, kind="lease")
+        if not self.leader or self._stop.is_set():
             self._set_problem(None, kind="source")
             return []
         if not was_leader:
@@ -283,11 +313,15 @@ class Watcher:
             except Exception as exc:  # a broken source must not stop the loop
                 note = f"metric source failed: {exc!r}"
         self._set_problem(None if snapshot is not None else f"holding: {note}", kind="source")
+        if self._stop.is_set():  # stopped while the source answered: decide nothing more
+            return []
         decisions = []
+        self._write_fault = None
         for rollout in self.rollouts.values():
             decision = self._decide_one(rollout, snapshot, note, now)
             if decision is not None:
                 decisions.append(decision)
+        self._set_problem(self._write_fault, kind="write")
         self._push_weights()
         return decisions
 
@@ -313,14 +347,14 @@ class Watcher:
                         logger.warning("openai-bluegreen watcher: rollout %s: %s", name,
                                        update.history[-1].reason)
                         self._runs.pop(name, None)
-                    self._states[name] = update
+                    self._remember(name, update)
                     continue
                 try:  # someone wrote first: look again at what is stored now
                     fresh = self.store.load(name)
                 except StoreUnavailable:
                     return None
                 if fresh is not None:
-                    self._states[name] = fresh
+                    self._remember(name, fresh)
                 continue
             state = stored or initial_state(rollout)
             snapshot, note = self._snapshot_for(rollout, state, snapshot, note, now)
@@ -338,11 +372,10 @@ class Watcher:
                 written = self.store.compare_and_set(new, None if stored is None else
                                                      stored.version)
             except StoreUnavailable as exc:
-                self._set_problem(f"state store unavailable, decision not written: {exc}",
-                                  kind="store")
+                self._write_fault = f"state store unavailable, decision not written: {exc}"
                 return None
             if written:
-                self._states[name] = new
+                self._remember(name, new)
                 if snapshot is not None:
                     self._open_window(rollout, new, snapshot)
                 self._emit(decision, new)
@@ -353,7 +386,7 @@ class Watcher:
             except StoreUnavailable:
                 return None
             if fresh is not None:
-                self._states[name] = fresh
+                self._remember(name, fresh)
         return None
 
     # -- evidence ------------------------------------------------------------------------
@@ -468,16 +501,17 @@ class Watcher:
                           "bluegreen_evidence": [c.to_dict() for c in decision.checks]})
 
     def _set_problem(self, problem: str | None, *, kind: str) -> None:
-        current = self._store_problem if kind == "store" else self._source_problem
-        if problem != current:
-            if problem is not None:
-                logger.warning("openai-bluegreen watcher: %s", problem)
-            elif current is not None:
-                logger.info("openai-bluegreen watcher: recovered (%s)", kind)
-        if kind == "store":
-            self._store_problem = problem
-        else:
-            self._source_problem = problem
+        """Record the problem of one kind: logged when it starts and when it ends, not on every
+        look while it lasts (its wording may change meanwhile: debug)."""
+        with self._problem_lock:
+            current = self._problems[kind]
+            self._problems[kind] = problem
+        if problem is not None and current is None:
+            logger.warning("openai-bluegreen watcher: %s", problem)
+        elif problem is None and current is not None:
+            logger.info("openai-bluegreen watcher: recovered (%s)", kind)
+        elif problem != current:
+            logger.debug("openai-bluegreen watcher: still: %s", problem)
 
     # -- loop ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -495,26 +529,52 @@ class Watcher:
         self._thread.start()
 
     def run(self) -> None:
-        """The loop (blocks): follow the store every ``poll``, decide every ``interval``."""
-        next_look = 0.0
+        """The loop (blocks until :meth:`stop`): decide every ``interval``, while a follower
+        thread reads the store every ``poll``, so a look stuck on a slow metric source or
+        waiting for the store never delays an operator's action (``source=None``: follow only).
+        """
+        try:
+            if self.source is None:
+                self._follow()
+                return
+            threading.Thread(target=self._follow, name="openai-bluegreen-follower",
+                             daemon=True).start()
+            while not self._stop.is_set():
+                started = time.monotonic()
+                self._guarded(self.look, "look failed, keeping the last weights", "source")
+                self._stop.wait(max(0.0, started + self.interval - time.monotonic()))
+        finally:
+            self._release_lease()  # here, so a stop() that gave up waiting still hands over
+
+    def _follow(self) -> None:
         while not self._stop.is_set():
-            try:
-                if self.source is not None and time.monotonic() >= next_look:
-                    next_look = time.monotonic() + self.interval
-                    self.look()
-                else:
-                    self.sync()
-            except StoreUnavailable:
-                pass  # already reported by sync()/look(); calls keep the last weights
-            except Exception as exc:  # keep looking; calls keep the last weights
-                logger.debug("openai-bluegreen watcher: look failed", exc_info=True)
-                self._set_problem(f"look failed, keeping the last weights: {exc!r}",
-                                  kind="source")
-            self._wake.wait(min(self.poll, max(0.0, next_look - time.monotonic()))
-                            if self.source is not None else self.poll)
+            self._guarded(self.sync, "store read failed, keeping the last weights", "store")
+            self._wake.wait(self.poll)
             self._wake.clear()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def _guarded(self, step: Callable[[], object], what: str, kind: str) -> None:
+        try:
+            step()
+        except StoreUnavailable:
+            pass  # already reported by sync()/look(); calls keep the last weights
+        except Exception as exc:  # keep going; calls keep the last weights
+            logger.debug("openai-bluegreen watcher: %s", what, exc_info=True)
+            self._set_problem(f"{what}: {exc!r}", kind=kind)
+
+    def _release_lease(self) -> None:
+        if self.leader:  # hand over at once instead of after the lease expires
+            self.leader = False
+            try:
+                self.store.release_lease(self.holder)
+            except Exception:
+                logger.debug("openai-bluegreen: lease release failed", exc_info=True)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop the loops; wait at most ``timeout`` seconds for a look under way.
+
+        A look stuck in a store or source call is left to finish on its own (daemon threads):
+        it decides nothing more, and releases the lease when the call returns.
+        """
         self._stop.set()
         self._wake.set()
         if self._instruments.watcher is self:
@@ -525,16 +585,14 @@ class Watcher:
             except Exception:
                 logger.debug("openai-bluegreen: unsubscribe failed", exc_info=True)
             self._unsubscribe = None
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        thread, self._thread = self._thread, None
+        if thread is None:
+            self._release_lease()  # looks ran in the caller's thread (tests, tools)
+        elif thread is not threading.current_thread():
             thread.join(timeout)
-        self._thread = None
-        if self.leader:  # hand over at once instead of after the lease expires
-            try:
-                self.store.release_lease(self.holder)
-            except Exception:
-                logger.debug("openai-bluegreen: lease release failed", exc_info=True)
-            self.leader = False
+            if thread.is_alive():
+                logger.warning("openai-bluegreen watcher: still inside a state store or metric "
+                               "source call after %gs; left to finish on its own", timeout)
 
     def status(self) -> list[dict[str, Any]]:
         out = []

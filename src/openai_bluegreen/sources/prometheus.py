@@ -62,6 +62,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import socket
 import threading
 import time
 import urllib.error
@@ -387,14 +388,31 @@ def _split_auth(url: str) -> tuple[str, str | None]:
 
 
 def _read(answer: Any, deadline: float) -> bytes:
+    """The whole body by ``deadline``: a server that trickles it (each receive well within the
+    socket timeout) is given up on at the deadline, not after it sent everything.
+
+    ``read1`` returns what one receive brings (``read`` would wait for a whole chunk or the
+    end), and before each receive the socket waits at most the time left.
+    """
+    sock = _socket_of(answer)
     chunks: list[bytes] = []
     while True:
-        if time.monotonic() > deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             raise TimeoutError("the answer took too long")
-        chunk = answer.read(_CHUNK)
+        if sock is not None:
+            sock.settimeout(left)
+        chunk = answer.read1(_CHUNK)
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
+
+
+def _socket_of(answer: Any) -> socket.socket | None:
+    """The socket under an ``http.client`` answer, when it can be found (CPython keeps it in
+    ``answer.fp.raw._sock``); ``None`` leaves the per-receive timeout as it was."""
+    sock = getattr(getattr(getattr(answer, "fp", None), "raw", None), "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def _api_error(exc: urllib.error.HTTPError) -> str:

@@ -3,7 +3,9 @@
 Writes take an exclusive ``flock`` on ``<path>.lock``, re-read the file, check the version,
 write a temporary file in the same directory, ``fsync`` it and ``os.replace`` it over the
 original, so readers (who take no lock) always see a whole file, and a crash mid-write leaves
-the previous file intact. A file that does not parse is never overwritten.
+the previous file intact. A file that does not parse is never overwritten. A writer waits at
+most :data:`LOCK_TIMEOUT` seconds for the lock (another process may hold it, stuck or
+stopped), then raises :class:`StoreUnavailable` naming the lock file.
 """
 
 from __future__ import annotations
@@ -22,15 +24,22 @@ from urllib.parse import unquote, urlsplit
 from .._rollout import RolloutState
 from . import StoreUnavailable
 
-__all__ = ["FileStore"]
+__all__ = ["LOCK_TIMEOUT", "FileStore"]
 
 _FORMAT = 1
+LOCK_TIMEOUT = 5.0
+"""Seconds a write waits for the lock file before giving up."""
 
 
 class FileStore:
-    """States in a JSON file, safe for several processes on one host."""
+    """States in a JSON file, safe for several processes on one host.
 
-    def __init__(self, url: str) -> None:
+    Args:
+        url: ``file:///path/state.json``.
+        lock_timeout: Seconds a write waits for ``<path>.lock``.
+    """
+
+    def __init__(self, url: str, *, lock_timeout: float = LOCK_TIMEOUT) -> None:
         parts = urlsplit(url)
         if parts.scheme != "file" or parts.netloc not in ("", "localhost") or not parts.path:
             raise StoreUnavailable(f"file store URL must look like file:///path/state.json "
@@ -38,6 +47,7 @@ class FileStore:
         self.url = url
         self.path = Path(unquote(parts.path))
         self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self.lock_timeout = lock_timeout
 
     def _read(self) -> dict[str, Any]:
         try:
@@ -80,11 +90,36 @@ class FileStore:
             raise StoreUnavailable(f"cannot open lock file {str(self._lock_path)!r}: "
                                    f"{exc.strerror}") from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._acquire(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    def _acquire(self, fd: int) -> None:
+        """``flock`` without blocking, retried until :attr:`lock_timeout` has passed."""
+        deadline = time.monotonic() + self.lock_timeout
+        pause = 0.005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreUnavailable(
+                        f"lock file {str(self._lock_path)!r} is held by another process "
+                        f"(waited {self.lock_timeout:g}s; 'fuser {self._lock_path}' shows "
+                        "which)") from None
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 0.05)
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot lock {str(self._lock_path)!r}: "
+                                       f"{exc.strerror}") from exc
 
     def compare_and_set(self, state: RolloutState, expected_version: int | None) -> bool:
         with self._locked():
