@@ -3,6 +3,7 @@ OpenTelemetry's own OpenAI instrumentation emits them (so both can share dashboa
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import openai
@@ -154,3 +155,62 @@ def test_request_parameters_never_become_metric_attributes(
     assert len(points) == 1  # one series whatever the seeds
     assert not any(key.startswith("gen_ai.request.") and key != "gen_ai.request.model"
                    for key in points[0][0])
+
+
+CONVERSATION = [
+    {"role": "system", "content": "be brief"},
+    {"role": "user", "content": [{"type": "text", "text": "weather?"}]},
+    {"role": "assistant", "content": None, "tool_calls": [{
+        "id": "call_1", "type": "function",
+        "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "rain"},
+]
+
+
+def test_captured_content_has_the_semconv_message_shape(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "SPAN_ONLY")
+    install(rollout_config(green, weight=100))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    answer = client.chat.completions.create(model="gpt-4.1", messages=CONVERSATION)
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="gpt-4.1", messages=CONVERSATION, stream=True) if c.choices)
+    response = client.responses.create(model="gpt-4.1", instructions="be kind", input="hi")
+    chat, chat_stream, responses = (dict(s.attributes or {}) for s in telemetry.spans())
+    assert json.loads(chat["gen_ai.input.messages"]) == [
+        {"role": "system", "parts": [{"type": "text", "content": "be brief"}]},
+        {"role": "user", "parts": [{"type": "text", "content": "weather?"}]},
+        {"role": "assistant", "parts": [{"type": "tool_call", "id": "call_1",
+                                         "name": "weather", "arguments": {"city": "Oslo"}}]},
+        {"role": "tool", "parts": [{"type": "tool_call_response", "id": "call_1",
+                                    "response": "rain"}]},
+    ]
+    assert json.loads(chat["gen_ai.output.messages"]) == [{
+        "role": "assistant", "finish_reason": "stop",
+        "parts": [{"type": "text", "content": answer.choices[0].message.content}]}]
+    assert json.loads(chat_stream["gen_ai.output.messages"]) == [{
+        "role": "assistant", "finish_reason": "stop",
+        "parts": [{"type": "text", "content": streamed}]}]
+    assert json.loads(responses["gen_ai.system_instructions"]) == [
+        {"type": "text", "content": "be kind"}]
+    assert json.loads(responses["gen_ai.input.messages"]) == [
+        {"role": "user", "parts": [{"type": "text", "content": "hi"}]}]
+    assert json.loads(responses["gen_ai.output.messages"]) == [{
+        "role": "assistant", "finish_reason": "stop",
+        "parts": [{"type": "text", "content": response.output_text}]}]
+
+
+@pytest.mark.parametrize("mode", ["", "false", "NO_CONTENT", "EVENT_ONLY", "nonsense"])
+def test_content_is_not_on_spans_unless_span_capture_is_asked_for(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+    monkeypatch: pytest.MonkeyPatch, mode: str,
+) -> None:
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", mode)
+    install(rollout_config(green, weight=100))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    client.chat.completions.create(model="gpt-4.1", messages=CONVERSATION)
+    (span,) = telemetry.spans()
+    assert not any(key.startswith(("gen_ai.input", "gen_ai.output", "gen_ai.system"))
+                   for key in dict(span.attributes or {}))

@@ -102,7 +102,8 @@ class Call:
         self.stream = kwargs.get("stream") is True
         self.prefetch = self.stream and env == "green" and rollout.fallback_enabled
         self.fell_back = False
-        # Serialized now: the app may change its list afterwards.
+        # (input messages, system instructions) as JSON; serialized now: the app may change
+        # its list afterwards.
         self.text = T.input_messages_json(kwargs) if router.capture_content else None
         self.output: str | None = None
         self.fallback: tuple[str, str, float, int] | None = None
@@ -163,7 +164,8 @@ class Call:
         response_id, response_model, reasons, in_tokens, out_tokens = described
         if response_id is not None and self.api_type == "responses" and etype is None:
             self.rollout.remember_response(response_id, self.lane.env)
-        content = None if self.text is None and self.output is None else (self.text, self.output)
+        content = None if self.text is None and self.output is None else (
+            *(self.text or (None, None)), self.output)
         # 16 arguments: a record stays within _worker.MAX_RECORD items (see there).
         _worker.submit(_emit, self.router, self.lane, self.parent, self.span_start_ns,
                        self.start_ns, end - self.start, etype, self.fallback,
@@ -176,7 +178,8 @@ def _emit(router: Router, lane: Lane, parent: context.Context, span_start_ns: in
           fallback: tuple[str, str, float, int] | None,
           response_id: str | None, response_model: str | None, reasons: tuple[str, ...],
           in_tokens: int | None, out_tokens: int | None, base_attrs: dict[str, Any],
-          ttfc: float | None, content: tuple[str | None, str | None] | None) -> None:
+          ttfc: float | None, content: tuple[str | None, str | None, str | None] | None
+          ) -> None:
     """Run by the worker: record duration and usage; emit the span.
 
     The span is started and ended here, with every attribute given at start (samplers see them
@@ -208,11 +211,10 @@ def _emit(router: Router, lane: Lane, parent: context.Context, span_start_ns: in
     if ttfc is not None:
         attrs[T.RESPONSE_TTFC] = ttfc
     if content is not None:
-        text, output = content
-        if text is not None:
-            attrs[T.INPUT_MESSAGES] = text
-        if output is not None:
-            attrs[T.OUTPUT_MESSAGES] = output
+        for key, value in zip((T.INPUT_MESSAGES, T.SYSTEM_INSTRUCTIONS, T.OUTPUT_MESSAGES),
+                              content, strict=True):
+            if value is not None:
+                attrs[key] = value
     span = router.tracer.start_span(lane.span_name, context=parent, kind=SpanKind.CLIENT,
                                     attributes=attrs, start_time=span_start_ns)
     if fallback is not None:

@@ -7,6 +7,7 @@ raises, it is closed, its context manager exits, or it is garbage-collected unfi
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -25,9 +26,11 @@ _LIFECYCLE = frozenset({"response.created", "response.in_progress", "response.qu
 class _Accumulated:
     """What the chunks seen so far say about the response."""
 
-    __slots__ = ("in_tokens", "model", "out_tokens", "reasons", "response_id")
+    __slots__ = ("in_tokens", "model", "out_tokens", "output", "reasons", "response_id", "texts")
 
     def __init__(self) -> None:
+        self.texts: dict[int, list[Any]] | None = None  # opt-in capture: choice -> [text, reason]
+        self.output: str | None = None  # opt-in capture: a Responses stream's final output
         self.response_id: str | None = None
         self.model: str | None = None
         self.reasons: tuple[str, ...] = ()
@@ -49,6 +52,32 @@ class _Accumulated:
             self.in_tokens = in_tokens
         if out_tokens is not None:
             self.out_tokens = out_tokens
+
+    def capture(self, item: Any) -> None:
+        """Opt-in content capture: keep the answer's text as it streams."""
+        response = getattr(item, "response", None)
+        if response is not None and getattr(item, "type", None) == "response.completed":
+            self.output = T.output_messages_json(response)
+            return
+        for choice in getattr(item, "choices", None) or ():
+            delta = getattr(choice, "delta", None)
+            text = getattr(delta, "content", None) if delta is not None else \
+                getattr(choice, "text", None)
+            texts = self.texts if self.texts is not None else {}
+            self.texts = texts
+            entry = texts.setdefault(getattr(choice, "index", 0), [[], None])
+            if isinstance(text, str):
+                entry[0].append(text)
+            if getattr(choice, "finish_reason", None):
+                entry[1] = choice.finish_reason
+
+    def output_json(self) -> str | None:
+        if self.output is not None or not self.texts:
+            return self.output
+        return json.dumps([
+            {"role": "assistant", "parts": [{"type": "text", "content": "".join(texts)}],
+             "finish_reason": reason or "stop"}
+            for _, (texts, reason) in sorted(self.texts.items())], ensure_ascii=False)
 
     def described(self) -> tuple[str | None, str | None, tuple[str, ...], int | None, int | None]:
         return self.response_id, self.model, self.reasons, self.in_tokens, self.out_tokens
@@ -101,6 +130,8 @@ class _StreamProxyBase(wrapt.ObjectProxy[Any]):
                 self._self_first = True
                 self._self_call.first_chunk(now)
             self._self_acc.observe(item)
+            if self._self_call.router.capture_content:
+                self._self_acc.capture(item)
         except Exception:  # telemetry must never break the caller's iteration
             return
 
@@ -109,6 +140,8 @@ class _StreamProxyBase(wrapt.ObjectProxy[Any]):
             return
         self._self_done = True
         try:
+            if self._self_call.router.capture_content:
+                self._self_call.output = self._self_acc.output_json()
             self._self_call.finished(self._self_acc.described(),
                                      None if error is None else error_type(error),
                                      self._self_last if abandoned else _perf())

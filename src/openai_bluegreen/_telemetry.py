@@ -6,6 +6,7 @@ Nothing here does I/O: exporting is the SDK's job, off the request path.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import weakref
@@ -33,6 +34,7 @@ OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 TOKEN_TYPE = "gen_ai.token.type"
 INPUT_MESSAGES = "gen_ai.input.messages"
 OUTPUT_MESSAGES = "gen_ai.output.messages"
+SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
 REQUEST_STREAM = "gen_ai.request.stream"
 RESPONSE_TTFC = "gen_ai.response.time_to_first_chunk"
 API_TYPE = "openai.api.type"
@@ -240,32 +242,140 @@ def intern_reasons(reasons: tuple[str, ...]) -> tuple[str, ...]:
     return shared
 
 
-def input_messages_json(kwargs: dict[str, Any]) -> str | None:
-    """The request's input as JSON, for opt-in content capture."""
-    for key in ("messages", "input", "prompt"):
-        value = kwargs.get(key)
-        if value is not None and not _is_sentinel(value):
-            try:
-                return json.dumps(value, default=str)
-            except (TypeError, ValueError):
-                return None
-    return None
+def input_messages_json(kwargs: dict[str, Any]) -> tuple[str | None, str | None]:
+    """``(gen_ai.input.messages, gen_ai.system_instructions)`` of a request as JSON in the
+    semconv message shape (``[{"role", "parts": [{"type": "text", "content"}, ...]}]``), for
+    opt-in content capture. Chat messages (a system message included: it is part of the
+    history), a Responses ``input`` (its ``instructions`` are the system instructions) or a
+    legacy ``prompt``; embeddings inputs are not messages."""
+    messages: list[dict[str, Any]] | None = None
+    value = kwargs.get("messages")
+    if isinstance(value, list):
+        messages = [_chat_message(m) for m in value if isinstance(m, dict)]
+    else:
+        value = kwargs.get("input")
+        if isinstance(value, str):
+            messages = [{"role": "user", "parts": [_text_part(value)]}]
+        elif isinstance(value, list):
+            messages = _responses_items(value)
+        elif isinstance(kwargs.get("prompt"), str):
+            messages = [{"role": "user", "parts": [_text_part(kwargs["prompt"])]}]
+    instructions = kwargs.get("instructions")
+    system = [_text_part(instructions)] if isinstance(instructions, str) else None
+    return _json(messages), _json(system)
 
 
 def output_messages_json(obj: Any) -> str | None:
-    """The response's output text as JSON, for opt-in content capture."""
+    """A response's output as ``gen_ai.output.messages`` JSON (semconv message shape)."""
     out: list[dict[str, Any]] = []
     for choice in getattr(obj, "choices", None) or ():
         message = getattr(choice, "message", None)
-        text = getattr(message, "content", None) if message is not None else None
-        if text is None:
-            text = getattr(choice, "text", None)
-        out.append({"role": "assistant", "content": text,
-                    "finish_reason": getattr(choice, "finish_reason", None)})
-    text = getattr(obj, "output_text", None)
-    if not out and isinstance(text, str):
-        out.append({"role": "assistant", "content": text})
-    return json.dumps(out, default=str) if out else None
+        parts: list[dict[str, Any]] = []
+        if message is not None:
+            if isinstance(getattr(message, "content", None), str):
+                parts.append(_text_part(message.content))
+            for call in getattr(message, "tool_calls", None) or ():
+                function = getattr(call, "function", None)
+                parts.append(_tool_call(getattr(call, "id", None),
+                                        getattr(function, "name", None),
+                                        getattr(function, "arguments", None)))
+        elif isinstance(getattr(choice, "text", None), str):  # legacy completions
+            parts.append(_text_part(choice.text))
+        out.append({"role": "assistant", "parts": parts,
+                    "finish_reason": getattr(choice, "finish_reason", None) or "stop"})
+    if not out and isinstance(getattr(obj, "output", None), list):  # Responses API
+        parts = []
+        for item in obj.output:
+            kind = getattr(item, "type", None)
+            if kind == "message":
+                parts += [_text_part(c.text) for c in getattr(item, "content", None) or ()
+                          if isinstance(getattr(c, "text", None), str)]
+            elif kind == "function_call":
+                parts.append(_tool_call(getattr(item, "call_id", None),
+                                        getattr(item, "name", None),
+                                        getattr(item, "arguments", None)))
+        status = getattr(obj, "status", None)
+        reasons = _responses_finish_reasons(obj, status) if isinstance(status, str) else ()
+        out.append({"role": "assistant", "parts": parts,
+                    "finish_reason": reasons[-1] if reasons else "stop"})
+    return _json(out or None)
+
+
+def _json(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return json.dumps(value, default=str, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return None
+
+
+def _text_part(text: str) -> dict[str, Any]:
+    return {"type": "text", "content": text}
+
+
+def _tool_call(call_id: Any, name: Any, arguments: Any) -> dict[str, Any]:
+    if isinstance(arguments, str):
+        with contextlib.suppress(ValueError):  # not JSON: recorded as the string it is
+            arguments = json.loads(arguments)
+    return {"type": "tool_call", "id": call_id, "name": name, "arguments": arguments}
+
+
+def _content_parts(content: Any) -> list[dict[str, Any]]:
+    """Parts of a message's ``content``: a string, or a list of typed parts."""
+    if isinstance(content, str):
+        return [_text_part(content)]
+    parts: list[dict[str, Any]] = []
+    for part in content if isinstance(content, list) else ():
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        text = part.get("text")
+        if isinstance(text, str):  # text, input_text, output_text
+            parts.append(_text_part(text))
+        elif kind in ("image_url", "input_image"):
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            parts.append({"type": "uri", "modality": "image", "uri": url})
+        elif isinstance(kind, str):
+            parts.append({"type": kind})  # audio, files: named, not recorded
+    return parts
+
+
+def _chat_message(message: dict[str, Any]) -> dict[str, Any]:
+    role = message.get("role")
+    if role == "tool":
+        return {"role": "tool", "parts": [{"type": "tool_call_response",
+                                           "id": message.get("tool_call_id"),
+                                           "response": message.get("content")}]}
+    parts = _content_parts(message.get("content"))
+    for call in message.get("tool_calls") or ():
+        if isinstance(call, dict):
+            function = call.get("function") or {}
+            parts.append(_tool_call(call.get("id"), function.get("name"),
+                                    function.get("arguments")))
+    out: dict[str, Any] = {"role": role, "parts": parts}
+    if isinstance(message.get("name"), str):
+        out["name"] = message["name"]
+    return out
+
+
+def _responses_items(items: list[Any]) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type")
+        if kind == "function_call_output":
+            messages.append({"role": "tool", "parts": [{
+                "type": "tool_call_response", "id": item.get("call_id"),
+                "response": item.get("output")}]})
+        elif kind == "function_call":
+            messages.append({"role": "assistant", "parts": [_tool_call(
+                item.get("call_id"), item.get("name"), item.get("arguments"))]})
+        elif "role" in item:
+            messages.append({"role": item["role"], "parts": _content_parts(item.get("content"))})
+    return messages
 
 
 def _is_sentinel(value: Any) -> bool:
