@@ -498,3 +498,15 @@ def test_install_whose_store_cannot_open_is_a_config_error_and_changes_nothing(
     finally:
         openai_bluegreen.uninstall()
         provider.shutdown()
+
+
+def test_a_state_url_naming_a_directory_is_refused_at_install(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GREEN_API_KEY", GREEN_KEY)
+    config = scheduled()
+    config["state"] = f"file://{tmp_path}"
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.install(config)
+    assert caught.value.problems[0][0] == "state"
+    assert "is a directory" in str(caught.value)
+    assert not openai_bluegreen._patch.is_patched()

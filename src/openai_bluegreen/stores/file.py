@@ -46,6 +46,9 @@ class FileStore:
                                    f"(got {url!r})")
         self.url = url
         self.path = Path(unquote(parts.path))
+        if self.path.is_dir():
+            raise StoreUnavailable(f"{str(self.path)!r} is a directory: name the state file, "
+                                   f"e.g. file://{self.path / 'state.json'}")
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         self.lock_timeout = lock_timeout
 
