@@ -186,3 +186,44 @@ def test_stored_conversations_stay_on_the_callers_endpoint(
     client.responses.create(model="gpt-4.1", input="hi")
     assert [r.body.get("conversation") for r in blue.requests] == ["conv_123"]
     assert len(green.requests) == 1
+
+
+def test_a_pinned_follow_up_never_falls_back_to_where_its_state_is_not(
+    install: Any, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    """Blue cannot serve green's previous_response_id: green's own failure reaches the caller
+    (retryable), not blue's 400, and blue's metrics are not charged with it."""
+    install(rollout_config(green, weight=100))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    first = client.responses.create(model="gpt-4.1", input="hi")
+    green.configure(error_rates={503: 1.0})
+    for stream in (False, True):
+        with pytest.raises(openai.InternalServerError):
+            client.responses.create(model="gpt-4.1", input="more", stream=stream,
+                                    previous_response_id=first.id)
+    assert not blue.requests
+
+
+def test_remembered_responses_stay_bounded_under_concurrent_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    from openai_bluegreen import _router
+
+    monkeypatch.setattr(_router, "MAX_REMEMBERED_RESPONSES", 100)
+    runtime = _runtime(50)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=lambda n=n: [
+            runtime.remember_response(f"resp_{n}_{i}", "green") for i in range(20_000)])
+            for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    runtime.remember_response("resp_last", "blue")
+    assert len(runtime.responses) == 100

@@ -284,3 +284,58 @@ async def test_async_raw_response_stream_is_measured_to_its_end(
     assert attrs["bluegreen.environment"] == "green"
     assert telemetry.count("gen_ai.client.operation.time_to_first_chunk") == 1
     await client.close()
+
+
+# with_streaming_response: the body is read when the caller parses it.
+
+def test_streaming_response_streamed_is_measured_to_its_end(client: openai.OpenAI,
+                                                             telemetry: Telemetry) -> None:
+    with client.chat.completions.with_streaming_response.create(
+            model="gpt-4.1", messages=MSGS, stream=True,
+            stream_options={"include_usage": True}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        chunks = list(response.parse())
+    assert chunks[-1].usage is not None
+    attrs = _one_span(telemetry)
+    assert attrs["gen_ai.usage.output_tokens"] == 8
+    assert telemetry.count("gen_ai.client.operation.time_to_first_chunk") == 1
+
+
+def test_streaming_response_read_without_parse_ends_at_its_headers(
+    client: openai.OpenAI, telemetry: Telemetry,
+) -> None:
+    with client.chat.completions.with_streaming_response.create(
+            model="gpt-4.1", messages=MSGS) as response:
+        assert response.json()["choices"]
+    attrs = _one_span(telemetry)
+    assert "gen_ai.usage.output_tokens" not in attrs  # the plugin did not read the body
+
+
+@pytest.mark.asyncio
+async def test_async_streaming_response_records_usage_and_pins_follow_ups(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    install(rollout_config(green, weight=100))
+    client = openai.AsyncOpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    async with client.responses.with_streaming_response.create(model="gpt-4.1",
+                                                               input="hi") as response:
+        first = await response.parse()
+    openai_bluegreen.set_weight("chat-upgrade", 0)
+    follow_up = await client.responses.create(model="gpt-4.1", input="more",
+                                              previous_response_id=first.id)
+    assert follow_up.model == first.model == "green-model"
+    spans = [dict(s.attributes or {}) for s in telemetry.spans()]
+    assert spans[0]["gen_ai.usage.output_tokens"] == 8
+    assert spans[0]["gen_ai.response.id"] == first.id
+    await client.close()
+
+
+def test_streaming_response_stream_left_early_ends_when_the_block_exits(
+    client: openai.OpenAI, telemetry: Telemetry,
+) -> None:
+    with client.chat.completions.with_streaming_response.create(
+            model="gpt-4.1", messages=MSGS, stream=True) as response:
+        stream = response.parse()
+        next(iter(stream))
+    assert "error.type" not in _one_span(telemetry)
+    assert stream is not None  # still referenced: ended by the block's exit, not by GC

@@ -193,9 +193,9 @@ CASES: list[tuple[str, str, bool, bool, Callable[[openai.OpenAI], None] | None,
      a_completions_stream),
     ("raw", "chat", False, True, s_raw, a_raw),
     ("raw-stream", "chat", True, False, s_raw_stream, None),
-    ("streaming-response", "chat", False, False, s_streaming_response, a_streaming_response),
+    ("streaming-response", "chat", False, True, s_streaming_response, a_streaming_response),
     ("responses-raw", "chat", False, True, s_responses_raw, None),
-    ("embeddings-streaming-response", "embeddings", False, False,
+    ("embeddings-streaming-response", "embeddings", False, True,
      s_embeddings_streaming_response, None),
 ]
 
@@ -399,3 +399,22 @@ def test_azure_client_is_routed(install: Any, telemetry: Telemetry, blue: Simula
     assert blue.requests[0].path == "/chat/completions"
     (span,) = telemetry.spans()
     assert dict(span.attributes or {})["gen_ai.provider.name"] == "azure.ai.openai"
+
+
+def test_an_authorization_of_the_environment_or_the_call_reaches_a_keyless_endpoint(
+    install: Any, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    """No key configured means no key of the caller's, not no Authorization at all: a gateway
+    with Basic auth in the environment's headers, or a call's own header, gets through."""
+    config = rollout_config(green, weight=100)
+    del config["rollouts"][0]["green"]["api_key_env"]
+    config["rollouts"][0]["green"]["headers"] = {"authorization": "Basic Z3c6cHc="}
+    install(config)
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+    config["rollouts"][0]["green"]["headers"] = {}
+    install(config)
+    client.chat.completions.create(model="gpt-4.1", messages=MSGS,
+                                   extra_headers={"Authorization": "Bearer per-call"})
+    assert [r.headers.get("authorization") for r in green.requests] == [
+        "Basic Z3c6cHc=", "Bearer per-call"]

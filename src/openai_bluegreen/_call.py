@@ -86,8 +86,8 @@ class Call:
     """
 
     __slots__ = ("api_type", "fallback", "fell_back", "kwargs", "lane", "output", "parent",
-                 "prefetch", "rollout", "router", "span_start_ns", "start", "start_ns", "stream",
-                 "text", "ttfc")
+                 "pinned", "prefetch", "rollout", "router", "span_start_ns", "start",
+                 "start_ns", "stream", "text", "ttfc")
 
     def __init__(self, router: Router, rollout: RolloutRuntime, operation: str, instance: Any,
                  kwargs: dict[str, Any], api_type: str | None = None) -> None:
@@ -96,11 +96,15 @@ class Call:
         self.ttfc: float | None = None
         self.rollout = rollout
         self.kwargs = kwargs
-        env = rollout.choose(kwargs)
+        env = rollout.pinned(kwargs)
+        self.pinned = env is not None  # its state is there: no fallback to the other
+        if env is None:
+            env = rollout.choose(kwargs)
         lane = router.lane(instance, rollout, env, operation, kwargs["model"])
         self.lane = lane
         self.stream = kwargs.get("stream") is True
-        self.prefetch = self.stream and env == "green" and rollout.fallback_enabled
+        self.prefetch = (self.stream and env == "green" and rollout.fallback_enabled
+                         and not self.pinned)
         self.fell_back = False
         # (input messages, system instructions) as JSON; serialized now: the app may change
         # its list afterwards.
@@ -118,7 +122,8 @@ class Call:
 
     def should_fall_back(self, exc: BaseException) -> bool:
         """Green failed before any byte reached the caller: retry on blue if configured."""
-        if self.lane.env != "green" or self.fell_back or not self.rollout.fallback_enabled:
+        if (self.lane.env != "green" or self.fell_back or not self.rollout.fallback_enabled
+                or self.pinned):
             return False
         kind = classify(exc)
         return kind is not None and kind in self.rollout.fallback_on

@@ -10,19 +10,19 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import wrapt
 
 from . import _state
-from ._call import NOTHING, Call
+from ._call import Call
 from ._router import RolloutRuntime, Router
 from ._streams import (
     PREFETCH_MAX,
+    AsyncDeferredResponse,
     AsyncStreamProxy,
-    RawStreamResponse,
+    DeferredResponse,
     SyncStreamProxy,
     counts_as_first,
     end_helper_stream,
@@ -126,17 +126,14 @@ def _finish_plain(call: Call, result: Any, legacy: Any, lazy: tuple[Any, ...],
     """Record a non-streamed result (a model object, or a raw-response wrapper)."""
     if isinstance(result, legacy):  # with_raw_response: the body is read, parse() is cached
         if call.stream:  # the body is a stream: measured through the one parse() returns
-            return RawStreamResponse(result, call, streams)
+            return DeferredResponse(result, call, streams)
         _quietly(call.succeeded, result.parse())
     elif isinstance(result, lazy):  # with_streaming_response: the body is not read yet
-        _quietly(_end_without_body, call)
+        deferred = AsyncDeferredResponse if isinstance(result, lazy[1]) else DeferredResponse
+        return deferred(result, call, streams)
     else:
         _quietly(call.succeeded, result)
     return result
-
-
-def _end_without_body(call: Call) -> None:
-    call.finished(NOTHING, None, time.perf_counter())
 
 
 def _sync_wrapper(operation: str, original: Any, api_type: str | None) -> Callable[..., Any]:

@@ -7,7 +7,6 @@ and the frozen attribute sets for spans and metrics. The hot path only does dict
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import weakref
@@ -112,14 +111,18 @@ class RolloutRuntime:
         """A Responses API response answered by ``env``: its follow-ups go there too."""
         responses = self.responses
         responses[response_id] = env
-        if len(responses) > MAX_REMEMBERED_RESPONSES:
-            # Another thread may evict or insert at the same time: then it did the work.
-            with contextlib.suppress(RuntimeError, StopIteration, KeyError):
+        while len(responses) > MAX_REMEMBERED_RESPONSES:
+            try:
                 del responses[next(iter(responses))]
+            except KeyError:
+                continue  # another thread evicted that one: look again
+            except (RuntimeError, StopIteration):
+                break  # changed under us: the next insert evicts what is left over
 
-    def choose(self, kwargs: dict[str, Any]) -> Environment:
-        """blue or green for one call: where a Responses follow-up's state is, else force, else
-        sticky key hash, else a random draw."""
+    def pinned(self, kwargs: dict[str, Any]) -> Environment | None:
+        """The environment a call must go to because its Responses API state lives there (see
+        ``remember_response``, ``conversation_env``); ``None`` when it is free to choose. A
+        pinned call never falls back: the other environment cannot serve it."""
         previous = kwargs.get("previous_response_id")
         if previous.__class__ is str:
             pinned = self.responses.get(previous)
@@ -129,6 +132,11 @@ class RolloutRuntime:
         if (self.conversation_env is not None
                 and isinstance(kwargs.get("conversation"), (str, dict))):
             return self.conversation_env
+        return None
+
+    def choose(self, kwargs: dict[str, Any]) -> Environment:
+        """blue or green for a call that is not pinned: force, else sticky key hash, else a
+        random draw."""
         forced = current_force()
         if forced is not None:
             return forced
@@ -149,6 +157,10 @@ class RolloutRuntime:
 
 MAX_REMEMBERED_RESPONSES = 100_000  # per rollout: ~10 MB of ids at most
 _MAX_SHARED_REQUEST_ATTRS = 256  # per lane; beyond, each call gets its own dict
+
+
+def _has_authorization(headers: dict[str, Any]) -> bool:
+    return any(name.lower() == "authorization" for name in headers)
 
 
 def _attribute_value(name: str, value: Any) -> Any:
@@ -182,8 +194,8 @@ class Lane:
     """Precomputed routing and telemetry for one (client, rollout, environment, operation)."""
 
     __slots__ = ("_request_attrs", "client", "env", "error_attrs", "headers", "metric_attrs",
-                 "model", "params", "resources", "rollout", "span_attrs", "span_name",
-                 "token_attrs")
+                 "model", "omit_auth", "params", "resources", "rollout", "span_attrs",
+                 "span_name", "token_attrs")
 
     def __init__(self, rollout: RolloutRuntime, env: Environment, operation: str,
                  requested_model: str, caller_client: Any, own_client: Any | None) -> None:
@@ -193,12 +205,11 @@ class Lane:
         self.model = target.model
         self.params = target.params
         self.headers: dict[str, Any] = target.headers
-        if target.base_url is not None and target.api_key is None:
-            # Another endpoint with no key configured: send none (see Router._own_client).
-            # Per call, where the SDK's check for a missing key looks for it.
-            import openai
-
-            self.headers = {**target.headers, "Authorization": openai.Omit()}
+        # Another endpoint with no key configured sends no key of the caller's (see
+        # Router._own_client): unless its headers or the call's carry their own Authorization,
+        # the SDK's is omitted, per call, where the SDK's check for a missing key looks.
+        self.omit_auth = (target.base_url is not None and target.api_key is None
+                          and not _has_authorization(target.headers))
         self.client = own_client
         self.resources: dict[type, Any] = {}
         effective = own_client if own_client is not None else caller_client
@@ -289,11 +300,14 @@ class Lane:
         if self.params:
             body = out.get("extra_body")
             out["extra_body"] = {**body, **self.params} if isinstance(body, dict) else self.params
-        if self.headers:
+        if self.headers or self.omit_auth:
             headers = out.get("extra_headers")
-            out["extra_headers"] = (
-                {**headers, **self.headers} if isinstance(headers, dict) else self.headers
-            )
+            merged = {**headers, **self.headers} if isinstance(headers, dict) else self.headers
+            if self.omit_auth and not _has_authorization(merged):
+                import openai
+
+                merged = {**merged, "Authorization": openai.Omit()}
+            out["extra_headers"] = merged
         return out
 
     def resource_for(self, instance: Any) -> Any:

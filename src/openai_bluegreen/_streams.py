@@ -16,7 +16,7 @@ import wrapt
 from . import _telemetry as T
 from ._call import NOTHING, Call, error_type
 
-__all__ = ["PREFETCH_MAX", "AsyncStreamProxy", "RawStreamResponse",
+__all__ = ["PREFETCH_MAX", "AsyncDeferredResponse", "AsyncStreamProxy", "DeferredResponse",
            "SyncStreamProxy", "counts_as_first", "end_helper_stream"]
 
 _perf = time.perf_counter
@@ -251,11 +251,12 @@ def end_helper_stream(helper: Any, error: BaseException | None) -> None:
         raw._bg_finalize(_escaped(error))
 
 
-class RawStreamResponse(wrapt.ObjectProxy[Any]):
-    """Proxy for a streamed call's ``with_raw_response`` result (``LegacyAPIResponse``): the
-    headers are in, the body is the stream that ``parse()`` returns. That stream is handed out
-    in our stream proxy, so the call is measured to its end (time to first chunk, usage,
-    errors). A response never parsed ends the call when it is dropped, at the time its
+class _DeferredResponse(wrapt.ObjectProxy[Any]):
+    """Proxy for a call's response whose body the caller reads later through ``parse()``: a
+    streamed ``with_raw_response`` result, or any ``with_streaming_response`` one. What
+    ``parse()`` returns is measured: a stream through our stream proxy (time to first chunk,
+    usage, errors), a model object at once (usage, response id). A response never parsed (its
+    body read some other way, or not at all) ends the call when it is dropped, at the time its
     headers arrived."""
 
     def __init__(self, response: Any, call: Call, stream_types: tuple[type, type]) -> None:
@@ -263,29 +264,67 @@ class RawStreamResponse(wrapt.ObjectProxy[Any]):
         self._self_call = call
         self._self_types = stream_types
         self._self_headers_at = _perf()
-        self._self_stream: Any = None
-        self._self_proxy: _StreamProxyBase | None = None
+        self._self_result: Any = None
+        self._self_out: Any = None
+        self._self_taken = False
 
-    def parse(self, *args: Any, **kwargs: Any) -> Any:
-        result = self.__wrapped__.parse(*args, **kwargs)
-        if result is self._self_stream:
-            return self._self_proxy
+    def _bg_take(self, result: Any) -> Any:
+        if self._self_taken:  # measured once: the same object again, or another parse
+            return self._self_out if result is self._self_result else result
+        self._self_taken = True
         sync_type, async_type = self._self_types
-        proxy: _StreamProxyBase
-        if self._self_proxy is not None:
-            return result  # a second, different parse: measured once already
-        if isinstance(result, sync_type):
-            proxy = SyncStreamProxy(result, self._self_call)
-        elif isinstance(result, async_type):
-            proxy = AsyncStreamProxy(result, self._self_call)
-        else:
-            return result
-        self._self_stream, self._self_proxy = result, proxy
-        return proxy
+        call = self._self_call
+        out: Any = result
+        try:
+            if isinstance(result, sync_type):
+                out = SyncStreamProxy(result, call)
+            elif isinstance(result, async_type):
+                out = AsyncStreamProxy(result, call)
+            else:
+                call.succeeded(result)
+        except Exception:  # telemetry must never break the caller
+            out = result
+        self._self_result, self._self_out = result, out
+        return out
+
+    def _bg_closed(self, at: float) -> None:
+        """The response is closed (``with_streaming_response``'s block exited): end the call,
+        or the stream parsed from it, which the SDK closed past our stream proxy."""
+        try:
+            if not self._self_taken:
+                self._self_taken = True
+                self._self_call.finished(NOTHING, None, at)
+            elif isinstance(self._self_out, _StreamProxyBase):
+                self._self_out._bg_finalize(None)
+        except Exception:
+            return
 
     def __del__(self) -> None:
-        if self._self_proxy is None:
-            try:
-                self._self_call.finished(NOTHING, None, self._self_headers_at)
-            except Exception:
-                return
+        if not self._self_taken:
+            self._bg_closed(self._self_headers_at)
+
+
+class DeferredResponse(_DeferredResponse):
+    """A response whose ``parse()`` is a plain call (``LegacyAPIResponse``, ``APIResponse``)."""
+
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        return self._bg_take(self.__wrapped__.parse(*args, **kwargs))
+
+    def close(self) -> None:  # APIResponse's (LegacyAPIResponse has none: AttributeError)
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._bg_closed(_perf())
+
+
+class AsyncDeferredResponse(_DeferredResponse):
+    """A response whose ``parse()`` is a coroutine (``AsyncAPIResponse``)."""
+
+    async def parse(self, *args: Any, **kwargs: Any) -> Any:
+        return self._bg_take(await self.__wrapped__.parse(*args, **kwargs))
+
+    async def close(self) -> None:
+        try:
+            await self.__wrapped__.close()
+        finally:
+            self._bg_closed(_perf())
