@@ -214,3 +214,37 @@ def test_content_is_not_on_spans_unless_span_capture_is_asked_for(
     (span,) = telemetry.spans()
     assert not any(key.startswith(("gen_ai.input", "gen_ai.output", "gen_ai.system"))
                    for key in dict(span.attributes or {}))
+
+
+def test_capture_never_changes_or_breaks_the_call(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the SDK accepts, capture must survive without consuming it (a generator is the
+    SDK's to read) or sending the call elsewhere."""
+    from openai.types.chat.chat_completion_message_function_tool_call import Function
+
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    install(rollout_config(green, weight=100))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+
+    def with_calls(calls: Any) -> list[dict[str, Any]]:
+        return [{"role": "user", "content": "hi"},
+                {"role": "assistant", "content": None, "tool_calls": calls},
+                {"role": "tool", "tool_call_id": "c1", "content": "ok"}]
+
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    client.chat.completions.create(model="gpt-4.1", messages=with_calls(c for c in [call]))
+    client.chat.completions.create(model="gpt-4.1", messages=with_calls([{
+        **call, "function": Function(name="f", arguments='{"a": 1}')}]))
+    deep = "[" * 5000 + "]" * 5000
+    client.chat.completions.create(model="gpt-4.1", messages=with_calls([{
+        **call, "function": {"name": "f", "arguments": deep}}]))
+    assert [r.body["messages"][1]["tool_calls"][0]["function"]["name"]
+            for r in green.requests] == ["f", "f", "f"]
+    assert not blue.requests
+    spans = [dict(s.attributes or {}) for s in telemetry.spans()]
+    assert len(spans) == 3
+    assert all(s["bluegreen.environment"] == "green" for s in spans)
+    parsed = json.loads(spans[1]["gen_ai.input.messages"])
+    assert parsed[1]["parts"][0]["arguments"] == {"a": 1}

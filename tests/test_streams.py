@@ -339,3 +339,12 @@ def test_streaming_response_stream_left_early_ends_when_the_block_exits(
         next(iter(stream))
     assert "error.type" not in _one_span(telemetry)
     assert stream is not None  # still referenced: ended by the block's exit, not by GC
+
+
+def test_raw_streamed_response_offers_no_close_it_does_not_have(client: openai.OpenAI,
+                                                                telemetry: Telemetry) -> None:
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4.1", messages=MSGS,
+                                                           stream=True)
+    assert not hasattr(raw, "close")  # as the SDK's LegacyAPIResponse: duck typing holds
+    list(raw.parse())
+    _one_span(telemetry)

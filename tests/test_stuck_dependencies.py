@@ -274,3 +274,40 @@ def test_a_held_lock_is_logged_once_although_reads_keep_working(
                if "no metric source" not in r.getMessage()]
     assert [level for level, _ in records] == [logging.WARNING, logging.INFO], records
     watcher.stop()
+
+
+def test_a_rollback_is_never_undone_by_the_lookers_slow_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, green: SimulatedUpstream,
+) -> None:
+    """The looker's write lands, its reply is slow; meanwhile an operator rolls back and the
+    follower applies it. When the slow reply returns, its older state must not be pushed."""
+    real_cas = FileStore.compare_and_set
+    looker_wrote = threading.Event()
+
+    def slow_reply(self: FileStore, state: Any, expected: int | None) -> bool:
+        written = real_cas(self, state, expected)
+        if (written and threading.current_thread().name == "openai-bluegreen-watcher"
+                and state.phase.value == "progressing"):
+            looker_wrote.set()
+            time.sleep(0.6)
+        return written
+
+    monkeypatch.setattr(FileStore, "compare_and_set", slow_reply)
+    monkeypatch.setenv("GREEN_API_KEY", "green-key")
+    config = rollout_config(green, schedule=SCHEDULE, analysis={"interval": "5s"})
+    config["rollouts"][0].pop("weight")
+    config |= {"state": f"file://{tmp_path}/state.json", "metrics_source": "local"}
+    openai_bluegreen.install(config)
+    try:
+        router = _state.router
+        assert router is not None
+        assert looker_wrote.wait(15)
+        openai_bluegreen.rollback("chat-upgrade", reason="bad green")
+        deadline = time.monotonic() + 1.5
+        weights = set()
+        while time.monotonic() < deadline:
+            weights.add(router.rollouts["chat-upgrade"].weight_bp)
+            time.sleep(0.01)
+        assert weights == {0}
+    finally:
+        openai_bluegreen.uninstall()

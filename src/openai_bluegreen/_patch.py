@@ -22,6 +22,7 @@ from ._streams import (
     PREFETCH_MAX,
     AsyncDeferredResponse,
     AsyncStreamProxy,
+    ClosableDeferredResponse,
     DeferredResponse,
     SyncStreamProxy,
     counts_as_first,
@@ -129,7 +130,8 @@ def _finish_plain(call: Call, result: Any, legacy: Any, lazy: tuple[Any, ...],
             return DeferredResponse(result, call, streams)
         _quietly(call.succeeded, result.parse())
     elif isinstance(result, lazy):  # with_streaming_response: the body is not read yet
-        deferred = AsyncDeferredResponse if isinstance(result, lazy[1]) else DeferredResponse
+        deferred = (AsyncDeferredResponse if isinstance(result, lazy[1])
+                    else ClosableDeferredResponse)
         return deferred(result, call, streams)
     else:
         _quietly(call.succeeded, result)

@@ -7,7 +7,6 @@ raises, it is closed, its context manager exits, or it is garbage-collected unfi
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -16,8 +15,9 @@ import wrapt
 from . import _telemetry as T
 from ._call import NOTHING, Call, error_type
 
-__all__ = ["PREFETCH_MAX", "AsyncDeferredResponse", "AsyncStreamProxy", "DeferredResponse",
-           "SyncStreamProxy", "counts_as_first", "end_helper_stream"]
+__all__ = ["PREFETCH_MAX", "AsyncDeferredResponse", "AsyncStreamProxy",
+           "ClosableDeferredResponse", "DeferredResponse", "SyncStreamProxy", "counts_as_first",
+           "end_helper_stream"]
 
 _perf = time.perf_counter
 _LIFECYCLE = frozenset({"response.created", "response.in_progress", "response.queued"})
@@ -74,10 +74,10 @@ class _Accumulated:
     def output_json(self) -> str | None:
         if self.output is not None or not self.texts:
             return self.output
-        return json.dumps([
+        return T.dumps([
             {"role": "assistant", "parts": [{"type": "text", "content": "".join(texts)}],
              "finish_reason": reason or "stop"}
-            for _, (texts, reason) in sorted(self.texts.items())], ensure_ascii=False)
+            for _, (texts, reason) in sorted(self.texts.items())])
 
     def described(self) -> tuple[str | None, str | None, tuple[str, ...], int | None, int | None]:
         return self.response_id, self.model, self.reasons, self.in_tokens, self.out_tokens
@@ -305,12 +305,17 @@ class _DeferredResponse(wrapt.ObjectProxy[Any]):
 
 
 class DeferredResponse(_DeferredResponse):
-    """A response whose ``parse()`` is a plain call (``LegacyAPIResponse``, ``APIResponse``)."""
+    """A response whose ``parse()`` is a plain call and that has no ``close()``
+    (``LegacyAPIResponse``: the proxy must not offer one either)."""
 
     def parse(self, *args: Any, **kwargs: Any) -> Any:
         return self._bg_take(self.__wrapped__.parse(*args, **kwargs))
 
-    def close(self) -> None:  # APIResponse's (LegacyAPIResponse has none: AttributeError)
+
+class ClosableDeferredResponse(DeferredResponse):
+    """``APIResponse`` (``with_streaming_response``): ``parse()`` and ``close()``."""
+
+    def close(self) -> None:
         try:
             self.__wrapped__.close()
         finally:

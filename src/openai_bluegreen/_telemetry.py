@@ -243,6 +243,29 @@ def intern_reasons(reasons: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def input_messages_json(kwargs: dict[str, Any]) -> tuple[str | None, str | None]:
+    """See :func:`_input_messages_json`; never raises (capture must not fail the call, which
+    is why only lists, tuples and dicts are read: a generator the app passes is the SDK's to
+    consume)."""
+    try:
+        return _input_messages_json(kwargs)
+    except Exception:
+        return None, None
+
+
+def output_messages_json(obj: Any) -> str | None:
+    """See :func:`_output_messages_json`; never raises."""
+    try:
+        return _output_messages_json(obj)
+    except Exception:
+        return None
+
+
+def dumps(value: Any) -> str | None:
+    """JSON for a captured-content attribute, ``None`` when it cannot be made."""
+    return _json(value)
+
+
+def _input_messages_json(kwargs: dict[str, Any]) -> tuple[str | None, str | None]:
     """``(gen_ai.input.messages, gen_ai.system_instructions)`` of a request as JSON in the
     semconv message shape (``[{"role", "parts": [{"type": "text", "content"}, ...]}]``), for
     opt-in content capture. Chat messages (a system message included: it is part of the
@@ -265,7 +288,7 @@ def input_messages_json(kwargs: dict[str, Any]) -> tuple[str | None, str | None]
     return _json(messages), _json(system)
 
 
-def output_messages_json(obj: Any) -> str | None:
+def _output_messages_json(obj: Any) -> str | None:
     """A response's output as ``gen_ai.output.messages`` JSON (semconv message shape)."""
     out: list[dict[str, Any]] = []
     for choice in getattr(obj, "choices", None) or ():
@@ -306,7 +329,7 @@ def _json(value: Any) -> str | None:
         return None
     try:
         return json.dumps(value, default=str, ensure_ascii=False)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return None
 
 
@@ -316,7 +339,8 @@ def _text_part(text: str) -> dict[str, Any]:
 
 def _tool_call(call_id: Any, name: Any, arguments: Any) -> dict[str, Any]:
     if isinstance(arguments, str):
-        with contextlib.suppress(ValueError):  # not JSON: recorded as the string it is
+        # Not JSON (or nested past the parser's limit): recorded as the string it is.
+        with contextlib.suppress(ValueError, RecursionError):
             arguments = json.loads(arguments)
     return {"type": "tool_call", "id": call_id, "name": name, "arguments": arguments}
 
@@ -326,7 +350,7 @@ def _content_parts(content: Any) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [_text_part(content)]
     parts: list[dict[str, Any]] = []
-    for part in content if isinstance(content, list) else ():
+    for part in content if isinstance(content, (list, tuple)) else ():
         if not isinstance(part, dict):
             continue
         kind = part.get("type")
@@ -342,6 +366,11 @@ def _content_parts(content: Any) -> list[dict[str, Any]]:
     return parts
 
 
+def _field(obj: Any, name: str) -> Any:
+    """A field of a dict or of an SDK model the app passed inside one."""
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
 def _chat_message(message: dict[str, Any]) -> dict[str, Any]:
     role = message.get("role")
     if role == "tool":
@@ -349,11 +378,12 @@ def _chat_message(message: dict[str, Any]) -> dict[str, Any]:
                                            "id": message.get("tool_call_id"),
                                            "response": message.get("content")}]}
     parts = _content_parts(message.get("content"))
-    for call in message.get("tool_calls") or ():
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, (list, tuple)) else ():
         if isinstance(call, dict):
-            function = call.get("function") or {}
-            parts.append(_tool_call(call.get("id"), function.get("name"),
-                                    function.get("arguments")))
+            function = call.get("function")
+            parts.append(_tool_call(call.get("id"), _field(function, "name"),
+                                    _field(function, "arguments")))
     out: dict[str, Any] = {"role": role, "parts": parts}
     if isinstance(message.get("name"), str):
         out["name"] = message["name"]

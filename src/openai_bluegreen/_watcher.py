@@ -232,9 +232,11 @@ class Watcher:
         missing = set()
         with self._states_lock:
             for name in self.rollouts:
-                if self._written.get(name, -1) > generation:
-                    continue  # the looker wrote a newer state while this read was under way
                 state = stored.get(name)
+                held = self._states.get(name)
+                if (self._written.get(name, -1) > generation
+                        and (state is None or held is None or state.version <= held.version)):
+                    continue  # the looker wrote a newer state while this read was under way
                 if state is not None:
                     self._states[name] = state
                 elif name in self._states:
@@ -243,8 +245,13 @@ class Watcher:
             self._push_weights()
 
     def _remember(self, name: str, state: RolloutState) -> None:
-        """Keep a state the looker wrote or re-read (newer than any read under way)."""
+        """Keep a state the looker wrote or re-read (newer than any read under way), unless
+        the follower already holds a later version (an operator's action that landed while
+        the looker's write was returning: it must not be undone, even for a poll)."""
         with self._states_lock:
+            held = self._states.get(name)
+            if held is not None and state.version < held.version:
+                return
             self._generation += 1
             self._written[name] = self._generation
             self._states[name] = state
