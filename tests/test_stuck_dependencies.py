@@ -311,3 +311,36 @@ def test_a_rollback_is_never_undone_by_the_lookers_slow_write(
         assert weights == {0}
     finally:
         openai_bluegreen.uninstall()
+
+
+def test_a_prometheus_trickling_its_status_line_is_given_up_on_at_the_source_timeout() -> None:
+    """The deadline covers the status line and headers too, not only the body."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    stop = threading.Event()
+
+    def trickle() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000:
+                    if stop.wait(0.2):
+                        return
+                    conn.send(bytes([byte]))
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        source = PrometheusSource(f"http://127.0.0.1:{server.getsockname()[1]}", timeout=1.0)
+        started = time.monotonic()
+        with pytest.raises(SourceUnavailable, match=r"did not answer within 1s"):
+            source.snapshot(time.time())
+        assert time.monotonic() - started < 2.0
+    finally:
+        stop.set()
+        server.close()
+        thread.join(5)

@@ -60,6 +60,8 @@ and with different ``job``/``instance`` labels (never grouped on). UTF-8 names w
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.client
 import json
 import math
 import socket
@@ -194,9 +196,17 @@ class PrometheusSource:
             request.add_header("Authorization", self._auth)
         where = f"Prometheus at {self.masked_url}"
         deadline = time.monotonic() + self.timeout
+        watchdog = _Watchdog(self.timeout)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
-                body = _read(answer, deadline)
+            try:
+                with watchdog, _OPENER.open(request, timeout=self.timeout) as answer:
+                    body = _read(answer, deadline)
+                if watchdog.fired:  # cut mid-body: what was read is not the answer
+                    raise TimeoutError("cut at the deadline")
+            except Exception as exc:
+                if watchdog.fired:  # e.g. the status line or headers trickled past it
+                    raise TimeoutError("cut at the deadline") from exc
+                raise
         except urllib.error.HTTPError as exc:
             raise SourceUnavailable(f"{where} answered HTTP {exc.code}"
                                     f"{_api_error(exc)}") from exc
@@ -207,6 +217,8 @@ class PrometheusSource:
                                     ) from exc
         except OSError as exc:
             raise SourceUnavailable(f"{where} failed: {exc}") from exc
+        except http.client.HTTPException as exc:  # a broken status line or body
+            raise SourceUnavailable(f"{where} answered badly: {exc!r}") from exc
         try:
             doc = json.loads(body)
         except ValueError as exc:
@@ -385,6 +397,71 @@ def _split_auth(url: str) -> tuple[str, str | None]:
     password = urllib.parse.unquote(parts.password or "")
     token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
     return plain, f"Basic {token}"
+
+
+class _Watchdog:
+    """Cuts the connections a query opened (this thread's) when ``seconds`` have passed, so a
+    server that trickles its status line or headers (each receive within the socket timeout)
+    cannot hold a look past its deadline either; the body has its own (``_read``)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.fired = False
+        self._sockets: list[socket.socket] = []
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watchdog:
+        _watched.sockets = self._sockets
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+        _watched.sockets = None
+
+    def _cut(self) -> None:
+        self.fired = True
+        for sock in list(self._sockets):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+_watched = threading.local()  # .sockets: the running query's list, where connect() adds
+
+
+def _watch(sock: socket.socket | None) -> None:
+    sockets = getattr(_watched, "sockets", None)
+    if sockets is not None and sock is not None:
+        sockets.append(sock)
+
+
+class _WatchedHTTPConnection(http.client.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _watch(self.sock)
+
+
+class _WatchedHTTPSConnection(http.client.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _watch(self.sock)
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_WatchedHTTPConnection, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        # As the base class does (its keyword arguments differ between Python versions).
+        options: dict[str, Any] = {"context": getattr(self, "_context", None)}
+        if hasattr(self, "_check_hostname"):
+            options["check_hostname"] = self._check_hostname
+        return self.do_open(_WatchedHTTPSConnection, req, **options)
+
+
+_OPENER = urllib.request.build_opener(_HTTPHandler, _HTTPSHandler)
 
 
 def _read(answer: Any, deadline: float) -> bytes:
