@@ -510,3 +510,12 @@ def test_a_state_url_naming_a_directory_is_refused_at_install(
     assert caught.value.problems[0][0] == "state"
     assert "is a directory" in str(caught.value)
     assert not openai_bluegreen._patch.is_patched()
+
+
+@pytest.mark.parametrize("interval", ["99999999999999999999999999999d", "366d", 1e30])
+def test_durations_longer_than_a_year_are_refused(interval: Any) -> None:
+    """A thread cannot wait that long (OverflowError would end the watcher's loop)."""
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config(scheduled(analysis={"interval": interval}))
+    assert caught.value.problems[0][0] == "rollouts[0].analysis.interval"
+    assert "at most 365d" in str(caught.value)

@@ -271,6 +271,7 @@ class Fallback(_Strict):
 _DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h|d))+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_MAX_DURATION = 365 * 86400.0
 
 
 def parse_duration(value: Any) -> float:
@@ -286,6 +287,8 @@ def parse_duration(value: Any) -> float:
         raise ValueError("must be a duration such as '30s', '10m', '1h30m' or a number of seconds")
     if not seconds >= 0 or seconds == float("inf"):
         raise ValueError("must be a finite duration >= 0")
+    if seconds > _MAX_DURATION:  # a thread cannot even wait that long (OverflowError)
+        raise ValueError("must be at most 365d")
     return seconds
 
 
