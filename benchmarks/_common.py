@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import random
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -162,6 +164,61 @@ async def async_block(client: Any, total: int, concurrency: int) -> float:
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return total / (time.perf_counter() - t0)
+
+
+class GcMeter:
+    """The garbage collector's passes during a block, and the CPU they took by the thread that
+    ran them: ``main`` or the telemetry ``worker`` (a ``gc.callbacks`` hook).
+
+    CPU of the collecting thread, not wall time: the callback is Python code, so another thread
+    may take the GIL between "start" and the pass, and wall time would charge its work to the
+    collector."""
+
+    def __init__(self) -> None:
+        self.passes = 0
+        self.seconds = {"main": 0.0, "worker": 0.0}
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.thread_time()
+            return
+        from openai_bluegreen import _worker
+
+        self.passes += 1
+        who = "worker" if threading.current_thread() is _worker._thread else "main"
+        self.seconds[who] += time.thread_time() - self._t0
+
+
+Block = Callable[[str, float, float, GcMeter], None]
+
+
+async def timed_async_rounds(client: Any, arms: Arms, rounds: int, block: int,
+                             concurrency: int, seed: int, record: Block) -> None:
+    """Each round runs every arm's block once, in a shuffled order: ``setup()``, ``block``
+    calls with ``concurrency`` in flight, then the telemetry still queued (owed by this block,
+    not by the next arm), timed inside the region, and ``teardown()``. Calls
+    ``record(arm, seconds, process_cpu_seconds, gc_meter)`` for each block."""
+    import openai_bluegreen
+
+    await async_block(client, 200, concurrency)  # warm up connections, imports, caches
+    for i in range(rounds):
+        order = list(arms)
+        random.Random(seed + i).shuffle(order)
+        for arm in order:
+            setup, teardown = arms[arm]
+            setup()
+            meter = GcMeter()
+            gc.callbacks.append(meter)
+            c0, t0 = time.process_time(), time.perf_counter()
+            await async_block(client, block, concurrency)
+            openai_bluegreen.flush()
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+            gc.callbacks.remove(meter)
+            record(arm, seconds, cpu, meter)
+            teardown()
+        print(f"\r  async round {i + 1}/{rounds}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
 
 
 def per_round(values: list[float], rounds: int) -> list[list[float]]:

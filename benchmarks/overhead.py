@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -31,13 +29,14 @@ from opentelemetry.trace import NoOpTracerProvider
 
 import openai_bluegreen
 from _common import (
-    async_block,
+    GcMeter,
     machine,
     median,
     paired_added,
     paired_mean_added,
     percentile,
     providers,
+    timed_async_rounds,
     timed_sync_calls,
     upstream_process,
     write_section,
@@ -183,26 +182,6 @@ def run_sync(base_url: str, rounds: int, block: int
     return samples, flushes
 
 
-class GcMeter:
-    """Counts the garbage collector's passes and the CPU they take (all generations, any thread).
-
-    CPU of the collecting thread, not wall time: the callback is Python code, so another thread
-    may take the GIL between "start" and the pass, and wall time would charge its work to the
-    collector."""
-
-    def __init__(self) -> None:
-        self.passes = 0
-        self.seconds = 0.0
-        self._t0 = 0.0
-
-    def __call__(self, phase: str, _info: dict[str, int]) -> None:
-        if phase == "start":
-            self._t0 = time.thread_time()
-        else:
-            self.passes += 1
-            self.seconds += time.thread_time() - self._t0
-
-
 async def run_async(base_url: str, rounds: int, block: int, concurrency: int
                     ) -> dict[str, dict[str, list[float]]]:
     """Per arm and block: throughput (calls/s), process CPU per call (s), garbage-collector
@@ -211,30 +190,18 @@ async def run_async(base_url: str, rounds: int, block: int, concurrency: int
     The telemetry still queued when a block's calls are done is recorded inside the timed
     region: the worker drains in bursts, and what it has not done yet is owed by the block."""
     client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
-    arms = make_arms(base_url)
     out: dict[str, dict[str, list[float]]] = {
         key: {arm: [] for arm in ARMS} for key in ("throughput", "cpu", "gc_passes", "gc_seconds")
     }
-    await async_block(client, 200, concurrency)
-    for i in range(rounds):
-        order = list(ARMS)
-        random.Random(1000 + i).shuffle(order)
-        for arm in order:
-            setup, teardown = arms[arm]
-            setup()
-            meter = GcMeter()
-            gc.callbacks.append(meter)
-            c0, t0 = time.process_time(), time.perf_counter()
-            await async_block(client, block, concurrency)
-            openai_bluegreen.flush()  # owed by this block, not by the next arm
-            out["throughput"][arm].append(block / (time.perf_counter() - t0))
-            out["cpu"][arm].append((time.process_time() - c0) / block)
-            gc.callbacks.remove(meter)
-            out["gc_passes"][arm].append(meter.passes / block)
-            out["gc_seconds"][arm].append(meter.seconds / block)
-            teardown()
-        print(f"\r  async round {i + 1}/{rounds}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+
+    def record(arm: str, seconds: float, cpu: float, meter: GcMeter) -> None:
+        out["throughput"][arm].append(block / seconds)
+        out["cpu"][arm].append(cpu / block)
+        out["gc_passes"][arm].append(meter.passes / block)
+        out["gc_seconds"][arm].append(sum(meter.seconds.values()) / block)
+
+    await timed_async_rounds(client, make_arms(base_url), rounds, block, concurrency, 1000,
+                             record)
     await client.close()
     return out
 

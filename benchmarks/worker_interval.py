@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import random
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,13 +27,14 @@ import openai
 
 import openai_bluegreen
 from _common import (
-    async_block,
+    GcMeter,
     machine,
     median,
     paired_added,
     paired_mean_added,
     percentile,
     providers,
+    timed_async_rounds,
     timed_sync_calls,
     upstream_process,
     write_section,
@@ -48,22 +46,6 @@ CONFIG = {"rollouts": [{
     "name": "bench", "match": {"model": "bench-model"}, "weight": 50,
     "blue": {"model": "bench-blue"}, "green": {"model": "bench-green"},
 }]}
-
-
-class GcByThread:
-    """CPU seconds in garbage-collector passes, by the thread that ran them: ``main`` or the
-    telemetry ``worker``."""
-
-    def __init__(self) -> None:
-        self.seconds = {"main": 0.0, "worker": 0.0}
-        self._t0 = 0.0
-
-    def __call__(self, phase: str, _info: dict[str, int]) -> None:
-        if phase == "start":
-            self._t0 = time.thread_time()
-            return
-        who = "worker" if threading.current_thread() is _worker._thread else "main"
-        self.seconds[who] += time.thread_time() - self._t0
 
 
 def make_arms(intervals: list[float]) -> dict[str, tuple[Callable[[], None], Callable[[], None]]]:
@@ -110,25 +92,13 @@ async def run_async(base_url: str, arms: dict[str, Any], rounds: int, block: int
     client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
     out: dict[str, dict[str, list[float]]] = {
         key: {arm: [] for arm in arms} for key in ("throughput", "gc_main", "gc_worker")}
-    await async_block(client, 200, 64)
-    for i in range(rounds):
-        order = list(arms)
-        random.Random(500 + i).shuffle(order)
-        for arm in order:
-            setup, teardown = arms[arm]
-            setup()
-            meter = GcByThread()
-            gc.callbacks.append(meter)
-            t0 = time.perf_counter()
-            await async_block(client, block, 64)
-            openai_bluegreen.flush()  # owed by this block
-            out["throughput"][arm].append(block / (time.perf_counter() - t0))
-            gc.callbacks.remove(meter)
-            out["gc_main"][arm].append(meter.seconds["main"] / block)
-            out["gc_worker"][arm].append(meter.seconds["worker"] / block)
-            teardown()
-        print(f"\r  async round {i + 1}/{rounds}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+
+    def record(arm: str, seconds: float, _cpu: float, meter: GcMeter) -> None:
+        out["throughput"][arm].append(block / seconds)
+        out["gc_main"][arm].append(meter.seconds["main"] / block)
+        out["gc_worker"][arm].append(meter.seconds["worker"] / block)
+
+    await timed_async_rounds(client, arms, rounds, block, 64, 500, record)
     await client.close()
     return out
 
