@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
@@ -21,6 +22,16 @@ MSGS = [{"role": "user", "content": "hi"}]
 def client(install: Any, blue: SimulatedUpstream, green: SimulatedUpstream) -> openai.OpenAI:
     install(rollout_config(green, weight=0))
     return openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+
+
+@pytest.fixture
+async def green_async_client(install: Any, blue: SimulatedUpstream, green: SimulatedUpstream
+                             ) -> AsyncIterator[openai.AsyncOpenAI]:
+    """An async client of the app's, with every matched call routed to green."""
+    install(rollout_config(green, weight=100))
+    client = openai.AsyncOpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    yield client
+    await client.close()
 
 
 def _one_span(telemetry: Telemetry) -> dict[str, Any]:
@@ -213,10 +224,9 @@ def test_stream_helper_closed_without_with_ends_the_call(client: openai.OpenAI,
 
 @pytest.mark.asyncio
 async def test_async_stream_helpers_end_the_call_at_exit(
-    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+    green_async_client: openai.AsyncOpenAI, telemetry: Telemetry,
 ) -> None:
-    install(rollout_config(green, weight=100))
-    client = openai.AsyncOpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    client = green_async_client
     with pytest.raises(ValueError):
         async with client.chat.completions.stream(model="gpt-4.1", messages=MSGS) as chat:
             async for _ in chat:
@@ -227,7 +237,6 @@ async def test_async_stream_helpers_end_the_call_at_exit(
     spans = telemetry.spans()
     assert [dict(s.attributes or {}).get("error.type") for s in spans] == ["ValueError", None]
     assert chat is not None and responses is not None
-    await client.close()
 
 
 # with_raw_response(stream=True): the body is the stream that parse() returns.
@@ -271,10 +280,9 @@ def test_raw_response_stream_never_parsed_ends_when_dropped(client: openai.OpenA
 
 @pytest.mark.asyncio
 async def test_async_raw_response_stream_is_measured_to_its_end(
-    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+    green_async_client: openai.AsyncOpenAI, telemetry: Telemetry,
 ) -> None:
-    install(rollout_config(green, weight=100))
-    client = openai.AsyncOpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    client = green_async_client
     raw = await client.responses.with_raw_response.create(model="gpt-4.1", input="hi",
                                                           stream=True)
     events = [event async for event in raw.parse()]
@@ -283,7 +291,6 @@ async def test_async_raw_response_stream_is_measured_to_its_end(
     assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
     assert attrs["bluegreen.environment"] == "green"
     assert telemetry.count("gen_ai.client.operation.time_to_first_chunk") == 1
-    await client.close()
 
 
 # with_streaming_response: the body is read when the caller parses it.
@@ -313,10 +320,9 @@ def test_streaming_response_read_without_parse_ends_at_its_headers(
 
 @pytest.mark.asyncio
 async def test_async_streaming_response_records_usage_and_pins_follow_ups(
-    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+    green_async_client: openai.AsyncOpenAI, telemetry: Telemetry,
 ) -> None:
-    install(rollout_config(green, weight=100))
-    client = openai.AsyncOpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    client = green_async_client
     async with client.responses.with_streaming_response.create(model="gpt-4.1",
                                                                input="hi") as response:
         first = await response.parse()
@@ -327,7 +333,6 @@ async def test_async_streaming_response_records_usage_and_pins_follow_ups(
     spans = [dict(s.attributes or {}) for s in telemetry.spans()]
     assert spans[0]["gen_ai.usage.output_tokens"] == 8
     assert spans[0]["gen_ai.response.id"] == first.id
-    await client.close()
 
 
 def test_streaming_response_stream_left_early_ends_when_the_block_exits(
