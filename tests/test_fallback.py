@@ -4,6 +4,8 @@ failure still lands in green's metrics and the fallback is counted. Blue failure
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 from typing import Any
 
 import openai
@@ -16,6 +18,10 @@ from .conftest import BLUE_KEY, Telemetry, rollout_config
 from .services import free_port
 
 MSGS = [{"role": "user", "content": "hello"}]
+# What a stream cut mid-way raises: openai.APIConnectionError on 3.x, httpx's own error before.
+TRANSPORT_ERRORS: tuple[type[Exception], ...] = tuple(
+    importlib.import_module(name).TransportError for name in ("httpx2", "httpx")
+    if importlib.util.find_spec(name) is not None)
 
 
 def _client(blue: SimulatedUpstream, **kw: Any) -> openai.OpenAI:
@@ -225,11 +231,14 @@ async def test_async_green_responses_stream_cut_after_its_first_chunk_reaches_th
     install(rollout_config(green, weight=100))
     client = openai.AsyncOpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
     seen = []
-    with pytest.raises(Exception):  # noqa: B017 - openai's (3.x) or httpx's (1.x, 2.x)
+    with pytest.raises((openai.APIError, *TRANSPORT_ERRORS)) as caught:  # openai 3.x / httpx
         async for event in await client.responses.create(model="gpt-4.1", input="hi",
                                                          stream=True):
             seen.append(event.type)
     assert seen == ["response.created", "response.in_progress", "response.output_item.added"]
     assert not blue.requests  # bytes of the answer had reached the caller: no silent retry
     assert telemetry.count("bluegreen.fallbacks") == 0
+    error = type(caught.value)  # the caller got the SDK's own error, and the span records it
+    (span,) = telemetry.spans()
+    assert dict(span.attributes or {})["error.type"] == f"{error.__module__}.{error.__qualname__}"
     await client.close()

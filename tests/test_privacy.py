@@ -61,6 +61,7 @@ def test_content_is_captured_only_on_opt_in(install: Any, telemetry: Telemetry,
     install(rollout_config(green, weight=50))
     _traffic(blue)
     spans = telemetry.spans()
+    assert len(spans) == 4  # every call has its span (capture must not fail a call open)
     inputs = [dict(s.attributes or {}).get("gen_ai.input.messages", "") for s in spans]
     assert all(SECRET_PROMPT in text for text in inputs)
     outputs = [dict(s.attributes or {}).get("gen_ai.output.messages") for s in spans]
