@@ -96,7 +96,8 @@ class Call:
         self.ttfc: float | None = None
         self.rollout = rollout
         self.kwargs = kwargs
-        env = rollout.pinned(kwargs)
+        # Only Responses API calls have provider-side state to follow.
+        env = rollout.pinned(kwargs) if api_type == "responses" else None
         self.pinned = env is not None  # its state is there: no fallback to the other
         if env is None:
             env = rollout.choose(kwargs)
