@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import openai
@@ -19,9 +19,11 @@ MSGS = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture
-def client(install: Any, blue: SimulatedUpstream, green: SimulatedUpstream) -> openai.OpenAI:
+def client(install: Any, blue: SimulatedUpstream, green: SimulatedUpstream
+           ) -> Iterator[openai.OpenAI]:
     install(rollout_config(green, weight=0))
-    return openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    with openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0) as client:
+        yield client
 
 
 @pytest.fixture
