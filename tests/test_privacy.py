@@ -50,8 +50,8 @@ def test_no_key_no_content_no_user_by_default(install: Any, telemetry: Telemetry
     labels = {key for attrs, _ in telemetry.points("gen_ai.client.operation.duration")
               for key in attrs}
     assert labels <= {"gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model",
-                      "server.address", "server.port", "bluegreen.rollout",
-                      "bluegreen.environment", "error.type"}
+                      "gen_ai.response.model", "server.address", "server.port",
+                      "bluegreen.rollout", "bluegreen.environment", "error.type"}
 
 
 def test_content_is_captured_only_on_opt_in(install: Any, telemetry: Telemetry,

@@ -249,3 +249,175 @@ def test_capture_never_changes_or_breaks_the_call(
     assert all(s["bluegreen.environment"] == "green" for s in spans)
     parsed = json.loads(spans[1]["gen_ai.input.messages"])
     assert parsed[1]["parts"][0]["arguments"] == {"a": 1}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_service_tier_and_fingerprint_are_on_the_span(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+    stream: bool,
+) -> None:
+    install(rollout_config(green, weight=100))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    result = client.chat.completions.create(model="gpt-4.1", messages=MSGS, stream=stream,
+                                            service_tier="flex")
+    if stream:
+        for chunk in result:
+            del chunk
+    client.chat.completions.create(model="gpt-4.1", messages=MSGS)  # no tier asked for
+    flex, default = (dict(s.attributes or {}) for s in telemetry.spans())
+    assert flex["openai.request.service_tier"] == "flex"
+    assert flex["openai.response.service_tier"] == "flex"
+    assert default["openai.response.service_tier"] == "default"
+    assert "openai.request.service_tier" not in default
+    # The simulated upstream's fingerprint names the server that answered: green's.
+    assert flex["openai.response.system_fingerprint"] == f"fp_{green.name}"
+    assert default["openai.response.system_fingerprint"] == f"fp_{green.name}"
+
+
+def test_responses_api_service_tier_is_on_the_span(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    install(rollout_config(green, weight=100))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    client.responses.create(model="gpt-4.1", input="hi", service_tier="priority")
+    for event in client.responses.create(model="gpt-4.1", input="hi", stream=True):
+        del event
+    plain, streamed = (dict(s.attributes or {}) for s in telemetry.spans())
+    assert plain["openai.response.service_tier"] == "priority"
+    assert plain["openai.request.service_tier"] == "priority"
+    assert streamed["openai.response.service_tier"] == "default"
+    assert "openai.response.system_fingerprint" not in plain  # Responses have none
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_metrics_carry_the_response_model(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+    stream: bool,
+) -> None:
+    install(rollout_config(green, weight=100))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    # The simulated upstream answers with the model it was asked for: green's.
+    result = client.chat.completions.create(model="gpt-4.1", messages=MSGS, stream=stream,
+                                            stream_options={"include_usage": True}
+                                            if stream else openai.omit)
+    if stream:
+        for chunk in result:
+            del chunk
+    names = ["gen_ai.client.operation.duration", "gen_ai.client.token.usage"]
+    if stream:
+        names.append("gen_ai.client.operation.time_to_first_chunk")
+    for name in names:
+        points = telemetry.points(name)
+        assert points, name
+        for attrs, _ in points:
+            assert attrs["gen_ai.response.model"] == "green-model", name
+            assert attrs["gen_ai.request.model"] == "green-model", name
+
+
+def test_failed_calls_and_unbounded_response_models_keep_metrics_bounded(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    from openai_bluegreen import _router, _state
+
+    install(rollout_config(green, weight=100, fallback={"enabled": False}))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+    green.configure(error_rates={503: 1.0})
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+    failed = [a for a, _ in telemetry.points("gen_ai.client.operation.duration")
+              if "error.type" in a]
+    assert failed and all("gen_ai.response.model" not in a for a in failed)
+    # A provider answering with ever new model names cannot grow the series without bound.
+    assert _state.router is not None
+    (lane,) = [lane for lanes in _state.router._lanes.values() for lane in lanes.values()
+               if lane.env == "green"]
+    for i in range(_router._MAX_RESPONSE_MODELS + 10):
+        lane.response_attrs(f"m-{i}")
+    assert len(lane._response_attrs) == _router._MAX_RESPONSE_MODELS
+    assert lane.response_attrs("m-new")[0] is lane.metric_attrs
+
+
+@pytest.fixture
+def events() -> Any:
+    """An SDK LoggerProvider with an in-memory exporter: content events land in it."""
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import (
+        InMemoryLogRecordExporter,
+        SimpleLogRecordProcessor,
+    )
+
+    exporter = InMemoryLogRecordExporter()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()
+
+
+def _install_with_events(telemetry: Telemetry, logger_provider: Any, green: SimulatedUpstream,
+                         monkeypatch: pytest.MonkeyPatch) -> openai.OpenAI:
+    import openai_bluegreen
+
+    from .conftest import GREEN_KEY
+
+    monkeypatch.setenv("GREEN_API_KEY", GREEN_KEY)
+    openai_bluegreen.install(rollout_config(green, weight=100),
+                             tracer_provider=telemetry.tracer_provider,
+                             meter_provider=telemetry.meter_provider,
+                             logger_provider=logger_provider)
+    return openai.OpenAI(base_url=green.base_url, api_key=BLUE_KEY, max_retries=0)
+
+
+@pytest.mark.parametrize(("mode", "on_span", "in_event"), [
+    ("EVENT_ONLY", False, True), ("span_and_event", True, True)])
+def test_event_modes_emit_one_inference_event_per_call_with_the_content(
+    telemetry: Telemetry, events: Any, blue: SimulatedUpstream, green: SimulatedUpstream,
+    monkeypatch: pytest.MonkeyPatch, mode: str, on_span: bool, in_event: bool,
+) -> None:
+    provider, exporter = events
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", mode)
+    client = _install_with_events(telemetry, provider, green, monkeypatch)
+    answer = client.chat.completions.create(model="gpt-4.1", messages=CONVERSATION)
+    for chunk in client.chat.completions.create(model="gpt-4.1", messages=MSGS, stream=True):
+        del chunk
+    client.embeddings.create(model="gpt-4.1", input="hi")  # not an inference: no event
+    spans = telemetry.spans()
+    records = [r.log_record for r in exporter.get_finished_logs()]
+    assert len(spans) == 3
+    assert [r.event_name for r in records] == ["gen_ai.client.inference.operation.details"] * 2
+    for span, record in zip(spans, records, strict=False):
+        attrs = dict(record.attributes or {})
+        # Correlated with its call's span, and carrying its attributes.
+        assert (record.trace_id, record.span_id) == (span.context.trace_id, span.context.span_id)
+        assert attrs["bluegreen.environment"] == "green"
+        assert attrs["gen_ai.response.id"] == dict(span.attributes or {})["gen_ai.response.id"]
+        assert ("gen_ai.input.messages" in dict(span.attributes or {})) is on_span
+        assert ("gen_ai.input.messages" in attrs) is in_event
+    chat = dict(records[0].attributes or {})
+    assert json.loads(chat["gen_ai.output.messages"])[0]["parts"][0]["content"] == \
+        answer.choices[0].message.content
+    assert json.loads(chat["gen_ai.input.messages"])[0] == {
+        "role": "system", "parts": [{"type": "text", "content": "be brief"}]}
+
+
+@pytest.mark.parametrize(("mode", "emit", "expected"), [
+    ("", "", 0),  # nothing asked for: no event, no content
+    ("SPAN_ONLY", "", 0),
+    ("EVENT_ONLY", "false", 0),  # events turned off explicitly
+    ("", "true", 1),  # events without content
+])
+def test_events_follow_the_emit_event_variable_and_carry_content_only_on_opt_in(
+    telemetry: Telemetry, events: Any, blue: SimulatedUpstream, green: SimulatedUpstream,
+    monkeypatch: pytest.MonkeyPatch, mode: str, emit: str, expected: int,
+) -> None:
+    provider, exporter = events
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", mode)
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_EMIT_EVENT", emit)
+    client = _install_with_events(telemetry, provider, green, monkeypatch)
+    client.chat.completions.create(model="gpt-4.1", messages=CONVERSATION)
+    assert len(telemetry.spans()) == 1
+    records = [r.log_record for r in exporter.get_finished_logs()]
+    assert len(records) == expected
+    for record in records:
+        assert not any(key.startswith(("gen_ai.input", "gen_ai.output", "gen_ai.system"))
+                       for key in dict(record.attributes or {}))

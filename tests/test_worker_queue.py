@@ -13,7 +13,7 @@ import pytest
 
 import openai_bluegreen
 from openai_bluegreen import _worker
-from openai_bluegreen._telemetry import intern_reasons
+from openai_bluegreen._telemetry import shared
 from openai_bluegreen.testing import SimulatedUpstream
 
 from .conftest import BLUE_KEY, Telemetry, rollout_config
@@ -69,15 +69,14 @@ def test_queued_telemetry_holds_no_object_per_call(
 
 
 def test_finish_reasons_are_shared_and_the_cache_is_bounded() -> None:
-    a = intern_reasons(tuple(["stop"]))
-    b = intern_reasons(tuple(["stop"]))
-    assert a == ("stop",) and a is b
-    assert intern_reasons(()) == ()
-    many = [intern_reasons((f"reason-{i}",)) for i in range(1000)]
+    a = shared((tuple(["stop"]), "default", "fp_1"))
+    b = shared((tuple(["stop"]), "default", "fp_1"))
+    assert a == (("stop",), "default", "fp_1") and a is b
+    many = [shared((f"reason-{i}",)) for i in range(1000)]
     assert [r[0] for r in many] == [f"reason-{i}" for i in range(1000)]
     from openai_bluegreen import _telemetry
 
-    assert len(_telemetry._REASONS) <= _telemetry._REASONS_MAX
+    assert len(_telemetry._SHARED) <= _telemetry._SHARED_MAX
 
 
 def test_a_read_cut_short_loses_that_record_only(parked_worker: None) -> None:

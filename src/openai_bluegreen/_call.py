@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from opentelemetry import context
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 
 from . import _telemetry as T
 from . import _worker
@@ -31,8 +31,8 @@ __all__ = ["Call", "classify", "error_type"]
 _perf = time.perf_counter
 _wall_ns = time.time_ns
 
-Described = tuple[str | None, str | None, tuple[str, ...], int | None, int | None]
-NOTHING: Described = (None, None, (), None, None)
+Described = T.Described
+NOTHING = T.NOTHING
 _DONE: dict[str, Any] = {}
 
 
@@ -157,17 +157,19 @@ class Call:
         # The few numbers the span needs, read now: the response object is not kept.
         self.finished(T.describe_response(response), None, end)
 
-    def first_chunk(self, at: float) -> None:
+    def first_chunk(self, at: float, response_model: str | None) -> None:
         # Recorded now, not when the stream ends: the watcher judges time to first chunk while
         # long streams are still running.
         self.ttfc = at - self.start
-        _worker.submit(_record_ttfc, self.router.instruments, self.ttfc, self.lane.metric_attrs)
+        _worker.submit(_record_ttfc, self.router.instruments, self.ttfc,
+                       self.lane.response_attrs(response_model)[0])
 
     def finished(self, described: Described, etype: str | None, end: float) -> None:
         """The call is over for the caller: queue its telemetry for the worker."""
         attrs = self.lane.request_attrs(self.kwargs, self.api_type)  # as the answering lane sent
         self.kwargs = _DONE  # the request (messages and all) need not outlive the call
-        response_id, response_model, reasons, in_tokens, out_tokens = described
+        response_id, response_model, reasons, in_tokens, out_tokens, tier, fingerprint = \
+            described
         if response_id is not None and self.api_type == "responses" and etype is None:
             self.rollout.remember_response(response_id, self.lane.env)
         content = None if self.text is None and self.output is None else (
@@ -175,14 +177,15 @@ class Call:
         # 16 arguments: a record stays within _worker.MAX_RECORD items (see there).
         _worker.submit(_emit, self.router, self.lane, self.parent, self.span_start_ns,
                        self.start_ns, end - self.start, etype, self.fallback,
-                       response_id, response_model, T.intern_reasons(reasons),
+                       response_id, response_model, T.shared((reasons, tier, fingerprint)),
                        in_tokens, out_tokens, attrs, self.ttfc, content)
 
 
 def _emit(router: Router, lane: Lane, parent: context.Context, span_start_ns: int,
           start_ns: int, elapsed: float, etype: str | None,
           fallback: tuple[str, str, float, int] | None,
-          response_id: str | None, response_model: str | None, reasons: tuple[str, ...],
+          response_id: str | None, response_model: str | None,
+          outcome: tuple[tuple[str, ...], str | None, str | None],
           in_tokens: int | None, out_tokens: int | None, base_attrs: dict[str, Any],
           ttfc: float | None, content: tuple[str | None, str | None, str | None] | None
           ) -> None:
@@ -191,9 +194,12 @@ def _emit(router: Router, lane: Lane, parent: context.Context, span_start_ns: in
     The span is started and ended here, with every attribute given at start (samplers see them
     all), the caller's context as parent, and the logical call's times: from its start (before
     green's failed attempt, after a fallback) to its end. ``elapsed``, the duration metric, is
-    the answering attempt's (``start_ns`` is when that attempt began).
+    the answering attempt's (``start_ns`` is when that attempt began). ``outcome`` is the
+    shared tuple of finish reasons, service tier and system fingerprint.
     """
     instruments = router.instruments
+    reasons, tier, fingerprint = outcome
+    duration_attrs, in_attrs, out_attrs = lane.response_attrs(response_model)
     attrs: dict[str, Any] = dict(base_attrs)
     if fallback is not None:
         attrs[T.FALLBACK] = True
@@ -201,28 +207,35 @@ def _emit(router: Router, lane: Lane, parent: context.Context, span_start_ns: in
         instruments.duration.record(elapsed, lane.attrs_for_error(etype))
         attrs[T.ERROR_TYPE] = etype
     else:
-        instruments.duration.record(elapsed, lane.metric_attrs)
+        instruments.duration.record(elapsed, duration_attrs)
     if response_id is not None:
         attrs[T.RESPONSE_ID] = response_id
     if response_model is not None:
         attrs[T.RESPONSE_MODEL] = response_model
     if reasons:
         attrs[T.FINISH_REASONS] = reasons
+    if tier is not None:
+        attrs[T.RESPONSE_SERVICE_TIER] = tier
+    if fingerprint is not None:
+        attrs[T.SYSTEM_FINGERPRINT] = fingerprint
     if in_tokens is not None:
         attrs[T.INPUT_TOKENS] = in_tokens
-        instruments.tokens.record(in_tokens, lane.token_attrs[0])
+        instruments.tokens.record(in_tokens, in_attrs)
     if out_tokens is not None:
         attrs[T.OUTPUT_TOKENS] = out_tokens
-        instruments.tokens.record(out_tokens, lane.token_attrs[1])
+        instruments.tokens.record(out_tokens, out_attrs)
     if ttfc is not None:
         attrs[T.RESPONSE_TTFC] = ttfc
+    messages: dict[str, Any] = {}
     if content is not None:
         for key, value in zip((T.INPUT_MESSAGES, T.SYSTEM_INSTRUCTIONS, T.OUTPUT_MESSAGES),
                               content, strict=True):
             if value is not None:
-                attrs[key] = value
+                messages[key] = value
+    capture = router.capture
     span = router.tracer.start_span(lane.span_name, context=parent, kind=SpanKind.CLIENT,
-                                    attributes=attrs, start_time=span_start_ns)
+                                    attributes={**attrs, **messages} if capture.span else attrs,
+                                    start_time=span_start_ns)
     if fallback is not None:
         fb_type, fb_model, fb_elapsed, fb_at = fallback
         span.add_event("bluegreen.fallback", {
@@ -233,7 +246,12 @@ def _emit(router: Router, lane: Lane, parent: context.Context, span_start_ns: in
         }, timestamp=fb_at)
     if etype is not None:
         span.set_status(Status(StatusCode.ERROR, etype))
-    span.end(end_time=start_ns + int(elapsed * 1e9))
+    end_ns = start_ns + int(elapsed * 1e9)
+    span.end(end_time=end_ns)
+    if router.events is not None and lane.span_attrs[T.OPERATION] != "embeddings":
+        if capture.event_content:
+            attrs.update(messages)
+        router.events.emit(T.inference_event(attrs, set_span_in_context(span, parent), end_ns))
 
 
 def _record_ttfc(instruments: T.Instruments, seconds: float, attrs: dict[str, Any]) -> None:

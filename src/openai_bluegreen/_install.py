@@ -139,6 +139,7 @@ def install(
     *,
     tracer_provider: trace.TracerProvider | None = None,
     meter_provider: metrics.MeterProvider | None = None,
+    logger_provider: Any = None,
 ) -> None:
     """Route matching ``openai`` calls through blue/green rollouts. Idempotent.
 
@@ -147,6 +148,9 @@ def install(
             file. ``None`` reads ``OPENAI_BLUEGREEN_CONFIG`` (or ``./openai-bluegreen.yaml``).
         tracer_provider: Where spans go; default: the global provider.
         meter_provider: Where metrics go; default: the global provider.
+        logger_provider: Where content events go when
+            ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` asks for them
+            (``EVENT_ONLY`` / ``SPAN_AND_EVENT``); default: the global provider.
 
     Raises:
         ConfigError: The config is invalid, or its state store or metrics source cannot be
@@ -158,7 +162,7 @@ def install(
     with _lock:
         current = _state.router
         if (current is not None and current.config == validated
-                and current.providers == (tracer_provider, meter_provider)):
+                and current.providers == (tracer_provider, meter_provider, logger_provider)):
             return
         # First everything that can fail (opening the store and the source, building the
         # router); only then what other code sees (the app's MeterProvider, the gauges, the
@@ -184,8 +188,8 @@ def install(
             if plan is not None:
                 plan.commit()
             router = Router(validated, tracer_provider=tracer_provider,
-                            meter_provider=effective_mp)
-            router.providers = (tracer_provider, meter_provider)
+                            meter_provider=effective_mp, logger_provider=logger_provider)
+            router.providers = (tracer_provider, meter_provider, logger_provider)
         except BaseException:
             if plan is not None:
                 plan.undo()

@@ -157,6 +157,7 @@ class RolloutRuntime:
 
 MAX_REMEMBERED_RESPONSES = 100_000  # per rollout: ~10 MB of ids at most
 _MAX_SHARED_REQUEST_ATTRS = 256  # per lane; beyond, each call gets its own dict
+_MAX_RESPONSE_MODELS = 32  # per lane: gen_ai.response.model values on its metrics
 
 
 def _has_authorization(headers: dict[str, Any]) -> bool:
@@ -176,6 +177,8 @@ def _attribute_value(name: str, value: Any) -> Any:
         return None
     if name == "n":
         return value if isinstance(value, int) and value != 1 else None  # 1 is the default
+    if name == "service_tier":
+        return value if isinstance(value, str) else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return value
@@ -193,9 +196,9 @@ def _host_port(base_url: Any) -> tuple[str | None, int | None]:
 class Lane:
     """Precomputed routing and telemetry for one (client, rollout, environment, operation)."""
 
-    __slots__ = ("_request_attrs", "client", "env", "error_attrs", "headers", "metric_attrs",
-                 "model", "omit_auth", "params", "resources", "rollout", "span_attrs",
-                 "span_name", "token_attrs")
+    __slots__ = ("_request_attrs", "_response_attrs", "client", "env", "error_attrs", "headers",
+                 "metric_attrs", "model", "omit_auth", "params", "resources", "rollout",
+                 "span_attrs", "span_name", "token_attrs")
 
     def __init__(self, rollout: RolloutRuntime, env: Environment, operation: str,
                  requested_model: str, caller_client: Any, own_client: Any | None) -> None:
@@ -248,6 +251,24 @@ class Lane:
         )
         self.error_attrs: dict[str, dict[str, Any]] = {}
         self._request_attrs: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._response_attrs: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
+
+    def response_attrs(self, response_model: str | None
+                       ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """The metric attributes of a call answered by ``response_model`` (the semconv's
+        recommended ``gen_ai.response.model``): duration (and time to first chunk), input
+        tokens, output tokens. One shared triple per model a provider answers with (a few);
+        past 32 of them, or with no model, the lane's own sets, without it."""
+        if response_model is None:
+            return self.metric_attrs, self.token_attrs[0], self.token_attrs[1]
+        attrs = self._response_attrs.get(response_model)
+        if attrs is None:
+            if len(self._response_attrs) >= _MAX_RESPONSE_MODELS:
+                return self.metric_attrs, self.token_attrs[0], self.token_attrs[1]
+            base = {**self.metric_attrs, T.RESPONSE_MODEL: response_model}
+            attrs = self._response_attrs.setdefault(response_model, (
+                base, {**base, T.TOKEN_TYPE: "input"}, {**base, T.TOKEN_TYPE: "output"}))
+        return attrs
 
     def request_attrs(self, kwargs: dict[str, Any], api_type: str | None) -> dict[str, Any]:
         """The span attributes of a call on this lane: ``span_attrs`` plus the request's
@@ -259,7 +280,7 @@ class Lane:
                get("max_completion_tokens"), get("max_output_tokens"),
                get("frequency_penalty"), get("presence_penalty"), get("seed"),
                tuple(stop) if stop.__class__ is list else stop, get("n"),
-               get("encoding_format"))
+               get("encoding_format"), get("service_tier"))
         try:
             attrs = self._request_attrs.get(key)
         except TypeError:  # an unhashable value: not shared
@@ -326,7 +347,8 @@ class Router:
     """Routes matched calls. One per ``install()``; replaced whole on re-install."""
 
     def __init__(self, config: Config, *, tracer_provider: trace.TracerProvider | None = None,
-                 meter_provider: metrics.MeterProvider | None = None) -> None:
+                 meter_provider: metrics.MeterProvider | None = None,
+                 logger_provider: Any = None) -> None:
         problems: list[tuple[str, str]] = []
         rollouts: list[RolloutRuntime] = []
         for i, rollout in enumerate(config.rollouts):
@@ -346,7 +368,7 @@ class Router:
         if problems:
             raise ConfigError(problems)
         self.config = config
-        self.providers = (tracer_provider, meter_provider)
+        self.providers: tuple[Any, ...] = (tracer_provider, meter_provider, logger_provider)
         self.rollouts: dict[str, RolloutRuntime] = {r.name: r for r in rollouts}
         self.by_model: dict[str, RolloutRuntime] = {
             model: runtime
@@ -355,7 +377,10 @@ class Router:
         }
         self.tracer = T.tracer_for(tracer_provider)
         self.instruments = T.instruments_for(meter_provider, self.weights)
-        self.capture_content = T.capture_content_enabled()
+        self.capture = T.capture_modes()
+        # Messages are serialized on the request path only when some destination wants them.
+        self.capture_content = self.capture.span or self.capture.event_content
+        self.events = T.logger_for(logger_provider) if self.capture.events else None
         self._lanes: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, str, str], Lane]] = (
             weakref.WeakKeyDictionary()
         )

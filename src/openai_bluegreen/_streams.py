@@ -26,7 +26,8 @@ _LIFECYCLE = frozenset({"response.created", "response.in_progress", "response.qu
 class _Accumulated:
     """What the chunks seen so far say about the response."""
 
-    __slots__ = ("in_tokens", "model", "out_tokens", "output", "reasons", "response_id", "texts")
+    __slots__ = ("fingerprint", "in_tokens", "model", "out_tokens", "output", "reasons",
+                 "response_id", "texts", "tier")
 
     def __init__(self) -> None:
         self.texts: dict[int, list[Any]] | None = None  # opt-in capture: choice -> [text, reason]
@@ -36,11 +37,14 @@ class _Accumulated:
         self.reasons: tuple[str, ...] = ()
         self.in_tokens: int | None = None
         self.out_tokens: int | None = None
+        self.tier: str | None = None
+        self.fingerprint: str | None = None
 
     def observe(self, item: Any) -> None:
         response = getattr(item, "response", None)
         source = response if response is not None and hasattr(item, "type") else item
-        response_id, model, reasons, in_tokens, out_tokens = T.describe_response(source)
+        response_id, model, reasons, in_tokens, out_tokens, tier, fingerprint = \
+            T.describe_response(source)
         if response_id is not None:
             self.response_id = response_id
         if model is not None:
@@ -52,6 +56,10 @@ class _Accumulated:
             self.in_tokens = in_tokens
         if out_tokens is not None:
             self.out_tokens = out_tokens
+        if tier is not None:
+            self.tier = tier
+        if fingerprint is not None:
+            self.fingerprint = fingerprint
 
     def capture(self, item: Any) -> None:
         """Opt-in content capture: keep the answer's text as it streams."""
@@ -79,8 +87,9 @@ class _Accumulated:
              "finish_reason": reason or "stop"}
             for _, (texts, reason) in sorted(self.texts.items())])
 
-    def described(self) -> tuple[str | None, str | None, tuple[str, ...], int | None, int | None]:
-        return self.response_id, self.model, self.reasons, self.in_tokens, self.out_tokens
+    def described(self) -> T.Described:
+        return (self.response_id, self.model, self.reasons, self.in_tokens, self.out_tokens,
+                self.tier, self.fingerprint)
 
 
 def _escaped(exc: BaseException | None) -> BaseException | None:
@@ -126,12 +135,13 @@ class _StreamProxyBase(wrapt.ObjectProxy[Any]):
         try:
             now = _perf()
             self._self_last = now
+            acc = self._self_acc
+            acc.observe(item)  # first: the first chunk's model goes on time to first chunk
             if not self._self_first and counts_as_first(item):
                 self._self_first = True
-                self._self_call.first_chunk(now)
-            self._self_acc.observe(item)
+                self._self_call.first_chunk(now, acc.model)
             if self._self_call.router.capture_content:
-                self._self_acc.capture(item)
+                acc.capture(item)
         except Exception:  # telemetry must never break the caller's iteration
             return
 

@@ -11,7 +11,7 @@ import json
 import os
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -38,6 +38,8 @@ SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
 REQUEST_STREAM = "gen_ai.request.stream"
 RESPONSE_TTFC = "gen_ai.response.time_to_first_chunk"
 API_TYPE = "openai.api.type"
+RESPONSE_SERVICE_TIER = "openai.response.service_tier"
+SYSTEM_FINGERPRINT = "openai.response.system_fingerprint"
 # Request parameters recorded on the span: (keyword argument, attribute), as sent (the
 # environment's ``params`` override the caller's). Three spellings of the token limit.
 REQUEST_PARAMS: tuple[tuple[str, str], ...] = (
@@ -52,6 +54,7 @@ REQUEST_PARAMS: tuple[tuple[str, str], ...] = (
     ("stop", "gen_ai.request.stop_sequences"),
     ("n", "gen_ai.request.choice.count"),
     ("encoding_format", "gen_ai.request.encoding_formats"),
+    ("service_tier", "openai.request.service_tier"),
 )
 SERVER_ADDRESS = "server.address"
 SERVER_PORT = "server.port"
@@ -76,12 +79,47 @@ TOKEN_BUCKETS: Sequence[float] = (
 TTFC_BUCKETS: Sequence[float] = DURATION_BUCKETS
 
 CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
-_CAPTURE_ON = frozenset({"true", "1", "yes", "span_only", "span_and_event"})
+EMIT_EVENT_ENV = "OTEL_INSTRUMENTATION_GENAI_EMIT_EVENT"
+_CONTENT_ON_SPAN = frozenset({"true", "1", "yes", "span_only", "span_and_event"})
+_CONTENT_IN_EVENT = frozenset({"event_only", "span_and_event"})
+INFERENCE_EVENT = "gen_ai.client.inference.operation.details"
 
 
-def capture_content_enabled() -> bool:
-    """Message content is recorded only when the user opts in through the standard variable."""
-    return os.environ.get(CAPTURE_ENV, "").strip().lower() in _CAPTURE_ON
+class CaptureModes(NamedTuple):
+    span: bool  # message content on the span
+    events: bool  # a gen_ai.client.inference.operation.details event per inference call
+    event_content: bool  # message content in that event
+
+
+def capture_modes() -> CaptureModes:
+    """Where message content goes, from the standard variables, as OpenTelemetry's GenAI
+    instrumentations read them: ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` =
+    ``SPAN_ONLY`` (or ``true``) / ``EVENT_ONLY`` / ``SPAN_AND_EVENT`` (any case); anything else
+    records none. Events go out in the event modes, or with
+    ``OTEL_INSTRUMENTATION_GENAI_EMIT_EVENT=true`` (then without content unless the mode allows
+    it); ``OTEL_INSTRUMENTATION_GENAI_EMIT_EVENT=false`` turns them off."""
+    mode = os.environ.get(CAPTURE_ENV, "").strip().lower()
+    emit = os.environ.get(EMIT_EVENT_ENV, "").strip().lower()
+    event_content = mode in _CONTENT_IN_EVENT
+    events = emit == "true" or (emit != "false" and event_content)
+    return CaptureModes(mode in _CONTENT_ON_SPAN, events, events and event_content)
+
+
+def logger_for(logger_provider: Any) -> Any:
+    """The OpenTelemetry logger content events go to (``None``: the global provider)."""
+    from opentelemetry import _logs
+
+    provider = logger_provider if logger_provider is not None else _logs.get_logger_provider()
+    return provider.get_logger(SCOPE, __version__)
+
+
+def inference_event(attributes: dict[str, Any], span_context: Any, at_ns: int) -> Any:
+    """A ``gen_ai.client.inference.operation.details`` event for the logger, correlated with
+    the call's span, at the call's end."""
+    from opentelemetry._logs import LogRecord
+
+    return LogRecord(event_name=INFERENCE_EVENT, attributes=attributes, context=span_context,
+                     timestamp=at_ns)
 
 
 class Instruments:
@@ -167,11 +205,22 @@ def _first_not_none(obj: Any, *names: str) -> Any:
     return None
 
 
-def describe_response(obj: Any) -> tuple[str | None, str | None, tuple[str, ...], int | None,
-                                            int | None]:
-    """``(id, model, finish_reasons, input_tokens, output_tokens)`` of any SDK response object.
+Described = tuple[str | None, str | None, tuple[str, ...], int | None, int | None, str | None,
+                  str | None]
+"""``(id, model, finish_reasons, input_tokens, output_tokens, service_tier,
+system_fingerprint)`` of a response."""
+NOTHING: Described = (None, None, (), None, None, None, None)
 
-    Works for ChatCompletion, Response (Responses API), CreateEmbeddingResponse and Completion.
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def describe_response(obj: Any) -> Described:
+    """What the telemetry needs of any SDK response object (see :data:`Described`).
+
+    Works for ChatCompletion (and its chunks), Response (Responses API),
+    CreateEmbeddingResponse and Completion.
     """
     response_id = getattr(obj, "id", None)
     model = getattr(obj, "model", None)
@@ -189,11 +238,13 @@ def describe_response(obj: Any) -> tuple[str | None, str | None, tuple[str, ...]
         in_tokens = _first_not_none(usage, "prompt_tokens", "input_tokens")
         out_tokens = _first_not_none(usage, "completion_tokens", "output_tokens")
     return (
-        response_id if isinstance(response_id, str) else None,
-        model if isinstance(model, str) else None,
+        _str_or_none(response_id),
+        _str_or_none(model),
         reasons,
         in_tokens if isinstance(in_tokens, int) else None,
         out_tokens if isinstance(out_tokens, int) else None,
+        _str_or_none(getattr(obj, "service_tier", None)),
+        _str_or_none(getattr(obj, "system_fingerprint", None)),
     )
 
 
@@ -225,21 +276,21 @@ def _responses_finish_reasons(obj: Any, status: str) -> tuple[str, ...]:
     return ()  # queued / in_progress: not finished
 
 
-_REASONS: dict[tuple[str, ...], tuple[str, ...]] = {}
-_REASONS_MAX = 256
+_SHARED: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+_SHARED_MAX = 256
 
 
-def intern_reasons(reasons: tuple[str, ...]) -> tuple[str, ...]:
-    """The one shared tuple equal to ``reasons``: a call's tuple then dies with the call instead
-    of waiting in the worker's queue (finish reasons come from a small set of values)."""
-    if not reasons:
-        return ()
-    shared = _REASONS.get(reasons)
-    if shared is None:
-        if len(_REASONS) >= _REASONS_MAX:
-            return reasons
-        shared = _REASONS.setdefault(reasons, reasons)
-    return shared
+def shared(value: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The one shared tuple equal to ``value`` (say, a call's finish reasons, service tier and
+    system fingerprint, which come from a small set of values): a call's own tuple then dies
+    with the call instead of waiting in the worker's queue. Past 256 distinct values, ``value``
+    itself."""
+    found = _SHARED.get(value)
+    if found is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            return value
+        found = _SHARED.setdefault(value, value)
+    return found
 
 
 def input_messages_json(kwargs: dict[str, Any]) -> tuple[str | None, str | None]:

@@ -36,6 +36,7 @@ class BlueGreenInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # untyped 
             kwargs.get("config"),
             tracer_provider=kwargs.get("tracer_provider"),
             meter_provider=kwargs.get("meter_provider"),
+            logger_provider=kwargs.get("logger_provider"),
         )
 
     def _uninstrument(self, **kwargs: Any) -> None:

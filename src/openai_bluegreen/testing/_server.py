@@ -358,6 +358,7 @@ class SimulatedUpstream:
         if route == "/chat/completions":
             return {"id": f"chatcmpl-{ident}", "object": "chat.completion", "created": now,
                     "model": model, "system_fingerprint": f"fp_{self.name}",
+                    "service_tier": _service_tier(body),
                     "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
                                  "message": {"role": "assistant", "content": text,
                                              "refusal": None}}],
@@ -385,7 +386,7 @@ class SimulatedUpstream:
             return {"object": "list", "data": data, "model": model,
                     "usage": {"prompt_tokens": n_in, "total_tokens": n_in}}
         return self._response_object(self._response_id(ident), model, text, n_in, n_out,
-                                     "completed", now)
+                                     "completed", now, _service_tier(body))
 
     def _response_id(self, ident: int) -> str:
         rid = f"resp_{self._id_prefix}{ident:06d}"
@@ -396,12 +397,12 @@ class SimulatedUpstream:
 
     @staticmethod
     def _response_object(ident: str, model: str, text: str | None, n_in: int, n_out: int,
-                         status: str, now: int) -> dict[str, Any]:
+                         status: str, now: int, tier: str) -> dict[str, Any]:
         output = [] if text is None else [{
             "type": "message", "id": f"msg_{ident}", "status": "completed", "role": "assistant",
             "content": [{"type": "output_text", "text": text, "annotations": []}]}]
         return {"id": ident, "object": "response", "created_at": now, "status": status,
-                "model": model, "output": output, "parallel_tool_calls": True,
+                "model": model, "output": output, "parallel_tool_calls": True, "service_tier": tier,
                 "tool_choice": "auto", "tools": [], "error": None, "incomplete_details": None,
                 "instructions": None, "metadata": {}, "temperature": 1.0, "top_p": 1.0,
                 "usage": None if text is None else {
@@ -420,7 +421,8 @@ class SimulatedUpstream:
         ident = next(self._ids)
         if route == "/chat/completions":
             base = {"id": f"chatcmpl-{ident}", "object": "chat.completion.chunk", "created": now,
-                    "model": model, "system_fingerprint": f"fp_{self.name}"}
+                    "model": model, "system_fingerprint": f"fp_{self.name}",
+                    "service_tier": _service_tier(body)}
             for i, piece in enumerate(pieces):
                 delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
                 yield {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None,
@@ -446,7 +448,8 @@ class SimulatedUpstream:
             rid = self._response_id(ident)
             mid = f"msg_{rid}"
             seq = itertools.count()
-            pending = self._response_object(rid, model, None, n_in, n_out, "in_progress", now)
+            pending = self._response_object(rid, model, None, n_in, n_out, "in_progress", now,
+                                            _service_tier(body))
             yield {"type": "response.created", "sequence_number": next(seq), "response": pending}
             yield {"type": "response.in_progress", "sequence_number": next(seq),
                    "response": pending}
@@ -470,7 +473,8 @@ class SimulatedUpstream:
                    "item_id": mid, "output_index": 0, "content_index": 0, "part": part}
             yield {"type": "response.output_item.done", "sequence_number": next(seq),
                    "output_index": 0, "item": {**item, "status": "completed", "content": [part]}}
-            done = self._response_object(rid, model, text, n_in, n_out, "completed", now)
+            done = self._response_object(rid, model, text, n_in, n_out, "completed", now,
+                                         _service_tier(body))
             yield {"type": "response.completed", "sequence_number": next(seq), "response": done}
 
     async def _stream(self, route: str, body: dict[str, Any], settings: UpstreamSettings,
@@ -498,6 +502,13 @@ class SimulatedUpstream:
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         return True
+
+
+def _service_tier(body: dict[str, Any]) -> str:
+    """The tier that "served" the request, as OpenAI reports it: the one asked for, or
+    ``default`` (for ``auto`` or none)."""
+    tier = body.get("service_tier")
+    return tier if tier in ("default", "flex", "priority", "scale") else "default"
 
 
 def _json_schema_of(body: dict[str, Any]) -> dict[str, Any] | None:
