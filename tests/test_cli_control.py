@@ -92,6 +92,26 @@ def test_cli_errors_say_what_is_wrong_with_meaningful_exit_codes(tmp_path: Path)
         assert args[1] in done.stderr and repr(args[2]) in done.stderr
     done = cli(tmp_path / "missing.yaml", "status")
     assert done.returncode == 2 and "cannot read" in done.stderr
+    done = cli(config, "pause", "chat-upgrade", "--reason", "  ")
+    assert done.returncode == 2 and "--reason: must say why" in done.stderr
+    assert not (tmp_path / "state.json").exists()  # nothing was written
+
+
+def test_actions_on_a_rollout_without_schedule_are_refused_not_faked(
+        tmp_path: Path, install: Any, blue: SimulatedUpstream, green: SimulatedUpstream) -> None:
+    # A fixed-weight rollout: apps route it at the configured weight and never read the store,
+    # so a stored "rolled back" would be a lie to the operator.
+    config = rollout_config(green, weight=50)
+    config["state"] = f"file://{tmp_path}/state.json"
+    path = tmp_path / "openai-bluegreen.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    install(str(path))
+    for args in (("rollback",), ("promote",), ("pause",), ("set-weight", "0")):
+        done = cli(path, args[0], "chat-upgrade", *args[1:], "--reason", "incident")
+        assert done.returncode == 1, done
+        assert "has no schedule" in done.stderr and "configured weight (50%)" in done.stderr
+    assert not (tmp_path / "state.json").exists()
+    assert openai_bluegreen.status()["rollouts"][0]["weight"] == 50.0
 
 
 def test_concurrent_cli_writers_lose_no_update(tmp_path: Path) -> None:

@@ -335,6 +335,13 @@ def _guard(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
     return run
 
 
+def _reason(text: str) -> str:
+    """``--reason``: the history keeps who, why and when; an empty why is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must say why (it is kept in the rollout's history)")
+    return text.strip()
+
+
 def _config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="PATH", default=None,
                         help="config file (default: $OPENAI_BLUEGREEN_CONFIG or "
@@ -376,7 +383,7 @@ def add_control_commands(commands: Any, percent: Callable[[str], float],
         parser.add_argument("rollout", help="rollout name")
         if action is Action.SET_WEIGHT:
             parser.add_argument("percent", type=percent, help="percent to green, 0-100")
-        parser.add_argument("--reason", required=True,
+        parser.add_argument("--reason", required=True, type=_reason,
                             help="why (kept in the rollout's history)")
         parser.add_argument("--actor", default=None,
                             help="who (default: $OPENAI_BLUEGREEN_ACTOR or user@host)")

@@ -15,7 +15,15 @@ from dataclasses import replace
 
 from ._config import Config, Rollout
 from ._errors import BlueGreenError, UnknownRolloutError
-from ._rollout import Action, RolloutState, initial_state, restarted, revision_of, transition
+from ._rollout import (
+    Action,
+    InvalidTransition,
+    RolloutState,
+    initial_state,
+    restarted,
+    revision_of,
+    transition,
+)
 from .stores import StateStore
 
 __all__ = ["apply_action", "default_actor", "find_rollout"]
@@ -53,6 +61,13 @@ def apply_action(store: StateStore, rollout: Rollout, action: Action, *, actor: 
         StoreUnavailable: The store cannot be read or written.
         BlueGreenError: Too many concurrent writers (gave up after retrying).
     """
+    if rollout.schedule is None:
+        # Apps follow the store only for scheduled rollouts: a stored change would be shown as
+        # done while every app kept routing at the configured weight.
+        raise InvalidTransition(
+            f"rollout {rollout.name!r} has no schedule: apps route it at its configured weight "
+            f"({rollout.weight:g}%) and do not follow the state store; change its weight in the "
+            "config (or openai_bluegreen.set_weight() in the app), or give it a schedule")
     revision = revision_of(rollout)
     for attempt in range(_ATTEMPTS):
         if attempt:  # someone else wrote first: back off with jitter, then re-read
