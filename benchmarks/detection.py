@@ -261,7 +261,7 @@ def z_unhealthy(t: _Totals) -> str:
     if fm_ratio_z(t.errors[1], t.requests[1], t.errors[0], t.requests[0], Z_MARGIN) >= Z_CRIT:
         return "error rate"
     blue_hist = Histogram(BOUNDS, tuple(int(c) for c in t.counts[0]))
-    bound = blue_hist.tail_bound(0.95)
+    bound = blue_hist.tail_bound(0.95, Z_MARGIN)
     if bound is None:
         return ""
     index = BOUNDS.index(bound) + 1

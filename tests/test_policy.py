@@ -294,3 +294,44 @@ def test_calls_faster_than_the_first_bucket_still_promote_and_still_catch_a_slow
     state = watcher.states()["chat"]
     assert state.phase is Phase.ROLLED_BACK
     assert "latency p95 ratio<=1.5 failed" in state.history[-1].reason
+
+
+def _hist(**by_bound: int) -> Histogram:
+    """Counts per bucket, named by upper bound: ``_hist(b0_32=100)`` is 100 in (0.16, 0.32]."""
+    bounds = tuple(DURATION_BUCKETS)
+    counts = [0] * (len(bounds) + 1)
+    for name, n in by_bound.items():
+        counts[bounds.index(float(name[1:].replace("_", ".")))] = n
+    return Histogram(bounds, tuple(counts))
+
+
+@pytest.mark.parametrize("max_ratio", [1.25, 1.5, 3.0])
+def test_a_tight_blue_never_makes_the_latency_check_unfailable(max_ratio: float) -> None:
+    # Blue: 90 % of its calls in (0.32, 0.64], a sliver below. The only bound with blue on both
+    # sides, 0.32 s, has 90 % of blue above it: no green can have 1.25 x that, so a check there
+    # passed a green 100 x slower (a reviewer's reproduction promoted it).
+    rollout = Rollout.model_validate({
+        "name": "chat", "match": {"model": "m"}, "blue": {"model": "m"}, "green": {"model": "g"},
+        "schedule": {"steps": [50, 100], "min_step_duration": 60, "min_requests": 200},
+        "analysis": {"alpha": 0.01, "checks": [
+            {"signal": "latency", "quantile": 0.95, "max_ratio": max_ratio}]}})
+    blue = EnvStats(1000, 0, {}, _hist(b0_32=100, b0_64=900))
+    state = transition(rollout, initial_state(rollout), Action.START, 0.0, actor="t", reason="t")
+    for green_hist, expected in ((_hist(b81_92=1000), "rollback"),
+                                 (_hist(b1_28=1000), "rollback"),
+                                 (_hist(b0_32=100, b0_64=900), "promote")):
+        evidence = Evidence((StepWindow(0, 50.0, RolloutStats(
+            blue, EnvStats(1000, 0, {}, green_hist))),))
+        decision = decide(rollout, state, evidence, now=120.0)
+        assert decision.action.value == expected, (green_hist, decision.reasons)
+        assert decision.checks[0].numbers["bound_s"] == 0.64  # blue has nothing above it
+
+
+def test_the_latency_bound_is_the_nearest_one_a_green_can_fail() -> None:
+    blue = _hist(b0_32=600, b0_64=350, b1_28=50)  # p95 at about 0.64 s
+    assert blue.tail_bound(0.95, 1.5) == 0.64  # 5 % above it
+    assert blue.tail_bound(0.5, 1.5) == 0.32  # 40 % above it: a green can have 1.5 x that ...
+    assert blue.tail_bound(0.5, 3.0) == 0.64  # ... but not 3 x 40 %: the next bound up
+    assert _hist(b0_64=1000).tail_bound(0.95) == 0.64  # one bucket: its upper bound
+    assert _hist(b0_32=1, b0_64=999).tail_bound(0.95, 1.5) == 0.64
+    assert Histogram(tuple(DURATION_BUCKETS), (0,) * 14 + (5,)).tail_bound(0.95) is None

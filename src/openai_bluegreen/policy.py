@@ -161,7 +161,7 @@ def _run_check(check: Check, windows: tuple[StepWindow, ...], total: RolloutStat
         log_e = log_e_one_sample(slow, green_hist.total, tail)
         return result(log_e, numbers, enough=green_hist.total > 0)
     assert check.max_ratio is not None
-    bound = blue_hist.tail_bound(check.quantile)
+    bound = blue_hist.tail_bound(check.quantile, check.max_ratio)
     if bound is None:
         note = ("blue has no calls of this kind yet" if blue_hist.total == 0 else
                 "blue's calls all fall in the histogram's +Inf bucket")

@@ -54,31 +54,33 @@ class Histogram:
         index = bisect.bisect_left(self.bounds, bound)
         return sum(self.counts[index + 1:])
 
-    def tail_bound(self, q: float) -> float | None:
+    def tail_bound(self, q: float, max_ratio: float = 1.0) -> float | None:
         """The bucket bound whose share of values above it is closest to ``1 - q``.
 
         Closest in ratio (``|log(share / (1 - q))|``), among bounds with some values on each
-        side. When every value sits in one bucket (fast calls, coarse buckets), that bucket's
-        upper bound: nothing of blue's is above it. ``None`` when there is no data, or the
-        values all sit in the ``+Inf`` bucket.
+        side and a share below ``1 / max_ratio``: where ``share * max_ratio >= 1`` no green
+        could ever have more than ``max_ratio`` times blue's share above it, so a check there
+        could never fail. Without such a bound (all values in one bucket, or in one bucket
+        and a sliver below it), the lowest bound with nothing above it: the upper bound of the
+        highest occupied bucket. ``None`` when there is no data, or that bucket is ``+Inf``.
         """
         total = self.total
         if total == 0:
             return None
-        occupied = [i for i, count in enumerate(self.counts) if count]
-        if len(occupied) == 1:
-            index = occupied[0]
-            return self.bounds[index] if index < len(self.bounds) else None
         target = 1.0 - q
         best: tuple[float, float] | None = None
+        empty_above: float | None = None
         above = total
         for bound, count in zip(self.bounds, self.counts, strict=False):
             above -= count
-            if 0 < above < total:
+            if above == 0:
+                if above < total and empty_above is None:
+                    empty_above = bound
+            elif above < total and above * max_ratio < total:
                 distance = abs(math.log((above / total) / target))
                 if best is None or distance < best[0]:
                     best = (distance, bound)
-        return None if best is None else best[1]
+        return empty_above if best is None else best[1]
 
     def quantile(self, q: float) -> float | None:
         """The ``q``-quantile by linear interpolation in its bucket (``histogram_quantile``)."""
