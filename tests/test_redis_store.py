@@ -261,3 +261,31 @@ def test_a_failing_callback_does_not_end_the_subscription(server: RedisServer) -
     assert done.wait(1.0)
     follower.close()  # stops the subscription too
     writer.close()
+
+
+def test_set_weight_that_cannot_be_written_changes_nothing(server: RedisServer) -> None:
+    import openai_bluegreen
+
+    config = {**CONFIG, "state": server.url}
+    config["rollouts"] = [{**CONFIG["rollouts"][0],  # type: ignore[index]
+                           "schedule": {"steps": [10, 50], "min_step_duration": "1h"},
+                           "analysis": {"interval": "0.2s"}}]
+    openai_bluegreen.install(config)
+    try:
+        deadline = time.monotonic() + 10
+        while openai_bluegreen.status()["rollouts"][0]["weight"] != 10.0:
+            assert time.monotonic() < deadline, openai_bluegreen.status()
+            time.sleep(0.05)
+        server.stop()
+        with pytest.raises(StoreUnavailable):
+            openai_bluegreen.set_weight("chat", 90, reason="operator")
+        # Not written, so not routed: the app never sends calls at a weight the store, the CLI
+        # and the watcher do not know (it used to, until the watcher next moved the weight).
+        assert openai_bluegreen.status()["rollouts"][0]["weight"] == 10.0
+        server.start()
+        openai_bluegreen.set_weight("chat", 30, reason="operator, again")
+        assert openai_bluegreen.status()["rollouts"][0]["weight"] == 30.0  # at once
+        stored = open_store(server.url).load("chat")
+        assert stored is not None and (stored.phase.value, stored.weight) == ("paused", 30.0)
+    finally:
+        openai_bluegreen.uninstall()

@@ -319,10 +319,15 @@ def set_weight(rollout: str, percent: float, *, reason: str = "", actor: str | N
         ValueError: ``percent`` is not between 0 and 100.
     """
     router = _router()
-    router.set_weight(rollout, percent)  # validates name and range first
     watcher = _state.watcher
-    if watcher is not None and rollout in watcher.rollouts:
-        _act(rollout, Action.SET_WEIGHT, reason, actor, weight=float(percent))
+    if watcher is None or rollout not in watcher.rollouts:
+        router.set_weight(rollout, percent)
+        return
+    # Scheduled: the store first. Calls take the weight once it is written (the sync after the
+    # write hands it over); a write that fails changes nothing, so the app never routes at a
+    # weight the store, the CLI and the watcher do not know.
+    router.check_weight(rollout, percent)
+    _act(rollout, Action.SET_WEIGHT, reason, actor, weight=float(percent))
 
 
 def _act(rollout: str, action: Action, reason: str, actor: str | None,
@@ -334,7 +339,10 @@ def _act(rollout: str, action: Action, reason: str, actor: str | None,
         raise BlueGreenError(f"rollout {rollout!r} has no schedule: use set_weight()")
     state = apply_action(watcher.store, config, action, actor=actor or default_actor("api:"),
                          reason=reason or f"{action.value} via the Python API", weight=weight)
-    watcher.sync()
+    try:
+        watcher.sync()
+    except StoreUnavailable:  # written; the follower hands it over at its next read
+        logger.debug("openai-bluegreen: sync after %s failed", action.value, exc_info=True)
     return state
 
 

@@ -397,13 +397,18 @@ class Router:
         return [(name, r.weight_bp / BUCKETS) for name, r in self.rollouts.items()]
 
     def set_weight(self, rollout: str, percent: float) -> None:
+        self.check_weight(rollout, percent).weight_bp = round(percent * 100)
+
+    def check_weight(self, rollout: str, percent: float) -> RolloutRuntime:
+        """The rollout's runtime, if ``percent`` is a weight it can take; raises otherwise."""
         runtime = self.rollouts.get(rollout)
         if runtime is None:
             known = ", ".join(sorted(self.rollouts)) or "none"
             raise UnknownRolloutError(f"unknown rollout {rollout!r} (configured: {known})")
-        if not isinstance(percent, (int, float)) or not 0 <= percent <= 100:
+        if isinstance(percent, bool) or not isinstance(percent, (int, float)) \
+                or not 0 <= percent <= 100:
             raise ValueError(f"weight must be a percentage between 0 and 100 (got {percent!r})")
-        runtime.weight_bp = round(percent * 100)
+        return runtime
 
     def lane(self, instance: Any, rollout: RolloutRuntime, env: Environment, operation: str,
              requested_model: str) -> Lane:
