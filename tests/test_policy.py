@@ -335,3 +335,27 @@ def test_the_latency_bound_is_the_nearest_one_a_green_can_fail() -> None:
     assert _hist(b0_64=1000).tail_bound(0.95) == 0.64  # one bucket: its upper bound
     assert _hist(b0_32=1, b0_64=999).tail_bound(0.95, 1.5) == 0.64
     assert Histogram(tuple(DURATION_BUCKETS), (0,) * 14 + (5,)).tail_bound(0.95) is None
+
+
+def test_resuming_a_manual_weight_where_one_side_gets_no_calls_does_not_strand_it() -> None:
+    # set-weight 0 then resume used to leave it progressing at 0 % (green could never reach
+    # min_requests: paused at the deadline); at 100 %, blue could not.
+    config, traffic, clock = _config(), SimulatedTraffic(), Clock()
+    rollout = config.rollouts[0]
+    watcher = _watcher(config, traffic, clock)
+    _run(watcher, traffic, clock, seconds=HOUR, stop=lambda s: s.step == 1)
+    apply_action(watcher.store, rollout, Action.SET_WEIGHT, weight=0.0, actor="a", reason="x",
+                 now=clock.now)
+    resumed = apply_action(watcher.store, rollout, Action.RESUME, actor="a", reason="go",
+                           now=clock.now)
+    assert (resumed.phase, resumed.step, resumed.weight) == (Phase.PENDING, None, 0.0)
+    _run(watcher, traffic, clock, seconds=12 * HOUR, stop=lambda s: s.phase.terminal)
+    assert watcher.states()["chat"].phase is Phase.PROMOTED  # started over, went through
+    state = initial_state(rollout)
+    state = transition(rollout, state, Action.START, 0.0, actor="a", reason="")
+    state = transition(rollout, state, Action.SET_WEIGHT, 1.0, actor="a", reason="", weight=100)
+    with pytest.raises(InvalidTransition, match="nothing left to judge: promote it"):
+        transition(rollout, state, Action.RESUME, 2.0, actor="a", reason="")
+    state = transition(rollout, state, Action.SET_WEIGHT, 3.0, actor="a", reason="", weight=2)
+    resumed = transition(rollout, state, Action.RESUME, 4.0, actor="a", reason="")
+    assert (resumed.phase, resumed.step, resumed.weight) == (Phase.PROGRESSING, 0, 2.0)

@@ -227,8 +227,13 @@ def transition(rollout: Rollout, state: RolloutState, action: Action, now: float
     elif action is Action.RESUME:
         if phase is not Phase.PAUSED:
             raise refuse("resume applies to a paused rollout")
-        if state.step is None and state.weight == 0.0:
-            new_phase = Phase.PENDING
+        if state.weight >= 100.0:
+            # Blue gets no calls: nothing could ever be compared, and the schedule has no step
+            # beyond 100 %. Promoting is a decision, not something a resume should imply.
+            raise refuse("green already gets every call, so there is nothing left to judge: "
+                         "promote it, or set-weight below 100 first")
+        if state.weight == 0.0:  # green gets no calls: start the schedule over
+            new_phase, new_step, step_started = Phase.PENDING, None, None
         else:
             new_phase, step_started = Phase.PROGRESSING, now
             if new_step is None:
