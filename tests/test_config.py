@@ -73,6 +73,12 @@ BAD = [
     ("latency with max_increase", scheduled(analysis={"checks": [
         {"signal": "latency", "quantile": 0.95, "max_increase": 0.1}]}),
      "rollouts[0].analysis.checks[0]", "max_ratio, max"),
+    ("latency guardrail past the last bucket", scheduled(analysis={"checks": [
+        {"signal": "latency", "quantile": 0.99, "max": "2m"}]}),
+     "rollouts[0].analysis.checks[0]", "at most 81.92 s, the histograms' largest bucket bound"),
+    ("latency guardrail not a duration", scheduled(analysis={"checks": [
+        {"signal": "ttft", "quantile": 0.99, "max": "soon"}]}),
+     "rollouts[0].analysis.checks[0].max", "'soon'"),
     ("unknown signal", scheduled(analysis={"checks": [{"signal": "vibes", "max": 1}]}),
      "rollouts[0].analysis.checks[0].signal", "'vibes'"),
     ("bad on_failure", scheduled(analysis={"on_failure": "panic"}),
@@ -118,7 +124,8 @@ def test_bad_config_is_refused_naming_field_and_value(
 def test_schedule_and_analysis_take_durations_and_defaults() -> None:
     config = openai_bluegreen.load_config(scheduled(
         {"steps": [1, 10, 100], "min_step_duration": "1h30m", "min_requests": 50},
-        {"interval": 15, "checks": [{"signal": "ttft", "quantile": 0.9, "max": 2}]}))
+        {"interval": 15, "checks": [{"signal": "ttft", "quantile": 0.9, "max": 2},
+                                    {"signal": "latency", "quantile": 0.9, "max": "1500ms"}]}))
     rollout = config.rollouts[0]
     assert rollout.schedule is not None and rollout.schedule.min_step_duration == 5400.0
     assert rollout.effective_analysis.interval == 15.0
@@ -126,6 +133,7 @@ def test_schedule_and_analysis_take_durations_and_defaults() -> None:
     assert rollout.effective_analysis.on_failure == "rollback"
     assert rollout.progress_deadline == 3 * 5400.0
     assert rollout.effective_analysis.checks[0].describe() == "ttft p90<=2s"
+    assert rollout.effective_analysis.checks[1].max == 1.5
     defaults = openai_bluegreen.load_config(scheduled()).rollouts[0].effective_analysis
     assert [c.describe() for c in defaults.checks] == [
         "error_rate ratio<=1.5", "latency p95 ratio<=1.5", "ttft p95 ratio<=1.5"]

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from ._errors import ConfigError
+from ._telemetry import DURATION_BUCKETS
 
 __all__ = [
     "ENV_CONFIG",
@@ -293,6 +294,7 @@ def parse_duration(value: Any) -> float:
 
 
 Signal = Literal["error_rate", "latency", "ttft"]
+_LONGEST_BOUND = DURATION_BUCKETS[-1]  # seconds (time to first chunk has the same bounds)
 OnFailure = Literal["rollback", "pause"]
 
 
@@ -313,6 +315,14 @@ class Check(_Strict):
     max_increase: float | None = Field(default=None, ge=0.0, lt=1.0)
     max: float | None = Field(default=None, gt=0.0)
 
+    @field_validator("max", mode="before")
+    @classmethod
+    def _max_seconds(cls, value: Any, info: ValidationInfo) -> Any:
+        """A latency / ttft guardrail is a duration: ``2.5``, ``"2.5s"`` or ``"500ms"``."""
+        if isinstance(value, str) and info.data.get("signal") in ("latency", "ttft"):
+            return parse_duration(value)
+        return value
+
     @model_validator(mode="after")
     def _one_bound(self) -> Check:
         bounds = [name for name in ("max_ratio", "max_increase", "max")
@@ -331,6 +341,11 @@ class Check(_Strict):
                 raise ValueError(f"max is a rate and must be below 1 (got {self.max})")
         elif self.quantile is None:
             raise ValueError(f"a {self.signal} check needs a quantile, e.g. 0.95")
+        elif self.max is not None and self.max > _LONGEST_BOUND:
+            raise ValueError(
+                f"max is at most {_LONGEST_BOUND:g} s, the histograms' largest bucket bound: "
+                f"above it no quantile can be read, so the check could never pass "
+                f"(got {self.max:g})")
         return self
 
     @property
