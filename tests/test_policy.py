@@ -359,3 +359,40 @@ def test_resuming_a_manual_weight_where_one_side_gets_no_calls_does_not_strand_i
     state = transition(rollout, state, Action.SET_WEIGHT, 3.0, actor="a", reason="", weight=2)
     resumed = transition(rollout, state, Action.RESUME, 4.0, actor="a", reason="")
     assert (resumed.phase, resumed.step, resumed.weight) == (Phase.PROGRESSING, 0, 2.0)
+
+
+def test_a_watcher_taking_over_mid_step_gives_its_own_data_the_deadline() -> None:
+    # The app restarts (its own metrics start at zero) 1.5 h into a step whose deadline for
+    # missing data is 1 h: the new watcher used to pause a healthy step on its first look.
+    config = load_config({"rollouts": [{
+        "name": "chat", "match": {"model": "gpt-4.1"},
+        "blue": {"model": "old"}, "green": {"model": "new"},
+        "schedule": {"steps": [50, 100], "min_step_duration": "2h", "min_requests": 200,
+                     "progress_deadline": "1h"},
+        "analysis": {"interval": "30s"}}]})
+    clock, store = Clock(), MemoryStore()
+    before = SimulatedTraffic()
+    watcher = Watcher(config, store, before, clock=clock)
+    _run(watcher, before, clock, seconds=1.5 * HOUR)
+    assert watcher.states()["chat"].phase is Phase.PROGRESSING
+    watcher.stop()
+    after = SimulatedTraffic(seed=8)  # the restarted process's own, empty, metrics
+    watcher = Watcher(config, store, after, clock=clock)
+    watcher.look()
+    state = watcher.states()["chat"]
+    assert state.phase is Phase.PROGRESSING, state.history[-1].reason
+    _run(watcher, after, clock, seconds=2 * HOUR, stop=lambda s: s.phase.terminal)
+    assert watcher.states()["chat"].phase is Phase.PROMOTED
+    # Data that never comes still pauses it, a deadline after the takeover.
+    watcher.stop()
+    clock2, store2, idle = Clock(), MemoryStore(), SimulatedTraffic()
+    watcher = Watcher(config, store2, idle, clock=clock2)
+    _run(watcher, idle, clock2, seconds=1.5 * HOUR)
+    watcher.stop()
+    silent = SimulatedTraffic()
+    watcher = Watcher(config, store2, silent, clock=clock2)
+    for _ in range(round(HOUR / 30) + 1):
+        clock2.now += 30
+        watcher.look()
+    state = watcher.states()["chat"]
+    assert state.phase is Phase.PAUSED and "progress deadline" in state.history[-1].reason

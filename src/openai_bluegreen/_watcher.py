@@ -66,7 +66,9 @@ class _Run:
     """
 
     epoch: float | None = None
-    windows: list[tuple[int, float, RolloutStats]] = field(default_factory=list)
+    # (step, weight, counts when the window opened, when it opened: the step's start when the
+    # window was rebuilt from history or seen starting, the first look otherwise)
+    windows: list[tuple[int, float, RolloutStats, float]] = field(default_factory=list)
     closed: list[RolloutStats] = field(default_factory=list)  # each closed window's counts
     # A run rebuilt from history has a source of its own whose counts start at the epoch.
     source: MetricSource | None = None
@@ -443,7 +445,7 @@ class Watcher:
             base = source.snapshot(at).get(rollout.name)
             if run.windows:
                 run.closed.append(base.minus(run.windows[-1][2]))
-            run.windows.append((step, weight, base))
+            run.windows.append((step, weight, base, at))
         logger.info("openai-bluegreen watcher: rebuilt %d step window(s) of %s from history",
                     len(run.windows), rollout.name)
         return run
@@ -464,7 +466,7 @@ class Watcher:
             return
         if run.windows:
             run.closed.append(now_stats.minus(run.windows[-1][2]))
-        run.windows.append((step, state.weight, now_stats))
+        run.windows.append((step, state.weight, now_stats, snapshot.taken_at))
 
     def _evidence(self, rollout: Rollout, state: RolloutState, snapshot: Snapshot | None,
                   note: str) -> Evidence:
@@ -476,11 +478,11 @@ class Watcher:
         if run is None or not run.windows:
             return Evidence()
         current = snapshot.get(rollout.name)
-        windows = [StepWindow(step, weight, stats) for (step, weight, _), stats
+        windows = [StepWindow(step, weight, stats) for (step, weight, _, _), stats
                    in zip(run.windows[:-1], run.closed, strict=True)]
-        step, weight, baseline = run.windows[-1]
+        step, weight, baseline, opened = run.windows[-1]
         windows.append(StepWindow(step, weight, current.minus(baseline)))
-        return Evidence(tuple(windows))
+        return Evidence(tuple(windows), current_since=opened)
 
     # -- telemetry -----------------------------------------------------------------------
     def _emit(self, decision: Decision, state: RolloutState) -> None:

@@ -45,6 +45,10 @@ class Evidence:
     windows: tuple[StepWindow, ...] = ()
     available: bool = True
     note: str = ""
+    # When the current window's counts begin (None: at the step's start). Later than the
+    # step's start when this watcher took over mid-step and could not look back (its own
+    # process's metrics): the progress deadline for missing data counts from here.
+    current_since: float | None = None
 
     @property
     def total(self) -> RolloutStats:
@@ -246,6 +250,8 @@ def decide(rollout: Rollout, state: RolloutState, evidence: Evidence, now: float
     step = state.step if state.step is not None else -1
     started = state.step_started_at if state.step_started_at is not None else now
     elapsed = now - started
+    # Data this watcher could not see (before it took over) cannot be waited for.
+    waited = now - max(started, evidence.current_since or started)
     current = evidence.current(state.step) if evidence.available else RolloutStats()
     need = schedule.min_requests
     short = [f"{env} {current.env(env).requests}/{need} calls"
@@ -254,11 +260,11 @@ def decide(rollout: Rollout, state: RolloutState, evidence: Evidence, now: float
     step_label = (f"step {step + 1}/{len(schedule.steps)} ({state.weight:g}%)" if step >= 0
                   else f"manual weight {state.weight:g}%")
     if not evidence.available or short or waiting:
-        if elapsed >= rollout.progress_deadline:
+        if waited >= rollout.progress_deadline:
             missing = (reasons[0] if not evidence.available
                        else ", ".join(short + [f"{w}: no data" for w in waiting]))
             return Decision(name, Action.PAUSE, (
-                f"progress deadline: {step_label} lacks data after {_fmt_duration(elapsed)} "
+                f"progress deadline: {step_label} lacks data after {_fmt_duration(waited)} "
                 f"(deadline {_fmt_duration(rollout.progress_deadline)}): {missing}",),
                 checks, at=now)
         reasons.extend([f"{step_label}: collecting data ({', '.join(short)})"] if short else [])
