@@ -167,3 +167,43 @@ def test_an_unreachable_redis_is_named_with_its_password_masked(tmp_path: Path) 
         assert done.returncode == 1, done
         assert f"redis://:***@127.0.0.1:{port}/0" in done.stderr
         assert "hunter2" not in done.stderr + done.stdout
+
+
+def test_with_the_default_memory_store_actions_are_refused_and_status_says_why(
+        tmp_path: Path) -> None:
+    # Each process has its own memory store: a CLI "rollback" there reached no app.
+    config = {"rollouts": [{"name": "chat-upgrade", "match": {"model": "gpt-4.1"},
+                            "blue": {"model": "a"}, "green": {"model": "b"},
+                            "schedule": SCHEDULE}]}
+    path = tmp_path / "openai-bluegreen.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    done = cli(path, "rollback", "chat-upgrade", "--reason", "bad evals")
+    assert done.returncode == 2, done
+    assert "state: 'memory' (the default) lives inside each app's process" in done.stderr
+    for plain in (False, True):
+        text = cli(path, "status", plain=plain)
+        assert text.returncode == 0
+        assert "out of this command's reach" in " ".join(text.stdout.split()), text.stdout
+
+
+def test_an_operator_with_another_config_is_told_and_a_rollback_still_holds(
+        tmp_path: Path) -> None:
+    apps = _write_config(tmp_path)
+    assert cli(apps, "set-weight", "chat-upgrade", "5", "--reason", "start small").returncode == 0
+    other = yaml.safe_load(apps.read_text(encoding="utf-8"))
+    other["rollouts"][0]["green"]["params"] = {"temperature": 0.2}
+    drifted = tmp_path / "operator.yaml"
+    drifted.write_text(yaml.safe_dump(other), encoding="utf-8")
+    done = cli(drifted, "set-weight", "chat-upgrade", "50", "--reason", "more")
+    assert done.returncode == 1 and "the apps run another config" in done.stderr
+    for plain in (False, True):  # rich tables and plain text both warn
+        text = " ".join(cli(drifted, "status", plain=plain).stdout.split())
+        assert "the store's state is about another blue/green" in text, text
+    done = cli(drifted, "rollback", "chat-upgrade", "--reason", "incident")
+    assert done.returncode == 0, done
+    status = _status(apps)  # as the apps see it: their own rollout, rolled back
+    assert (status["phase"], status["weight"]) == ("rolled_back", 0.0)
+    assert not status.get("other_candidate")
+    done = cli(drifted, "set-weight", "chat-upgrade", "1", "--reason", "new try", "--restart")
+    assert done.returncode == 0, done
+    assert _status(apps)["other_candidate"]

@@ -10,7 +10,13 @@ import pytest
 
 from openai_bluegreen import load_config
 from openai_bluegreen._control import apply_action
-from openai_bluegreen._rollout import Action, Phase, RolloutState, initial_state
+from openai_bluegreen._rollout import (
+    Action,
+    InvalidTransition,
+    Phase,
+    RolloutState,
+    initial_state,
+)
 from openai_bluegreen.stores import StateStore, StoreUnavailable, open_store
 from tests.services import redis_server
 
@@ -106,8 +112,8 @@ def test_unknown_store_urls_are_refused_by_name() -> None:
 
 
 def test_an_action_with_another_candidate_starts_the_rollout_over(store: StateStore) -> None:
-    """An operator acting with a config whose green changed acts on a fresh rollout: the old
-    candidate's 'promoted' is never inherited, in either direction."""
+    """An operator acting with a config whose green changed, and asking to restart, acts on a
+    fresh rollout: the old candidate's 'promoted' is never inherited, in either direction."""
     from openai_bluegreen._rollout import revision_of
 
     old = load_config(CONFIG).rollouts[0]
@@ -116,15 +122,52 @@ def test_an_action_with_another_candidate_starts_the_rollout_over(store: StateSt
     assert revision_of(old) != revision_of(new)
     promoted = apply_action(store, old, Action.PROMOTE, actor="alice", reason="a is good",
                             now=1.0)
-    paused = apply_action(store, new, Action.PAUSE, actor="bob", reason="c: wait", now=2.0)
+    with pytest.raises(InvalidTransition, match="the apps run another config"):
+        apply_action(store, new, Action.PAUSE, actor="bob", reason="c: wait", now=2.0)
+    assert store.load("chat") == promoted  # refused: nothing written
+    paused = apply_action(store, new, Action.PAUSE, actor="bob", reason="c: wait", now=2.0,
+                          restart=True)
     assert (paused.phase, paused.weight, paused.revision) == (Phase.PAUSED, 0.0,
                                                               revision_of(new))
     assert [h.action for h in paused.history] == ["promote", "restart", "pause"]
     assert paused.superseded == (promoted.revision,)
     assert store.load("chat") == paused
-    back = apply_action(store, old, Action.PAUSE, actor="carol", reason="a again", now=3.0)
+    back = apply_action(store, old, Action.PAUSE, actor="carol", reason="a again", now=3.0,
+                        restart=True)
     assert (back.phase, back.weight, back.revision) == (Phase.PAUSED, 0.0, revision_of(old))
     assert [h.action for h in back.history][-2:] == ["restart", "pause"]
+
+
+def test_a_rollback_with_a_drifted_config_rolls_back_what_the_apps_run(
+        store: StateStore) -> None:
+    """An operator whose config differs from the apps' (a param) rolls back: it applies to the
+    stored state under the apps' revision, so their watchers keep it (a rollback written under
+    the operator's revision was restarted by the apps' leader seconds later, green again)."""
+    from openai_bluegreen._rollout import revision_of
+    from openai_bluegreen._watcher import Watcher
+
+    apps = load_config(CONFIG)
+    operator = load_config({"rollouts": [{**CONFIG["rollouts"][0], "green": {
+        "model": "b", "params": {"temperature": 0.2}}}]}).rollouts[0]
+    for action in (Action.SET_WEIGHT, Action.RESUME):  # progressing at 5 %, the apps' state
+        apply_action(store, apps.rollouts[0], action, actor="app", reason="x", weight=5.0,
+                     now=1.0)
+    leader = Watcher(apps, store, None, apply_weight=lambda n, w: None)
+    leader.look(now=1.5)
+    started = store.load("chat")
+    assert started is not None and (started.phase, started.weight) == (Phase.PROGRESSING, 5.0)
+    for action in (Action.PROMOTE, Action.SET_WEIGHT, Action.PAUSE):
+        with pytest.raises(InvalidTransition, match="Act with the apps' config"):
+            apply_action(store, operator, action, actor="op", reason="x", weight=50.0, now=2.0)
+    done = apply_action(store, operator, Action.ROLLBACK, actor="op", reason="incident", now=2.0)
+    assert (done.phase, done.weight) == (Phase.ROLLED_BACK, 0.0)
+    assert done.revision == revision_of(apps.rollouts[0]) != revision_of(operator)
+    leader.look(now=3.0)
+    leader.look(now=4.0)
+    kept = store.load("chat")
+    assert kept is not None and (kept.phase, kept.weight) == (Phase.ROLLED_BACK, 0.0)
+    assert [h.action for h in kept.history] == ["set_weight", "resume", "rollback"]
+    leader.stop()
 
 
 def test_watchers_send_another_candidates_state_to_blue_and_adopt_old_states(
@@ -156,7 +199,7 @@ def test_watchers_send_another_candidates_state_to_blue_and_adopt_old_states(
     leader.stop()
 
     legacy = replace(apply_action(store, old.rollouts[0], Action.PROMOTE, actor="a",
-                                  reason="a", now=3.0), revision="", superseded=())
+                                  reason="a", now=3.0, restart=True), revision="", superseded=())
     current = store.load("chat")
     assert current is not None
     assert store.compare_and_set(replace(legacy, version=current.version + 1), current.version)

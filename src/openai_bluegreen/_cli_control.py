@@ -89,6 +89,25 @@ def _env_cell(env: dict[str, Any] | None) -> str:
     return f"{env['requests']} calls, {rate:.1%} err, p95 {p95}"
 
 
+def _notes(config: Config, rows: list[dict[str, Any]]) -> list[str]:
+    """What the table cannot show: a store the CLI cannot share with the apps, and rollouts
+    whose stored state is about another blue/green than this config's."""
+    out = []
+    if config.state == "memory":
+        out.append(_MEMORY_NOTE)
+    for row in rows:
+        if row.get("other_candidate"):
+            out.append(f"{row['name']}: the store's state is about another blue/green (revision "
+                       f"{row['revision']}); apps with this config send it to blue until a "
+                       "watcher with this config starts it over")
+    return out
+
+
+_MEMORY_WHY = ("'memory' (the default) lives inside each app's process, out of this command's "
+               "reach; use a file:// or redis:// state store to see and steer running apps")
+_MEMORY_NOTE = f"state: {_MEMORY_WHY} (shown is the configured start, not what apps do)"
+
+
 def _render(config: Config, rows: list[dict[str, Any]], problem: str | None,
             window: float) -> str:
     out = [f"state store: {mask_url(config.state)}   metrics: {mask_url(config.metrics_source)}"
@@ -104,11 +123,7 @@ def _render(config: Config, rows: list[dict[str, Any]], problem: str | None,
         metrics = row["metrics"] or {}
         out.append(f"{row['name']:<20} {row['phase']:<12} {step:<6} {row['weight']:>5g}%  "
                    f"{_env_cell(metrics.get('blue')):<36} {_env_cell(metrics.get('green'))}")
-    for row in rows:
-        if row.get("other_candidate"):
-            out.append(f"{row['name']}: the store's state is about another blue/green (revision "
-                       f"{row['revision']}); apps with this config send it to blue until a "
-                       "watcher with this config starts it over")
+    out += _notes(config, rows)
     for row in rows:
         if row["history"]:
             out += ["", f"{row['name']} ({row['blue']} -> {row['green']}), last decisions:"]
@@ -176,6 +191,7 @@ def _render_rich(config: Config, rows: list[dict[str, Any]], problem: str | None
                       step, f"{row['weight']:g}%", _env_cell(metrics.get("blue")),
                       _env_cell(metrics.get("green")))
     parts.append(table)
+    parts += [Text(note, style="yellow") for note in _notes(config, rows)]
     for row in rows:
         if not row["history"]:
             continue
@@ -245,11 +261,14 @@ def _act(action: Action) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         config = _load(args)
         rollout = find_rollout(config, args.rollout)
+        if config.state == "memory":
+            raise ConfigError([("state", _MEMORY_WHY)])
         store = open_store(config.state)
         try:
             state: RolloutState = apply_action(
                 store, rollout, action, actor=args.actor or default_actor(),
-                reason=args.reason, weight=getattr(args, "percent", None))
+                reason=args.reason, weight=getattr(args, "percent", None),
+                restart=args.restart)
         finally:
             store.close()
         if args.json:
@@ -387,6 +406,10 @@ def add_control_commands(commands: Any, percent: Callable[[str], float],
                             help="why (kept in the rollout's history)")
         parser.add_argument("--actor", default=None,
                             help="who (default: $OPENAI_BLUEGREEN_ACTOR or user@host)")
+        parser.add_argument("--restart", action="store_true",
+                            help="if the store's state is about another blue/green than this "
+                            "config's, start this config's rollout over first (default: "
+                            "refuse; a rollback always applies to what the apps run)")
         common(parser, json_help="print the new state as JSON")
         parser.set_defaults(handler=_guard(_act(action)))
 

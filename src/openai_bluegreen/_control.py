@@ -53,8 +53,14 @@ def find_rollout(config: Config, name: str) -> Rollout:
 
 def apply_action(store: StateStore, rollout: Rollout, action: Action, *, actor: str,
                  reason: str, weight: float | None = None,
-                 now: float | None = None) -> RolloutState:
+                 now: float | None = None, restart: bool = False) -> RolloutState:
     """Apply ``action`` to the stored state of ``rollout``; returns the state written.
+
+    When the stored state is about another blue/green than ``rollout`` (its revision differs:
+    the apps run another config than the caller's, or a new candidate is being prepared), a
+    rollback applies to the stored state as it is: whatever the apps run, they go to blue and
+    stay there. Any other action is refused unless ``restart``: then this config's rollout
+    starts over first (apps on the other config send that rollout to blue meanwhile).
 
     Raises:
         InvalidTransition: The action does not apply to the rollout's phase.
@@ -76,7 +82,18 @@ def apply_action(store: StateStore, rollout: Rollout, action: Action, *, actor: 
         at = time.time() if now is None else now
         base = stored if stored is not None else initial_state(rollout)
         if stored is not None and stored.revision and stored.revision != revision:
-            base = restarted(rollout, stored, at, actor=actor)  # another candidate: anew
+            if action is Action.ROLLBACK and not restart:
+                pass  # roll back what the apps run, under its own revision
+            elif restart:
+                base = restarted(rollout, stored, at, actor=actor)  # another candidate: anew
+            else:
+                raise InvalidTransition(
+                    f"cannot {action.value.replace('_', '-')} rollout {rollout.name!r}: the "
+                    f"store's state is about another blue/green (revision {stored.revision}) "
+                    f"than this config's ({revision}), so the apps run another config. Act "
+                    "with the apps' config, or restart this config's rollout first (CLI: "
+                    "--restart; apps on the other config then send it to blue). A rollback "
+                    "works with any config.")
         new = transition(rollout, base, action, at, actor=actor, reason=reason, weight=weight)
         if not new.revision:  # stored before revisions existed: now this config's
             new = replace(new, revision=revision)
