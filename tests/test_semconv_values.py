@@ -203,7 +203,8 @@ def test_captured_content_has_the_semconv_message_shape(
         "parts": [{"type": "text", "content": response.output_text}]}]
 
 
-@pytest.mark.parametrize("mode", ["", "false", "NO_CONTENT", "EVENT_ONLY", "nonsense"])
+@pytest.mark.parametrize("mode", ["", "false", "NO_CONTENT", "EVENT_ONLY", "nonsense", "1",
+                                  "yes"])
 def test_content_is_not_on_spans_unless_span_capture_is_asked_for(
     install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
     monkeypatch: pytest.MonkeyPatch, mode: str,

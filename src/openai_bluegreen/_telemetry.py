@@ -80,7 +80,7 @@ TTFC_BUCKETS: Sequence[float] = DURATION_BUCKETS
 
 CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 EMIT_EVENT_ENV = "OTEL_INSTRUMENTATION_GENAI_EMIT_EVENT"
-_CONTENT_ON_SPAN = frozenset({"true", "1", "yes", "span_only", "span_and_event"})
+_CONTENT_ON_SPAN = frozenset({"true", "span_only", "span_and_event"})  # as documented, no more
 _CONTENT_IN_EVENT = frozenset({"event_only", "span_and_event"})
 INFERENCE_EVENT = "gen_ai.client.inference.operation.details"
 
