@@ -21,6 +21,7 @@ from typing import Any
 from ._config import Config, load_config, mask_url
 from ._control import apply_action, default_actor, find_rollout
 from ._errors import BlueGreenError, ConfigError
+from ._exporters import ExporterError
 from ._rollout import Action, InvalidTransition, RolloutState, initial_state, revision_of
 from .stores import StoreUnavailable, open_store
 
@@ -339,6 +340,7 @@ _ERRORS: tuple[tuple[type[BlueGreenError], str, int], ...] = (
     (ConfigError, "", EXIT_USAGE),
     (InvalidTransition, "", EXIT_FAILED),
     (StoreUnavailable, "state store: ", EXIT_FAILED),
+    (ExporterError, "", EXIT_FAILED),  # a port in use, a missing exporter package (as demo)
     (BlueGreenError, "", EXIT_USAGE),
 )
 

@@ -721,8 +721,9 @@ def load_config(
         path = _find_default()
         if path is None:
             raise ConfigError(
-                [("(config)", f"no config given: pass install(config=...) or set {ENV_CONFIG} "
-                  "to a YAML/TOML/JSON file")]
+                [("(config)", f"no config given: pass install(config=...) (the CLI: --config "
+                  f"FILE) or set {ENV_CONFIG} to a YAML/TOML/JSON file; none of "
+                  f"{', '.join(DEFAULT_FILES)} is in {Path.cwd()}")]
             )
         origin = str(path)
         data = _read_file(path)

@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 
 from ._config import Config, Rollout
-from ._errors import BlueGreenError, UnknownRolloutError
+from ._errors import UnknownRolloutError
 from ._rollout import (
     Action,
     InvalidTransition,
@@ -24,7 +24,7 @@ from ._rollout import (
     revision_of,
     transition,
 )
-from .stores import StateStore
+from .stores import StateStore, StoreUnavailable
 
 __all__ = ["apply_action", "default_actor", "find_rollout"]
 
@@ -64,8 +64,8 @@ def apply_action(store: StateStore, rollout: Rollout, action: Action, *, actor: 
 
     Raises:
         InvalidTransition: The action does not apply to the rollout's phase.
-        StoreUnavailable: The store cannot be read or written.
-        BlueGreenError: Too many concurrent writers (gave up after retrying).
+        StoreUnavailable: The store cannot be read or written, or too many concurrent writers
+            (gave up after retrying).
     """
     if rollout.schedule is None:
         # Apps follow the store only for scheduled rollouts: a stored change would be shown as
@@ -99,5 +99,5 @@ def apply_action(store: StateStore, rollout: Rollout, action: Action, *, actor: 
             new = replace(new, revision=revision)
         if store.compare_and_set(new, None if stored is None else stored.version):
             return new
-    raise BlueGreenError(f"could not write rollout {rollout.name!r}: the state kept changing "
-                         f"under {_ATTEMPTS} attempts; try again")
+    raise StoreUnavailable(f"could not write rollout {rollout.name!r}: the state kept changing "
+                           f"under {_ATTEMPTS} attempts; try again")
