@@ -85,3 +85,28 @@ def test_settings_are_validated_and_changeable_at_run_time() -> None:
         with openai.OpenAI(base_url=up.base_url, api_key="k", max_retries=0) as client:
             out = client.chat.completions.create(model="m", messages=MSGS)
         assert out.usage is not None and out.usage.completion_tokens == 3
+
+
+def test_the_command_line_refuses_bad_values_by_name() -> None:
+    import socket
+    import subprocess
+    import sys
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "openai_bluegreen.testing", *args],
+                              capture_output=True, text=True, timeout=30, check=False)
+
+    done = run("--error-rate", "foo")
+    assert done.returncode == 2 and "--error-rate: must be STATUS=P" in done.stderr
+    assert "'foo'" in done.stderr
+    done = run("--latency", "nan")  # used to be accepted, and then to answer at once
+    assert done.returncode == 2 and "latency must be a finite number >= 0" in done.stderr
+    with pytest.raises(ValueError, match="ttfc must be a finite number"):
+        UpstreamSettings(ttfc=float("inf"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run("--port", str(port))
+    assert done.returncode == 1 and f"cannot serve on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr

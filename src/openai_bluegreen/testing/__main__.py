@@ -9,6 +9,17 @@ import sys
 from ._server import SimulatedUpstream
 
 
+def _error_rate(text: str) -> tuple[int, float]:
+    status, sep, rate = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return int(status), float(rate)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be STATUS=P, e.g. 503=0.05 (got {text!r})") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m openai_bluegreen.testing",
                                      description="Serve a simulated OpenAI-compatible API.")
@@ -20,17 +31,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ttfc", type=float, default=0.0, help="median seconds to first chunk")
     parser.add_argument("--output-tokens", type=int, default=8)
     parser.add_argument("--error-rate", action="append", default=[], metavar="STATUS=P",
-                        help="e.g. 503=0.05 (repeatable)")
+                        type=_error_rate, help="e.g. 503=0.05 (repeatable)")
     args = parser.parse_args(argv)
     try:
-        rates = {int(k): float(v) for k, v in (item.split("=", 1) for item in args.error_rate)}
         server = SimulatedUpstream(args.name, host=args.host, port=args.port,
                                    latency=args.latency, latency_sigma=args.latency_sigma,
                                    ttfc=args.ttfc, output_tokens=args.output_tokens,
-                                   error_rates=rates)
+                                   error_rates=dict(args.error_rate))
     except ValueError as exc:
         parser.error(str(exc))
-    server.start()
+    try:
+        server.start()
+    except OSError as exc:  # the port is taken, the host is not ours
+        print(f"{parser.prog}: error: cannot serve on {args.host}:{args.port}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 1
     print(json.dumps({"name": server.name, "base_url": server.base_url}), flush=True)
     try:
         assert server._thread is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -52,15 +53,16 @@ class UpstreamSettings:
     def __post_init__(self) -> None:
         problems = []
         for name in ("latency", "latency_sigma", "ttfc", "chunk_interval", "stall_seconds"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0 (got {getattr(self, name)!r})")
+            if not 0 <= getattr(self, name) < math.inf:  # NaN too
+                problems.append(f"{name} must be a finite number >= 0 "
+                                f"(got {getattr(self, name)!r})")
         for name in ("stall_rate", "disconnect_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 problems.append(f"{name} must be between 0 and 1 (got {getattr(self, name)!r})")
         for status, rate in self.error_rates.items():
             if not (isinstance(status, int) and 400 <= status <= 599):
                 problems.append(f"error_rates key must be an HTTP error status (got {status!r})")
-            if not 0 <= rate <= 1:
+            if not 0 <= rate <= 1:  # NaN too
                 problems.append(f"error_rates[{status}] must be between 0 and 1 (got {rate!r})")
         if sum(self.error_rates.values()) > 1:
             problems.append("error_rates must add up to at most 1")
