@@ -9,6 +9,7 @@ sums across replicas must equal the apps' own counts exactly.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import signal
@@ -255,6 +256,7 @@ def test_unreachable_and_silent_servers_fail_within_the_timeout() -> None:
         source.snapshot(time.time())
     message = str(info.value)
     assert f"http://user:***@127.0.0.1:{port}" in message and "hunter2" not in message
+    assert source.origin is None  # fixed by the first query that succeeds, not the first try
 
     with socket.socket() as silent:  # accepts connections (backlog) and never answers
         silent.bind(("127.0.0.1", 0))
@@ -287,3 +289,45 @@ def test_a_histogram_restarts_with_its_total_even_where_a_bucket_came_back_as_hi
     totals = {dict(key)["le"]: s.total for key, s in source._series.items()}
     assert totals == {"0.001": 1.0, "+Inf": 6.0}
 
+
+
+def test_a_fresh_prometheus_never_counts_a_replicas_past(tmp_path: Path,
+                                                          apps: list[App]) -> None:
+    # A replica that served calls before Prometheus (re)started without its data: the first
+    # look finds nothing, and its first scrape must be its baseline, not its whole lifetime.
+    a, _ = apps
+    a.start(calls=40, seed=4)
+    a.counted()
+    time.sleep(2.5)  # its process started well before the origin
+    with prometheus_server(tmp_path, [a.target], scrape_interval="1s") as prom:
+        source = PrometheusSource(prom.url, timeout=2.0)
+        assert source.snapshot(time.time()).rollouts == {}  # the origin: nothing scraped yet
+        deadline = time.monotonic() + 20
+        while not source._targets:  # until Prometheus has scraped the replica
+            assert time.monotonic() < deadline, "Prometheus never scraped the replica"
+            time.sleep(0.5)
+            stats = source.snapshot(time.time()).get(ROLLOUT)
+        stats = source.snapshot(time.time()).get(ROLLOUT)
+        assert (stats.blue.requests, stats.green.requests) == (0, 0), stats
+        # Catching up a long way (a leader rebuilding hours of history) goes in bounded
+        # pieces: a snapshot that cannot finish says so, and the next one goes on.
+        rewound = source.rewind(time.time() - 3 * 3600)
+        rewound.max_pieces = 6  # as an ordinary source (a rewound one reads 8 h at once)
+        with pytest.raises(SourceUnavailable, match=r"catching up, \d+s of samples"):
+            rewound.snapshot(time.time())
+        for _ in range(3):  # 3 h 5 min in pieces of 10 min, 6 a snapshot
+            with contextlib.suppress(SourceUnavailable):
+                rewound.snapshot(time.time())
+                break
+        else:
+            pytest.fail("the catch-up never finished")
+
+
+def test_credentials_split_where_the_masking_splits_them() -> None:
+    from openai_bluegreen.sources.prometheus import _split_auth
+
+    # An unescaped "/", "#" or "?" in the password: the host is what follows the last "@".
+    plain, auth = _split_auth("http://admin:12/S3cr#t?x@127.0.0.1:9090/prefix")
+    assert plain == "http://127.0.0.1:9090/prefix"
+    assert auth is not None and "S3cr" not in plain
+    assert _split_auth("http://127.0.0.1:9090") == ("http://127.0.0.1:9090", None)

@@ -252,18 +252,24 @@ def test_capture_never_changes_or_breaks_the_call(
     assert parsed[1]["parts"][0]["arguments"] == {"a": 1}
 
 
+def _chat(install: Any, blue: SimulatedUpstream, green: SimulatedUpstream, stream: bool,
+          **kwargs: Any) -> openai.OpenAI:
+    """Install green at 100 %, make one chat call (a stream read to its end); the client."""
+    install(rollout_config(green, weight=100))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    result = client.chat.completions.create(model="gpt-4.1", messages=MSGS, stream=stream,
+                                            **kwargs)
+    for chunk in result if stream else ():
+        del chunk
+    return client
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_openai_service_tier_and_fingerprint_are_on_the_span(
     install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
     stream: bool,
 ) -> None:
-    install(rollout_config(green, weight=100))
-    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
-    result = client.chat.completions.create(model="gpt-4.1", messages=MSGS, stream=stream,
-                                            service_tier="flex")
-    if stream:
-        for chunk in result:
-            del chunk
+    client = _chat(install, blue, green, stream, service_tier="flex")
     client.chat.completions.create(model="gpt-4.1", messages=MSGS)  # no tier asked for
     flex, default = (dict(s.attributes or {}) for s in telemetry.spans())
     assert flex["openai.request.service_tier"] == "flex"
@@ -295,15 +301,9 @@ def test_metrics_carry_the_response_model(
     install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
     stream: bool,
 ) -> None:
-    install(rollout_config(green, weight=100))
-    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
     # The simulated upstream answers with the model it was asked for: green's.
-    result = client.chat.completions.create(model="gpt-4.1", messages=MSGS, stream=stream,
-                                            stream_options={"include_usage": True}
-                                            if stream else openai.omit)
-    if stream:
-        for chunk in result:
-            del chunk
+    _chat(install, blue, green, stream,
+          stream_options={"include_usage": True} if stream else openai.omit)
     names = ["gen_ai.client.operation.duration", "gen_ai.client.token.usage"]
     if stream:
         names.append("gen_ai.client.operation.time_to_first_chunk")
@@ -355,18 +355,24 @@ def events() -> Any:
     provider.shutdown()
 
 
-def _install_with_events(telemetry: Telemetry, logger_provider: Any, green: SimulatedUpstream,
-                         monkeypatch: pytest.MonkeyPatch) -> openai.OpenAI:
+def _install_with_events(telemetry: Telemetry, events: Any, green: SimulatedUpstream,
+                         monkeypatch: pytest.MonkeyPatch, mode: str, emit: str = ""
+                         ) -> tuple[openai.OpenAI, Any]:
+    """Install with the capture ``mode`` and ``emit`` variables set and the ``events``
+    LoggerProvider; the client and the in-memory log exporter."""
     import openai_bluegreen
 
     from .conftest import GREEN_KEY
 
+    logger_provider, exporter = events
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", mode)
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_EMIT_EVENT", emit)
     monkeypatch.setenv("GREEN_API_KEY", GREEN_KEY)
     openai_bluegreen.install(rollout_config(green, weight=100),
                              tracer_provider=telemetry.tracer_provider,
                              meter_provider=telemetry.meter_provider,
                              logger_provider=logger_provider)
-    return openai.OpenAI(base_url=green.base_url, api_key=BLUE_KEY, max_retries=0)
+    return openai.OpenAI(base_url=green.base_url, api_key=BLUE_KEY, max_retries=0), exporter
 
 
 @pytest.mark.parametrize(("mode", "on_span", "in_event"), [
@@ -375,9 +381,7 @@ def test_event_modes_emit_one_inference_event_per_call_with_the_content(
     telemetry: Telemetry, events: Any, blue: SimulatedUpstream, green: SimulatedUpstream,
     monkeypatch: pytest.MonkeyPatch, mode: str, on_span: bool, in_event: bool,
 ) -> None:
-    provider, exporter = events
-    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", mode)
-    client = _install_with_events(telemetry, provider, green, monkeypatch)
+    client, exporter = _install_with_events(telemetry, events, green, monkeypatch, mode)
     answer = client.chat.completions.create(model="gpt-4.1", messages=CONVERSATION)
     for chunk in client.chat.completions.create(model="gpt-4.1", messages=MSGS, stream=True):
         del chunk
@@ -411,10 +415,7 @@ def test_events_follow_the_emit_event_variable_and_carry_content_only_on_opt_in(
     telemetry: Telemetry, events: Any, blue: SimulatedUpstream, green: SimulatedUpstream,
     monkeypatch: pytest.MonkeyPatch, mode: str, emit: str, expected: int,
 ) -> None:
-    provider, exporter = events
-    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", mode)
-    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_EMIT_EVENT", emit)
-    client = _install_with_events(telemetry, provider, green, monkeypatch)
+    client, exporter = _install_with_events(telemetry, events, green, monkeypatch, mode, emit)
     client.chat.completions.create(model="gpt-4.1", messages=CONVERSATION)
     assert len(telemetry.spans()) == 1
     records = [r.log_record for r in exporter.get_finished_logs()]

@@ -52,7 +52,7 @@ logger = logging.getLogger("openai_bluegreen.watcher")
 DECISION = "bluegreen.decision"
 STOP_TIMEOUT = 2.0
 """Seconds :meth:`Watcher.stop` waits for a look stuck in a store or source call."""
-_PROBLEM_KINDS = ("store", "lease", "write", "source")
+_PROBLEM_KINDS = ("store", "lease", "write", "source", "history")
 STATE = "bluegreen.state"
 _PHASES = tuple(p.value for p in Phase)
 
@@ -418,9 +418,12 @@ class Watcher:
         if run is None or run.source is None:
             return snapshot, note
         try:
-            return run.source.snapshot(now), note
-        except SourceUnavailable as exc:
+            own = run.source.snapshot(now)
+        except SourceUnavailable as exc:  # e.g. still catching up on the run's history
+            self._set_problem(f"holding {rollout.name}: {exc}", kind="history")
             return None, str(exc)
+        self._set_problem(None, kind="history")
+        return own, note
 
     def _rebuild(self, rollout: Rollout, state: RolloutState, epoch: float | None
                  ) -> _Run | None:

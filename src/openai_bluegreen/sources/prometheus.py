@@ -32,8 +32,20 @@ resets (a value below the previous one means the replica restarted from 0, so th
 counts) but without extrapolation and counting a series born after the origin from 0. The
 counts are then integers, exact as of the last scrape, and never go down from one snapshot to
 the next. Each snapshot reads only the samples since the previous one (plus a margin for
-scrapes stored late), so a query stays small however long the rollout runs; the first one
-also looks :data:`LOOKBACK` seconds back from the origin to find each series' value there.
+scrapes stored late), in pieces of at most :data:`MAX_SPAN` seconds and :data:`MAX_PIECES`
+queries (a longer catch-up, after an outage, goes on at the next snapshot, which holds the
+watcher until then), so a query stays small however long the rollout runs; the first one also
+looks :data:`LOOKBACK` seconds back from the origin to find each series' value there.
+
+Born after the origin, or only just seen? The origin is fixed by the first query that succeeds,
+on Prometheus's clock (the newest sample then), so an outage at the start or a skewed watcher
+clock moves no calls across it. A series first seen after it counts from 0 only when its scrape
+target (``job``, ``instance``) was scraped before it: this source saw the target earlier,
+Prometheus has an earlier ``up`` sample for it, or its ``process_start_time_seconds`` is after
+the origin. Otherwise (a Prometheus that just started without its data, a long-running target
+just discovered) its first value is its baseline: a replica's whole lifetime is never counted,
+at the price of a new replica's first scrape when none of that evidence exists (an OTLP push
+straight to Prometheus has no ``up``).
 
 Limits: a series that stops being scraped for longer than :data:`FORGET_AFTER` is folded into
 its group's total and forgotten; if it reappears with its old value, that value counts again
@@ -77,7 +89,7 @@ from typing import Any
 from .._config import mask_url
 from . import EnvStats, Histogram, RolloutStats, Snapshot, SourceUnavailable
 
-__all__ = ["FORGET_AFTER", "LOOKBACK", "MARGIN", "PrometheusSource"]
+__all__ = ["FORGET_AFTER", "LOOKBACK", "MARGIN", "MAX_PIECES", "MAX_SPAN", "PrometheusSource"]
 
 DURATION_COUNT = "gen_ai_client_operation_duration_seconds_count"
 DURATION_BUCKET = "gen_ai_client_operation_duration_seconds_bucket"
@@ -97,6 +109,13 @@ MARGIN = 60.0
 scrape's samples are stamped with its start and stored when it ends)."""
 FORGET_AFTER = 900.0
 """Seconds without a sample after which a series' count is kept only in its group's total."""
+MAX_SPAN = 600.0
+"""Seconds of samples one query asks for at most (a long catch-up is read in pieces)."""
+MAX_PIECES = 6
+"""Queries one snapshot makes at most; a longer catch-up goes on at the next snapshot."""
+REBUILD_PIECES = 48
+"""The same for a source rewound to rebuild a rollout's history (one step of up to 8 hours is
+read in one snapshot)."""
 
 _NAMES = f"{DURATION_COUNT}|{DURATION_BUCKET}|{TTFC_BUCKET}|{FALLBACKS}"
 _CHUNK = 65_536
@@ -125,7 +144,7 @@ class PrometheusSource:
     """
 
     def __init__(self, url: str, *, timeout: float = 2.0, origin: float | None = None,
-                 extra_selector: str = "") -> None:
+                 extra_selector: str = "", max_pieces: int = MAX_PIECES) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"Prometheus URL must start with http:// or https:// "
                              f"(got {mask_url(url)!r})")
@@ -135,6 +154,7 @@ class PrometheusSource:
         self.masked_url = mask_url(self.url)
         self.timeout = timeout
         self.origin = origin
+        self.max_pieces = max_pieces
         extra = extra_selector.strip()
         if extra.startswith("{") and extra.endswith("}"):
             extra = extra[1:-1].strip()
@@ -144,6 +164,10 @@ class PrometheusSource:
         self._series: dict[tuple[tuple[str, str], ...], _Series] = {}
         self._retired: dict[_Group, float] = {}
         self._last_now: float | None = None
+        # Per scrape target (job, instance): the time of its first sample this source saw, and
+        # whether Prometheus was scraping it before that (its series are then new, not old).
+        self._targets: dict[tuple[str, str], tuple[float, bool]] = {}
+        self._newest = -math.inf  # the newest sample time seen (Prometheus's clock)
 
     def rewind(self, origin: float) -> PrometheusSource:
         """A fresh source on the same Prometheus whose counts start at ``origin`` (the past).
@@ -153,7 +177,8 @@ class PrometheusSource:
         operator resumed the rollout): snapshot it at those times, in order, then keep going.
         """
         return PrometheusSource(self.url, timeout=self.timeout, origin=origin,
-                                extra_selector=self.extra_selector)
+                                extra_selector=self.extra_selector,
+                                max_pieces=REBUILD_PIECES)
 
     # -- the protocol ------------------------------------------------------------------
     def snapshot(self, now: float) -> Snapshot:
@@ -164,15 +189,36 @@ class PrometheusSource:
                 something that is not a Prometheus API answer.
         """
         with self._lock:
-            if self.origin is None:
-                self.origin = now
-            origin = self.origin
-            start = origin - LOOKBACK if self._last_now is None else self._last_now - MARGIN
-            seconds = max(1, math.ceil(now - start))
-            result = self._query(self.selector(seconds), now)
-            self._absorb(result, origin)
-            self._forget(now)
-            self._last_now = now if self._last_now is None else max(self._last_now, now)
+            # The origin is fixed by the first query that succeeds, not the first attempt: a
+            # Prometheus down for longer than LOOKBACK at the start would otherwise leave no
+            # baseline, and every series' whole lifetime would count.
+            origin = self.origin if self.origin is not None else now
+            last = self._last_now
+            start = origin - LOOKBACK if last is None else last - MARGIN
+            # Catching up (a long outage, a rebuild from history) in bounded pieces: one query
+            # per MAX_SPAN seconds, at most MAX_PIECES per snapshot; what is left is read by
+            # the next snapshot, which holds the watcher until then.
+            for _ in range(self.max_pieces):
+                until = min(now, start + MAX_SPAN)
+                result = self._query(self.selector(max(1, math.ceil(until - start))), until)
+                if self.origin is None:
+                    # As Prometheus's clock has it: the newest sample at the first answer
+                    # (the watcher's clock may be off); the watcher's time if there is none.
+                    newest = max((t for _, values in _items(result)
+                                  for t, _ in _samples(values)), default=None)
+                    self.origin = now if newest is None else min(newest, now)
+                    origin = self.origin
+                self._absorb(result, origin)
+                self._last_now = until if self._last_now is None else max(self._last_now,
+                                                                            until)
+                if until >= now:
+                    break
+                start = until - MARGIN
+            else:
+                raise SourceUnavailable(
+                    f"Prometheus at {self.masked_url}: catching up, "
+                    f"{now - (self._last_now or now):.0f}s of samples still to read")
+            self._forget()
             return Snapshot(now, self._summarise())
 
     def close(self) -> None:
@@ -240,17 +286,32 @@ class PrometheusSource:
                  for labels, values in _items(result)
                  if (group := _group_of(labels)) is not None]
         resets = self._histogram_resets(items)
+        new: dict[tuple[str, str], float] = {}  # targets seen for the first time: when
+        for labels, values, _ in items:
+            target = _target(labels)
+            for t, _v in _samples(values):
+                self._newest = max(self._newest, t)
+                if target not in self._targets:
+                    new[target] = min(t, new.get(target, math.inf))
+        for target, first in new.items():
+            self._targets[target] = (first, first > origin and self._was_new(target, first,
+                                                                              origin))
         for labels, values, group in items:
             key = _key(labels)
             series = self._series.get(key)
             family = resets.get(_family(labels))
+            since, new_target = self._targets[_target(labels)]
             for t, v in _samples(values):
                 if series is None:
-                    # A value at or before the origin is the baseline; a series first seen
-                    # after it was born after it (or a replica restarted): counted from 0.
-                    series = self._series[key] = (
-                        _Series(group, t, v, 0.0) if t <= origin
-                        else _Series(group, t, v, v))
+                    # A value at or before the origin is the baseline. A series first seen
+                    # after it was born since (a new error type, a restarted replica) and
+                    # counts from 0, if its target was already scraped before it (this
+                    # source saw it earlier, or Prometheus has an earlier ``up`` sample, or
+                    # the process started after the origin). Otherwise it may be old (a
+                    # Prometheus that just started, a target just discovered): its first
+                    # value is the baseline, as ``increase()`` would take it.
+                    born = origin < t and (since < t or new_target)
+                    series = self._series[key] = _Series(group, t, v, v if born else 0.0)
                     continue
                 if t <= series.last_t:
                     continue
@@ -261,6 +322,25 @@ class PrometheusSource:
                     family is not None and any(series.last_t < r <= t for r in family))
                 series.total += v if restarted else v - series.last_v
                 series.last_t, series.last_v = t, v
+
+    def _was_new(self, target: tuple[str, str], first: float, origin: float) -> bool:
+        """Whether a target first seen at ``first`` (after the origin) started after the origin:
+        Prometheus scraped it before (an ``up`` sample before ``first``: it was down, or had
+        none of our series yet), or its process started after the origin. No evidence (a
+        query that fails, a target without those series): not new."""
+        job, instance = (_quote(v) for v in target)
+        matchers = f'job="{job}", instance="{instance}"'
+        try:
+            earlier = self._query(f"up{{{matchers}}}[{LOOKBACK:g}s]", first - 0.001)
+            if any(True for _, values in _items(earlier) for _ in _samples(values)):
+                return True
+            started = self._query(f"process_start_time_seconds{{{matchers}}}[{LOOKBACK:g}s]",
+                                  first)
+        except SourceUnavailable:
+            return False
+        # Linux derives a process's start from the boot time in whole seconds: allow for it.
+        return any(v > origin - 2.0 for _, values in _items(started)
+                   for _, v in _samples(values))
 
     def _histogram_resets(self, items: list[tuple[dict[str, Any], list[Any], _Group]]
                           ) -> dict[tuple[str, ...], list[float]]:
@@ -283,7 +363,10 @@ class PrometheusSource:
                 last_t, last_v = t, v
         return resets
 
-    def _forget(self, now: float) -> None:
+    def _forget(self) -> None:
+        # Measured on Prometheus's clock (the newest sample), not the watcher's: a skewed
+        # clock must not retire every series and count it again.
+        now = self._newest
         stale = [k for k, s in self._series.items() if now - s.last_t > FORGET_AFTER]
         for key in stale:
             series = self._series.pop(key)
@@ -356,6 +439,16 @@ def _samples(values: list[Any]) -> Iterator[tuple[float, float]]:
             yield t, v
 
 
+def _quote(value: str) -> str:
+    """A PromQL string literal's content."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _target(labels: Mapping[str, Any]) -> tuple[str, str]:
+    """The scrape target a series came from."""
+    return str(labels.get("job", "")), str(labels.get("instance", ""))
+
+
 def _key(labels: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((str(k), str(v)) for k, v in labels.items()))
 
@@ -384,17 +477,15 @@ def _group_of(labels: Mapping[str, Any]) -> _Group | None:
 
 def _split_auth(url: str) -> tuple[str, str | None]:
     """The URL without ``user:password@``, and the Basic ``Authorization`` header for it."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.username is None:
+    # The user info ends at the last "@" before the path, as mask_url reads it: a password
+    # with an unescaped "#", "?" or "/" must not be taken for the host (and shown).
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
         return url, None
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
-    plain = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query,
-                                     parts.fragment))
-    user = urllib.parse.unquote(parts.username)
-    password = urllib.parse.unquote(parts.password or "")
+    userinfo, _, after = rest.rpartition("@")
+    plain = f"{scheme}{sep}{after}"
+    user, _, password = userinfo.partition(":")
+    user, password = urllib.parse.unquote(user), urllib.parse.unquote(password)
     token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
     return plain, f"Basic {token}"
 
