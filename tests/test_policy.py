@@ -12,7 +12,7 @@ import pytest
 from openai_bluegreen import InvalidTransition, Phase, load_config
 from openai_bluegreen._config import Rollout
 from openai_bluegreen._control import apply_action
-from openai_bluegreen._rollout import Action, initial_state, transition
+from openai_bluegreen._rollout import Action, RolloutState, initial_state, transition
 from openai_bluegreen._stats import log_e_two_sample
 from openai_bluegreen._telemetry import DURATION_BUCKETS
 from openai_bluegreen._watcher import Watcher
@@ -377,6 +377,7 @@ def test_a_watcher_taking_over_mid_step_gives_its_own_data_the_deadline() -> Non
     assert watcher.states()["chat"].phase is Phase.PROGRESSING
     watcher.stop()
     after = SimulatedTraffic(seed=8)  # the restarted process's own, empty, metrics
+    after.counts_since = clock.now  # type: ignore[attr-defined]  # as LocalSource has it
     watcher = Watcher(config, store, after, clock=clock)
     watcher.look()
     state = watcher.states()["chat"]
@@ -390,9 +391,41 @@ def test_a_watcher_taking_over_mid_step_gives_its_own_data_the_deadline() -> Non
     _run(watcher, idle, clock2, seconds=1.5 * HOUR)
     watcher.stop()
     silent = SimulatedTraffic()
+    silent.counts_since = clock2.now  # type: ignore[attr-defined]
     watcher = Watcher(config, store2, silent, clock=clock2)
     for _ in range(round(HOUR / 30) + 1):
         clock2.now += 30
         watcher.look()
     state = watcher.states()["chat"]
     assert state.phase is Phase.PAUSED and "progress deadline" in state.history[-1].reason
+
+
+def test_a_store_blip_does_not_put_off_the_progress_deadline() -> None:
+    # One failed store read makes the same watcher "take over" at its next look; its counts
+    # (this process's own) did not start there, so the deadline must not start over (a
+    # reviewer's run never paused a step green got no calls in, with a blip every 50 min).
+    from openai_bluegreen.stores import StoreUnavailable
+
+    class FlakyStore(MemoryStore):
+        fail = False
+
+        def load_all(self) -> dict[str, RolloutState]:
+            if self.fail:
+                raise StoreUnavailable("connection reset (a blip)")
+            return super().load_all()
+
+    config = _config()
+    clock, store, traffic = Clock(), FlakyStore(), SimulatedTraffic()
+    traffic.counts_since = clock.now  # type: ignore[attr-defined]  # as LocalSource has it
+    watcher = Watcher(config, store, traffic, clock=clock)
+    looks = 0
+    while watcher.states()["chat"].phase in (Phase.PENDING, Phase.PROGRESSING):
+        assert looks < 12 * 120, watcher.states()["chat"]
+        traffic.serve(600, 0.0)  # green gets no calls at all
+        clock.now += 30
+        looks += 1
+        store.fail = looks % 100 == 0
+        watcher.look()
+    state = watcher.states()["chat"]
+    assert state.phase is Phase.PAUSED and "progress deadline" in state.history[-1].reason
+    assert looks * 30 <= 1.2 * HOUR

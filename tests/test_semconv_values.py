@@ -337,6 +337,14 @@ def test_failed_calls_and_unbounded_response_models_keep_metrics_bounded(
         lane.response_attrs(f"m-{i}")
     assert len(lane._response_attrs) == _router._MAX_RESPONSE_MODELS
     assert lane.response_attrs("m-new")[0] is lane.metric_attrs
+    # The budget is the environment's, not one client's: another client's lane has none left.
+    green.configure(error_rates={})
+    other = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    other.chat.completions.create(model="gpt-4.1", messages=MSGS)
+    lanes = [lane for lanes in _state.router._lanes.values() for lane in lanes.values()
+             if lane.env == "green"]
+    assert len(lanes) == 2
+    assert all(lane.response_attrs("m-other")[0] is lane.metric_attrs for lane in lanes)
 
 
 @pytest.fixture
@@ -399,9 +407,12 @@ def test_event_modes_emit_one_inference_event_per_call_with_the_content(
         assert ("gen_ai.input.messages" in dict(span.attributes or {})) is on_span
         assert ("gen_ai.input.messages" in attrs) is in_event
     chat = dict(records[0].attributes or {})
-    assert json.loads(chat["gen_ai.output.messages"])[0]["parts"][0]["content"] == \
+    # Structured on events (lists of messages), as util-genai emits them; JSON on spans.
+    assert chat["gen_ai.output.messages"][0]["parts"][0]["content"] == \
         answer.choices[0].message.content
-    assert json.loads(chat["gen_ai.input.messages"])[0] == {
+    assert dict(chat["gen_ai.input.messages"][0]) == {
+        "role": "system", "parts": ({"type": "text", "content": "be brief"},)} or \
+        chat["gen_ai.input.messages"][0] == {
         "role": "system", "parts": [{"type": "text", "content": "be brief"}]}
 
 
@@ -423,3 +434,14 @@ def test_events_follow_the_emit_event_variable_and_carry_content_only_on_opt_in(
     for record in records:
         assert not any(key.startswith(("gen_ai.input", "gen_ai.output", "gen_ai.system"))
                        for key in dict(record.attributes or {}))
+
+
+def test_empty_strings_from_a_provider_are_missing_values() -> None:
+    # Azure's first chat-stream chunk (prompt_filter_results) has model "" and id "".
+    from openai.types.chat import ChatCompletionChunk
+
+    chunk = ChatCompletionChunk.model_validate({
+        "id": "", "object": "chat.completion.chunk", "created": 0, "model": "", "choices": [],
+        "system_fingerprint": ""})
+    response_id, model, *_, fingerprint = describe_response(chunk)
+    assert (response_id, model, fingerprint) == (None, None, None)

@@ -159,7 +159,8 @@ def test_a_rollback_with_a_drifted_config_rolls_back_what_the_apps_run(
     for action in (Action.PROMOTE, Action.SET_WEIGHT, Action.PAUSE):
         with pytest.raises(InvalidTransition, match="Act with the apps' config"):
             apply_action(store, operator, action, actor="op", reason="x", weight=50.0, now=2.0)
-    done = apply_action(store, operator, Action.ROLLBACK, actor="op", reason="incident", now=2.0)
+    done = apply_action(store, operator, Action.ROLLBACK, actor="op", reason="incident", now=2.0,
+                        restart=True)  # a rollback never restarts, even when asked to
     assert (done.phase, done.weight) == (Phase.ROLLED_BACK, 0.0)
     assert done.revision == revision_of(apps.rollouts[0]) != revision_of(operator)
     leader.look(now=3.0)

@@ -77,6 +77,9 @@ def test_finish_reasons_are_shared_and_the_cache_is_bounded() -> None:
     from openai_bluegreen import _telemetry
 
     assert len(_telemetry._SHARED) <= _telemetry._SHARED_MAX
+    # Full, it starts over: values seen from now on are shared again (a provider's system
+    # fingerprint changes over a process's life; calls must not each queue their own tuple).
+    assert shared(("fp_new",)) is shared(tuple(["fp_new"]))
 
 
 def test_a_read_cut_short_loses_that_record_only(parked_worker: None) -> None:

@@ -249,8 +249,8 @@ def _emit(router: Router, lane: Lane, parent: context.Context, span_start_ns: in
     end_ns = start_ns + int(elapsed * 1e9)
     span.end(end_time=end_ns)
     if router.events is not None and lane.span_attrs[T.OPERATION] != "embeddings":
-        if capture.event_content:
-            attrs.update(messages)
+        if capture.event_content:  # structured, as util-genai puts them on events
+            attrs.update({key: T.loads(value) for key, value in messages.items()})
         router.events.emit(T.inference_event(attrs, set_span_in_context(span, parent), end_ns))
 
 

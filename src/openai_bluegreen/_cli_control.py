@@ -411,7 +411,8 @@ def add_control_commands(commands: Any, percent: Callable[[str], float],
         parser.add_argument("--restart", action="store_true",
                             help="if the store's state is about another blue/green than this "
                             "config's, start this config's rollout over first (default: "
-                            "refuse; a rollback always applies to what the apps run)")
+                            "refuse; a rollback always applies to what the apps run, "
+                            "--restart or not)")
         common(parser, json_help="print the new state as JSON")
         parser.set_defaults(handler=_guard(_act(action)))
 

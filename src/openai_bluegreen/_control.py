@@ -58,9 +58,10 @@ def apply_action(store: StateStore, rollout: Rollout, action: Action, *, actor: 
 
     When the stored state is about another blue/green than ``rollout`` (its revision differs:
     the apps run another config than the caller's, or a new candidate is being prepared), a
-    rollback applies to the stored state as it is: whatever the apps run, they go to blue and
-    stay there. Any other action is refused unless ``restart``: then this config's rollout
-    starts over first (apps on the other config send that rollout to blue meanwhile).
+    rollback applies to the stored state as it is, ``restart`` or not: whatever the apps run,
+    they go to blue and stay there. Any other action is refused unless ``restart``: then this
+    config's rollout starts over first (apps on the other config send that rollout to blue
+    meanwhile).
 
     Raises:
         InvalidTransition: The action does not apply to the rollout's phase.
@@ -82,8 +83,8 @@ def apply_action(store: StateStore, rollout: Rollout, action: Action, *, actor: 
         at = time.time() if now is None else now
         base = stored if stored is not None else initial_state(rollout)
         if stored is not None and stored.revision and stored.revision != revision:
-            if action is Action.ROLLBACK and not restart:
-                pass  # roll back what the apps run, under its own revision
+            if action is Action.ROLLBACK:
+                pass  # roll back what the apps run, under its own revision, always
             elif restart:
                 base = restarted(rollout, stored, at, actor=actor)  # another candidate: anew
             else:

@@ -337,11 +337,11 @@ def _act(rollout: str, action: Action, reason: str, actor: str | None,
     config = find_rollout(router.config, rollout)
     if watcher is None or rollout not in watcher.rollouts:
         raise BlueGreenError(f"rollout {rollout!r} has no schedule: use set_weight()")
-    # The app's own config is what it runs: another candidate's stored state starts over, as
-    # its leading watcher would do anyway.
+    # As the CLI: a rollback applies to whatever the store holds; another action on a state of
+    # another blue/green (a rolling deploy, a drifted replica) is refused, since a leader on
+    # that config would undo it at its next look.
     state = apply_action(watcher.store, config, action, actor=actor or default_actor("api:"),
-                         reason=reason or f"{action.value} via the Python API", weight=weight,
-                         restart=True)
+                         reason=reason or f"{action.value} via the Python API", weight=weight)
     try:
         watcher.sync()
     except StoreUnavailable:  # written; the follower hands it over at its next read

@@ -85,10 +85,14 @@ class RolloutRuntime:
     """A rollout as the hot path sees it. ``weight_bp`` is replaced atomically by set_weight."""
 
     __slots__ = ("blue", "conversation_env", "fallback_enabled", "fallback_on", "green",
-                 "green_max_retries", "name", "responses", "salt", "sticky", "weight_bp")
+                 "green_max_retries", "name", "response_models", "responses", "salt", "sticky",
+                 "weight_bp")
 
     def __init__(self, rollout: Rollout, blue: TargetRuntime, green: TargetRuntime) -> None:
         self.name = rollout.name
+        # gen_ai.response.model values on the metrics, per (environment, operation), across
+        # every client: the series budget (see Lane.response_attrs).
+        self.response_models: dict[tuple[str, str], set[str]] = {}
         self.salt = salt_for(rollout.name)
         self.weight_bp = round(rollout.weight * 100)
         self.sticky = tuple(rollout.sticky)
@@ -196,9 +200,9 @@ def _host_port(base_url: Any) -> tuple[str | None, int | None]:
 class Lane:
     """Precomputed routing and telemetry for one (client, rollout, environment, operation)."""
 
-    __slots__ = ("_request_attrs", "_response_attrs", "client", "env", "error_attrs", "headers",
-                 "metric_attrs", "model", "omit_auth", "params", "resources", "rollout",
-                 "span_attrs", "span_name", "token_attrs")
+    __slots__ = ("_models_seen", "_request_attrs", "_response_attrs", "client", "env",
+                 "error_attrs", "headers", "metric_attrs", "model", "omit_auth", "params",
+                 "resources", "rollout", "span_attrs", "span_name", "token_attrs")
 
     def __init__(self, rollout: RolloutRuntime, env: Environment, operation: str,
                  requested_model: str, caller_client: Any, own_client: Any | None) -> None:
@@ -252,19 +256,24 @@ class Lane:
         self.error_attrs: dict[str, dict[str, Any]] = {}
         self._request_attrs: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._response_attrs: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
+        self._models_seen = rollout.response_models.setdefault((env, operation), set())
 
     def response_attrs(self, response_model: str | None
                        ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         """The metric attributes of a call answered by ``response_model`` (the semconv's
         recommended ``gen_ai.response.model``): duration (and time to first chunk), input
         tokens, output tokens. One shared triple per model a provider answers with (a few);
-        past 32 of them, or with no model, the lane's own sets, without it."""
+        past 32 of them per rollout, environment and operation (across clients), or with no
+        model, the lane's own sets, without it."""
         if response_model is None:
             return self.metric_attrs, self.token_attrs[0], self.token_attrs[1]
         attrs = self._response_attrs.get(response_model)
         if attrs is None:
-            if len(self._response_attrs) >= _MAX_RESPONSE_MODELS:
-                return self.metric_attrs, self.token_attrs[0], self.token_attrs[1]
+            seen = self._models_seen  # shared by every client's lane of this env and operation
+            if response_model not in seen:
+                if len(seen) >= _MAX_RESPONSE_MODELS:
+                    return self.metric_attrs, self.token_attrs[0], self.token_attrs[1]
+                seen.add(response_model)
             base = {**self.metric_attrs, T.RESPONSE_MODEL: response_model}
             attrs = self._response_attrs.setdefault(response_model, (
                 base, {**base, T.TOKEN_TYPE: "input"}, {**base, T.TOKEN_TYPE: "output"}))

@@ -213,7 +213,8 @@ NOTHING: Described = (None, None, (), None, None, None, None)
 
 
 def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+    """A non-empty string, else ``None`` (Azure's first stream chunk has ``model: ""``)."""
+    return value if isinstance(value, str) and value else None
 
 
 def describe_response(obj: Any) -> Described:
@@ -283,12 +284,14 @@ _SHARED_MAX = 256
 def shared(value: tuple[Any, ...]) -> tuple[Any, ...]:
     """The one shared tuple equal to ``value`` (say, a call's finish reasons, service tier and
     system fingerprint, which come from a small set of values): a call's own tuple then dies
-    with the call instead of waiting in the worker's queue. Past 256 distinct values, ``value``
-    itself."""
+    with the call instead of waiting in the worker's queue. At 256 distinct values the cache
+    starts over."""
     found = _SHARED.get(value)
     if found is None:
         if len(_SHARED) >= _SHARED_MAX:
-            return value
+            # Values come and go (a provider's system fingerprint changes): start over rather
+            # than give every later call its own tuple for the rest of the process.
+            _SHARED.clear()
         found = _SHARED.setdefault(value, value)
     return found
 
@@ -309,6 +312,14 @@ def output_messages_json(obj: Any) -> str | None:
         return _output_messages_json(obj)
     except Exception:
         return None
+
+
+def loads(text: str) -> Any:
+    """The structure a captured-content JSON string holds (the string, if it holds none)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
 
 
 def dumps(value: Any) -> str | None:

@@ -42,7 +42,7 @@ from ._rollout import (
 )
 from ._version import __version__
 from .policy import Decision, Evidence, StepWindow, decide
-from .sources import MetricSource, RolloutStats, Snapshot, SourceUnavailable
+from .sources import CatchingUp, MetricSource, RolloutStats, Snapshot, SourceUnavailable
 from .stores import StateStore, StoreUnavailable
 
 __all__ = ["Watcher"]
@@ -66,9 +66,7 @@ class _Run:
     """
 
     epoch: float | None = None
-    # (step, weight, counts when the window opened, when it opened: the step's start when the
-    # window was rebuilt from history or seen starting, the first look otherwise)
-    windows: list[tuple[int, float, RolloutStats, float]] = field(default_factory=list)
+    windows: list[tuple[int, float, RolloutStats]] = field(default_factory=list)
     closed: list[RolloutStats] = field(default_factory=list)  # each closed window's counts
     # A run rebuilt from history has a source of its own whose counts start at the epoch.
     source: MetricSource | None = None
@@ -174,6 +172,9 @@ class Watcher:
         self._runs: dict[str, _Run] = {}
         self.last_decisions: dict[str, Decision] = {}
         self._problems: dict[str, str | None] = dict.fromkeys(_PROBLEM_KINDS)
+        self._history_problems: dict[str, str] = {}
+        # Sources reading a backlog at this look ("": the shared one; else a rollout's run).
+        self._catching_up: set[str] = set()
         self._problem_lock = threading.Lock()
         self._write_fault: str | None = None
         self._wake = threading.Event()
@@ -301,8 +302,13 @@ class Watcher:
             return []
         if not was_leader:
             # Taking over (again): windows this watcher kept from an earlier tenure span steps
-            # it did not see; the evidence starts afresh at takeover (docs/analysis.md).
+            # it did not see; the evidence starts afresh at takeover (docs/analysis.md). So
+            # does a source that would otherwise first read the samples of the whole time it
+            # was not leading (runs that can look back are rebuilt from history instead).
             self._runs.clear()
+            reset = getattr(self.source, "reset", None)
+            if callable(reset):
+                reset()
         for name in sorted(self._missing):  # put back what the store lost, never restart
             try:
                 if self.store.compare_and_set(self._states[name], None):
@@ -312,13 +318,16 @@ class Watcher:
                 break
         snapshot: Snapshot | None = None
         note = ""
+        self._catching_up.clear()
         if self.source is None:
             note = "no metric source"
         else:
             try:
                 snapshot = self.source.snapshot(now)
-            except SourceUnavailable as exc:
+            except SourceUnavailable as exc:  # CatchingUp too: holds, noted as such
                 note = str(exc)
+                if isinstance(exc, CatchingUp):
+                    self._catching_up.add("")
             except Exception as exc:  # a broken source must not stop the loop
                 note = f"metric source failed: {exc!r}"
         self._set_problem(None if snapshot is not None else f"holding: {note}", kind="source")
@@ -403,6 +412,7 @@ class Watcher:
                       note: str, now: float) -> tuple[Snapshot | None, str]:
         """The snapshot to judge ``rollout`` on: the shared one, or its rebuilt run's own."""
         if snapshot is None or state.phase not in (Phase.PROGRESSING, Phase.PAUSED):
+            self._history_problem(rollout.name, None)
             return snapshot, note
         run = self._runs.get(rollout.name)
         epoch = _epoch(state)
@@ -410,8 +420,9 @@ class Watcher:
             try:
                 rebuilt = self._rebuild(rollout, state, epoch)
             except SourceUnavailable as exc:
-                logger.info("openai-bluegreen watcher: cannot rebuild the evidence of %s from "
-                            "history (%s); starting it now", rollout.name, exc)
+                self._history_problem(rollout.name, f"cannot rebuild the evidence of "
+                                      f"{rollout.name} from history ({exc}); judging it on "
+                                      "the calls from now on")
                 rebuilt = None
             if rebuilt is not None:
                 self._runs[rollout.name] = run = rebuilt
@@ -420,10 +431,20 @@ class Watcher:
         try:
             own = run.source.snapshot(now)
         except SourceUnavailable as exc:  # e.g. still catching up on the run's history
-            self._set_problem(f"holding {rollout.name}: {exc}", kind="history")
+            self._history_problem(rollout.name, f"holding {rollout.name}: {exc}")
+            if isinstance(exc, CatchingUp):
+                self._catching_up.add(rollout.name)
             return None, str(exc)
-        self._set_problem(None, kind="history")
+        self._history_problem(rollout.name, None)
         return own, note
+
+    def _history_problem(self, rollout: str, problem: str | None) -> None:
+        """Per rollout (one rollout's success must not clear another's problem)."""
+        if problem is None:
+            self._history_problems.pop(rollout, None)
+        else:
+            self._history_problems[rollout] = problem
+        self._set_problem(next(iter(self._history_problems.values()), None), kind="history")
 
     def _rebuild(self, rollout: Rollout, state: RolloutState, epoch: float | None
                  ) -> _Run | None:
@@ -448,7 +469,7 @@ class Watcher:
             base = source.snapshot(at).get(rollout.name)
             if run.windows:
                 run.closed.append(base.minus(run.windows[-1][2]))
-            run.windows.append((step, weight, base, at))
+            run.windows.append((step, weight, base))
         logger.info("openai-bluegreen watcher: rebuilt %d step window(s) of %s from history",
                     len(run.windows), rollout.name)
         return run
@@ -469,23 +490,27 @@ class Watcher:
             return
         if run.windows:
             run.closed.append(now_stats.minus(run.windows[-1][2]))
-        run.windows.append((step, state.weight, now_stats, snapshot.taken_at))
+        run.windows.append((step, state.weight, now_stats))
 
     def _evidence(self, rollout: Rollout, state: RolloutState, snapshot: Snapshot | None,
                   note: str) -> Evidence:
         if snapshot is None:
-            return Evidence(available=False, note=note)
+            catching_up = bool(self._catching_up & {"", rollout.name})
+            return Evidence(available=False, note=note, catching_up=catching_up)
         if state.phase in (Phase.PROGRESSING, Phase.PAUSED):
             self._open_window(rollout, state, snapshot)
         run = self._runs.get(rollout.name)
         if run is None or not run.windows:
             return Evidence()
         current = snapshot.get(rollout.name)
-        windows = [StepWindow(step, weight, stats) for (step, weight, _, _), stats
+        windows = [StepWindow(step, weight, stats) for (step, weight, _), stats
                    in zip(run.windows[:-1], run.closed, strict=True)]
-        step, weight, baseline, opened = run.windows[-1]
+        step, weight, baseline = run.windows[-1]
         windows.append(StepWindow(step, weight, current.minus(baseline)))
-        return Evidence(tuple(windows), current_since=opened)
+        # When the counts this watcher can see begin (a restarted app's own metrics): the
+        # progress deadline does not wait for calls it could never see.
+        source = run.source if run.source is not None else self.source
+        return Evidence(tuple(windows), current_since=getattr(source, "counts_since", None))
 
     # -- telemetry -----------------------------------------------------------------------
     def _emit(self, decision: Decision, state: RolloutState) -> None:

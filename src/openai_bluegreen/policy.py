@@ -49,6 +49,8 @@ class Evidence:
     # step's start when this watcher took over mid-step and could not look back (its own
     # process's metrics): the progress deadline for missing data counts from here.
     current_since: float | None = None
+    # The source is reading a backlog (it held, and will answer): not missing data.
+    catching_up: bool = False
 
     @property
     def total(self) -> RolloutStats:
@@ -168,7 +170,8 @@ def _run_check(check: Check, windows: tuple[StepWindow, ...], total: RolloutStat
     bound = blue_hist.tail_bound(check.quantile, check.max_ratio)
     if bound is None:
         note = ("blue has no calls of this kind yet" if blue_hist.total == 0 else
-                "blue's calls all fall in the histogram's +Inf bucket")
+                "no bucket bound a green could fail at: blue's calls (nearly) all fall above "
+                "the histogram's last finite bound")
         return CheckResult(name, "no_data", 0.0, threshold, {"note": note})
     batches = []
     for window in windows:
@@ -260,7 +263,7 @@ def decide(rollout: Rollout, state: RolloutState, evidence: Evidence, now: float
     step_label = (f"step {step + 1}/{len(schedule.steps)} ({state.weight:g}%)" if step >= 0
                   else f"manual weight {state.weight:g}%")
     if not evidence.available or short or waiting:
-        if waited >= rollout.progress_deadline:
+        if waited >= rollout.progress_deadline and not evidence.catching_up:
             missing = (reasons[0] if not evidence.available
                        else ", ".join(short + [f"{w}: no data" for w in waiting]))
             return Decision(name, Action.PAUSE, (

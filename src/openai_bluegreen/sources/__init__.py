@@ -21,6 +21,7 @@ from .._errors import BlueGreenError
 
 __all__ = [
     "EMPTY_ENV",
+    "CatchingUp",
     "EnvStats",
     "Histogram",
     "MetricSource",
@@ -33,6 +34,11 @@ __all__ = [
 
 class SourceUnavailable(BlueGreenError):
     """The metric source cannot answer now (unreachable, not ready, no data)."""
+
+
+class CatchingUp(SourceUnavailable):
+    """A long backlog of samples is being read over several snapshots: not a failure of the
+    backend; the watcher holds without counting it against the progress deadline."""
 
 
 @dataclass(frozen=True, slots=True)

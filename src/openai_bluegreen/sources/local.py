@@ -9,6 +9,7 @@ the provider it records into. On each look it collects our instruments (scope
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -62,6 +63,9 @@ class LocalSource(MetricReader):
         super().__init__()
         self._lock = threading.Lock()
         self._latest: MetricsData | None = None
+        # This process's counts begin about now: a watcher that takes over a step started
+        # earlier cannot see its calls before (the progress deadline allows for it).
+        self.counts_since = time.time()
 
     def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
                          **kwargs: Any) -> None:

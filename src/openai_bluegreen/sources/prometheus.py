@@ -87,9 +87,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._config import mask_url
-from . import EnvStats, Histogram, RolloutStats, Snapshot, SourceUnavailable
+from . import CatchingUp, EnvStats, Histogram, RolloutStats, Snapshot, SourceUnavailable
 
-__all__ = ["FORGET_AFTER", "LOOKBACK", "MARGIN", "MAX_PIECES", "MAX_SPAN", "PrometheusSource"]
+__all__ = ["FORGET_AFTER", "LOOKBACK", "MARGIN", "MAX_PIECES", "MAX_SPAN",
+           "PrometheusSource"]
 
 DURATION_COUNT = "gen_ai_client_operation_duration_seconds_count"
 DURATION_BUCKET = "gen_ai_client_operation_duration_seconds_bucket"
@@ -169,6 +170,23 @@ class PrometheusSource:
         self._targets: dict[tuple[str, str], tuple[float, bool]] = {}
         self._newest = -math.inf  # the newest sample time seen (Prometheus's clock)
 
+    @property
+    def counts_since(self) -> float | None:
+        """When the counts begin (the origin; ``None`` before the first answer)."""
+        return self.origin
+
+    def reset(self) -> None:
+        """Forget every count and the origin: the next snapshot starts afresh (a watcher
+        taking over discards its windows anyway, and must not first read the samples of the
+        hours it was not leading)."""
+        with self._lock:
+            self.origin = None
+            self._series.clear()
+            self._retired.clear()
+            self._targets.clear()
+            self._last_now = None
+            self._newest = -math.inf
+
     def rewind(self, origin: float) -> PrometheusSource:
         """A fresh source on the same Prometheus whose counts start at ``origin`` (the past).
 
@@ -194,7 +212,14 @@ class PrometheusSource:
             # baseline, and every series' whole lifetime would count.
             origin = self.origin if self.origin is not None else now
             last = self._last_now
-            start = origin - LOOKBACK if last is None else last - MARGIN
+            if last is None:
+                start = origin - LOOKBACK
+            else:
+                # From where the samples read so far end, on either clock: a watcher clock
+                # ahead of Prometheus's must not leave the newest samples behind the next
+                # window. (No sample for FORGET_AFTER: none are coming; the watcher's end.)
+                newest = self._newest
+                start = (min(last, newest) if last - newest < FORGET_AFTER else last) - MARGIN
             # Catching up (a long outage, a rebuild from history) in bounded pieces: one query
             # per MAX_SPAN seconds, at most MAX_PIECES per snapshot; what is left is read by
             # the next snapshot, which holds the watcher until then.
@@ -204,9 +229,9 @@ class PrometheusSource:
                 if self.origin is None:
                     # As Prometheus's clock has it: the newest sample at the first answer
                     # (the watcher's clock may be off); the watcher's time if there is none.
-                    newest = max((t for _, values in _items(result)
-                                  for t, _ in _samples(values)), default=None)
-                    self.origin = now if newest is None else min(newest, now)
+                    seen = max((t for _, values in _items(result)
+                                for t, _ in _samples(values)), default=None)
+                    self.origin = now if seen is None else min(seen, now)
                     origin = self.origin
                 self._absorb(result, origin)
                 self._last_now = until if self._last_now is None else max(self._last_now,
@@ -215,7 +240,7 @@ class PrometheusSource:
                     break
                 start = until - MARGIN
             else:
-                raise SourceUnavailable(
+                raise CatchingUp(
                     f"Prometheus at {self.masked_url}: catching up, "
                     f"{now - (self._last_now or now):.0f}s of samples still to read")
             self._forget()
@@ -325,14 +350,16 @@ class PrometheusSource:
 
     def _was_new(self, target: tuple[str, str], first: float, origin: float) -> bool:
         """Whether a target first seen at ``first`` (after the origin) started after the origin:
-        Prometheus scraped it before (an ``up`` sample before ``first``: it was down, or had
-        none of our series yet), or its process started after the origin. No evidence (a
+        Prometheus scraped it successfully before (an ``up == 1`` sample before ``first``: it
+        had none of our series yet), or its process started after the origin. No evidence (a
         query that fails, a target without those series): not new."""
         job, instance = (_quote(v) for v in target)
         matchers = f'job="{job}", instance="{instance}"'
         try:
             earlier = self._query(f"up{{{matchers}}}[{LOOKBACK:g}s]", first - 0.001)
-            if any(True for _, values in _items(earlier) for _ in _samples(values)):
+            # A successful scrape before (up == 1), not a failing one: a live replica whose
+            # scrapes failed across the origin is not new.
+            if any(v == 1.0 for _, values in _items(earlier) for _, v in _samples(values)):
                 return True
             started = self._query(f"process_start_time_seconds{{{matchers}}}[{LOOKBACK:g}s]",
                                   first)
