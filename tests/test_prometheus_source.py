@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -357,3 +358,65 @@ def test_a_watcher_clock_ahead_of_prometheus_still_reads_new_samples(
         while (got := source.snapshot(time.time() + skew).get(ROLLOUT)) != expected:
             assert time.monotonic() < deadline, f"expected {expected}\n got {got}"
             time.sleep(0.5)
+
+
+class _FlakyReplica:
+    """A long-running replica's /metrics on loopback, as the OpenTelemetry Prometheus exporter
+    writes one counter series, whose scrapes can be made to fail (HTTP 500)."""
+
+    def __init__(self, requests: int) -> None:
+        import http.server
+
+        self.failing = True
+        self.requests = requests
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *_args: Any) -> None:
+                return None
+
+            def do_GET(self) -> None:
+                if outer.failing:
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                labels = (f'otel_scope_name="openai_bluegreen",bluegreen_rollout="{ROLLOUT}",'
+                          'bluegreen_environment="blue",error_type=""')
+                body = ("# TYPE process_start_time_seconds gauge\n"
+                        f"process_start_time_seconds {time.time() - 86400}\n"
+                        "# TYPE gen_ai_client_operation_duration_seconds histogram\n"
+                        f"gen_ai_client_operation_duration_seconds_bucket{{{labels},le=\"+Inf\"}}"
+                        f" {outer.requests}\n"
+                        f"gen_ai_client_operation_duration_seconds_count{{{labels}}}"
+                        f" {outer.requests}\n").encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.target = f"127.0.0.1:{self.server.server_address[1]}"
+
+
+def test_a_replica_whose_scrapes_failed_across_the_origin_is_not_counted_whole(
+        tmp_path: Path) -> None:
+    replica = _FlakyReplica(requests=50_000)  # its calls before the watcher started
+    try:
+        with prometheus_server(tmp_path, [replica.target], scrape_interval="1s") as prom:
+            deadline = time.monotonic() + 30
+            while not _get_json(prom.url + "/api/v1/query?query=up")["data"]["result"]:
+                assert time.monotonic() < deadline, "Prometheus never scraped the replica"
+                time.sleep(0.3)
+            source = PrometheusSource(prom.url, timeout=2.0)
+            assert source.snapshot(time.time()).rollouts == {}  # the origin: scrapes failing
+            replica.failing = False  # scrapes succeed again; no call is made after the origin
+            deadline = time.monotonic() + 20
+            while not source._targets:
+                assert time.monotonic() < deadline, "the replica's series never arrived"
+                time.sleep(0.5)
+                source.snapshot(time.time())
+            assert source.snapshot(time.time()).get(ROLLOUT).blue.requests == 0
+    finally:
+        replica.server.shutdown()
+        replica.server.server_close()
