@@ -207,3 +207,23 @@ def test_an_operator_with_another_config_is_told_and_a_rollback_still_holds(
     done = cli(drifted, "set-weight", "chat-upgrade", "1", "--reason", "new try", "--restart")
     assert done.returncode == 0, done
     assert _status(apps)["other_candidate"]
+
+
+def test_a_store_that_cannot_be_used_here_is_a_config_error(tmp_path: Path) -> None:
+    # Without the redis package a redis:// store is the config's problem (exit 2), as
+    # install() reports it, not an outage (exit 1).
+    config = {"state": "redis://127.0.0.1:9/0", "rollouts": [{
+        "name": "chat-upgrade", "match": {"model": "gpt-4.1"}, "blue": {"model": "a"},
+        "green": {"model": "b"}, "schedule": SCHEDULE}]}
+    path = tmp_path / "openai-bluegreen.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    program = ("import sys; sys.modules['redis'] = None  # not installed\n"
+               "from openai_bluegreen.cli import main\n"
+               "sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run(
+        [sys.executable, "-c", program, "pause", "chat-upgrade", "--reason", "x",
+         "--config", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={"OPENAI_BLUEGREEN_ACTOR": "alice", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2, done
+    assert "pip install 'openai-bluegreen[redis]'" in done.stderr

@@ -23,7 +23,7 @@ from ._control import apply_action, default_actor, find_rollout
 from ._errors import BlueGreenError, ConfigError
 from ._exporters import ExporterError
 from ._rollout import Action, InvalidTransition, RolloutState, initial_state, revision_of
-from .stores import StoreUnavailable, open_store
+from .stores import StoreUnavailable, StoreUnsupported, open_store
 
 __all__ = ["add_control_commands"]
 
@@ -339,6 +339,7 @@ def _run_watcher(args: argparse.Namespace) -> int:
 _ERRORS: tuple[tuple[type[BlueGreenError], str, int], ...] = (
     (ConfigError, "", EXIT_USAGE),
     (InvalidTransition, "", EXIT_FAILED),
+    (StoreUnsupported, "state store: ", EXIT_USAGE),  # as install() has it: the config's
     (StoreUnavailable, "state store: ", EXIT_FAILED),
     (ExporterError, "", EXIT_FAILED),  # a port in use, a missing exporter package (as demo)
     (BlueGreenError, "", EXIT_USAGE),

@@ -17,11 +17,16 @@ from typing import Protocol, runtime_checkable
 from .._errors import BlueGreenError
 from .._rollout import RolloutState
 
-__all__ = ["StateStore", "StoreUnavailable", "open_store"]
+__all__ = ["StateStore", "StoreUnavailable", "StoreUnsupported", "open_store"]
 
 
 class StoreUnavailable(BlueGreenError):
     """The state store cannot be read or written now."""
+
+
+class StoreUnsupported(StoreUnavailable):
+    """The state store cannot be used here at all (a missing package, an unknown scheme): a
+    configuration problem, not an outage."""
 
 
 @runtime_checkable
@@ -87,9 +92,9 @@ def open_store(url: str) -> StateStore:
         try:
             from .redis import RedisStore
         except ImportError as exc:
-            raise StoreUnavailable(
+            raise StoreUnsupported(
                 f"the redis store needs the {exc.name or 'redis'!r} package: "
                 "pip install 'openai-bluegreen[redis]'") from None
         return RedisStore(url)
-    raise StoreUnavailable(f"unknown state store {url!r} (use 'memory', 'file:///path' or "
+    raise StoreUnsupported(f"unknown state store {url!r} (use 'memory', 'file:///path' or "
                            "'redis://host:6379/0')")
