@@ -9,6 +9,7 @@ sums across replicas must equal the apps' own counts exactly.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import json
@@ -330,7 +331,10 @@ def test_credentials_split_where_the_masking_splits_them() -> None:
     # An unescaped "/", "#" or "?" in the password: the host is what follows the last "@".
     plain, auth = _split_auth("http://admin:12/S3cr#t?x@127.0.0.1:9090/prefix")
     assert plain == "http://127.0.0.1:9090/prefix"
-    assert auth is not None and "S3cr" not in plain
+    assert auth == "Basic " + base64.b64encode(b"admin:12/S3cr#t?x").decode()
+    # Percent-encoded user info is sent decoded.
+    assert _split_auth("http://a%40b:p%3Aw@h:9090") == (
+        "http://h:9090", "Basic " + base64.b64encode(b"a@b:p:w").decode())
     assert _split_auth("http://127.0.0.1:9090") == ("http://127.0.0.1:9090", None)
 
 
