@@ -161,8 +161,8 @@ class Call:
         # Recorded now, not when the stream ends: the watcher judges time to first chunk while
         # long streams are still running.
         self.ttfc = at - self.start
-        _worker.submit(_record_ttfc, self.router.instruments, self.ttfc,
-                       self.lane.response_attrs(response_model)[0])
+        _worker.submit(_record_ttfc, self.router.instruments, self.ttfc, self.lane,
+                       response_model)
 
     def finished(self, described: Described, etype: str | None, end: float) -> None:
         """The call is over for the caller: queue its telemetry for the worker."""
@@ -254,9 +254,11 @@ def _emit(router: Router, lane: Lane, parent: context.Context, span_start_ns: in
         router.events.emit(T.inference_event(attrs, set_span_in_context(span, parent), end_ns))
 
 
-def _record_ttfc(instruments: T.Instruments, seconds: float, attrs: dict[str, Any]) -> None:
-    """Run by the worker (a function, not a bound method: nothing per call waits in the queue)."""
-    instruments.ttfc.record(seconds, attrs)
+def _record_ttfc(instruments: T.Instruments, seconds: float, lane: Lane,
+                 response_model: str | None) -> None:
+    """Run by the worker (a function, not a bound method: nothing per call waits in the queue);
+    the lane's attribute sets are looked up (and built) here, off the request path."""
+    instruments.ttfc.record(seconds, lane.response_attrs(response_model)[0])
 
 
 def _record_fallback(instruments: T.Instruments, green: Lane, etype: str, elapsed: float

@@ -161,7 +161,7 @@ class RolloutRuntime:
 
 MAX_REMEMBERED_RESPONSES = 100_000  # per rollout: ~10 MB of ids at most
 _MAX_SHARED_REQUEST_ATTRS = 256  # per lane; beyond, each call gets its own dict
-_MAX_RESPONSE_MODELS = 32  # per lane: gen_ai.response.model values on its metrics
+_MAX_RESPONSE_MODELS = 32  # gen_ai.response.model values per rollout, environment, operation
 
 
 def _has_authorization(headers: dict[str, Any]) -> bool:
@@ -200,9 +200,9 @@ def _host_port(base_url: Any) -> tuple[str | None, int | None]:
 class Lane:
     """Precomputed routing and telemetry for one (client, rollout, environment, operation)."""
 
-    __slots__ = ("_models_seen", "_request_attrs", "_response_attrs", "client", "env",
-                 "error_attrs", "headers", "metric_attrs", "model", "omit_auth", "params",
-                 "resources", "rollout", "span_attrs", "span_name", "token_attrs")
+    __slots__ = ("_models_seen", "_omit", "_request_attrs", "_response_attrs", "_sent_headers",
+                 "client", "env", "error_attrs", "headers", "metric_attrs", "model", "omit_auth",
+                 "params", "resources", "rollout", "span_attrs", "span_name", "token_attrs")
 
     def __init__(self, rollout: RolloutRuntime, env: Environment, operation: str,
                  requested_model: str, caller_client: Any, own_client: Any | None) -> None:
@@ -218,6 +218,13 @@ class Lane:
         self.omit_auth = (target.base_url is not None and target.api_key is None
                           and not _has_authorization(target.headers))
         self.client = own_client
+        # The headers a call without extra_headers sends (the environment's, and the omitted
+        # Authorization of a keyless endpoint), built once.
+        import openai
+
+        self._omit = openai.Omit()
+        self._sent_headers = ({**target.headers, "Authorization": self._omit}
+                              if self.omit_auth else target.headers)
         self.resources: dict[type, Any] = {}
         effective = own_client if own_client is not None else caller_client
         host, port = _host_port(getattr(effective, "base_url", ""))
@@ -332,11 +339,12 @@ class Lane:
             out["extra_body"] = {**body, **self.params} if isinstance(body, dict) else self.params
         if self.headers or self.omit_auth:
             headers = out.get("extra_headers")
-            merged = {**headers, **self.headers} if isinstance(headers, dict) else self.headers
+            if not isinstance(headers, dict):  # the usual case: built once, in __init__
+                out["extra_headers"] = self._sent_headers
+                return out
+            merged = {**headers, **self.headers}
             if self.omit_auth and not _has_authorization(merged):
-                import openai
-
-                merged = {**merged, "Authorization": openai.Omit()}
+                merged["Authorization"] = self._omit
             out["extra_headers"] = merged
         return out
 
