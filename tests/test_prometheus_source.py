@@ -328,14 +328,20 @@ def test_a_fresh_prometheus_never_counts_a_replicas_past(tmp_path: Path,
 def test_credentials_split_where_the_masking_splits_them() -> None:
     from openai_bluegreen.sources.prometheus import _split_auth
 
-    # An unescaped "/", "#" or "?" in the password: the host is what follows the last "@".
-    plain, auth = _split_auth("http://admin:12/S3cr#t?x@127.0.0.1:9090/prefix")
+    plain, auth = _split_auth("http://admin:p%2Fw@127.0.0.1:9090/prefix")
     assert plain == "http://127.0.0.1:9090/prefix"
-    assert auth == "Basic " + base64.b64encode(b"admin:12/S3cr#t?x").decode()
+    assert auth == "Basic " + base64.b64encode(b"admin:p/w").decode()
     # Percent-encoded user info is sent decoded.
     assert _split_auth("http://a%40b:p%3Aw@h:9090") == (
         "http://h:9090", "Basic " + base64.b64encode(b"a@b:p:w").decode())
     assert _split_auth("http://127.0.0.1:9090") == ("http://127.0.0.1:9090", None)
+    # An "@" after the host is refused, naming the fix and never the password: an unescaped
+    # "/" in a password (which would send it to the wrong host), or one in the path (which
+    # the last-"@" reading took for user info, sending queries to another host).
+    for url in ("http://admin:12/S3cr#t?x@127.0.0.1:9090/prefix", "http://prom:9090/a@b"):
+        with pytest.raises(ValueError, match="has an '@' after its host") as info:
+            PrometheusSource(url)
+        assert "S3cr" not in str(info.value)
 
 
 def test_a_watcher_clock_ahead_of_prometheus_still_reads_new_samples(

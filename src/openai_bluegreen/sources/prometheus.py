@@ -503,18 +503,27 @@ def _group_of(labels: Mapping[str, Any]) -> _Group | None:
 
 
 def _split_auth(url: str) -> tuple[str, str | None]:
-    """The URL without ``user:password@``, and the Basic ``Authorization`` header for it."""
-    # The user info ends at the last "@" before the path, as mask_url reads it: a password
-    # with an unescaped "#", "?" or "/" must not be taken for the host (and shown).
+    """The URL without ``user:password@``, and the Basic ``Authorization`` header for it.
+
+    The user info is in the authority, which ends at the first ``/``, ``?`` or ``#`` (RFC
+    3986). An ``@`` after it is refused rather than guessed at: either a password with one of
+    those characters unescaped (it would be taken for the host, and sent to it), or an ``@``
+    in the path, which a Prometheus URL never needs.
+    """
     scheme, sep, rest = url.partition("://")
-    if "@" not in rest:
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    if "@" in tail:
+        raise ValueError(
+            f"Prometheus URL {mask_url(url)!r} has an '@' after its host: percent-encode "
+            "'/', '?', '#' and '@' in a user name or password (%2F, %3F, %23, %40)")
+    if "@" not in authority:
         return url, None
-    userinfo, _, after = rest.rpartition("@")
-    plain = f"{scheme}{sep}{after}"
+    userinfo, _, hostport = authority.rpartition("@")
     user, _, password = userinfo.partition(":")
     user, password = urllib.parse.unquote(user), urllib.parse.unquote(password)
     token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-    return plain, f"Basic {token}"
+    return f"{scheme}{sep}{hostport}{tail}", f"Basic {token}"
 
 
 class _Watchdog:
