@@ -444,3 +444,33 @@ def test_empty_strings_from_a_provider_are_missing_values() -> None:
         "system_fingerprint": ""})
     response_id, model, *_, fingerprint = describe_response(chunk)
     assert (response_id, model, fingerprint) == (None, None, None)
+
+
+def test_a_streamed_tool_call_is_captured_and_a_failed_stream_ends_in_error() -> None:
+    # The SDK's own chunk types, as a provider streams a tool call: id and name in the first
+    # fragment, the arguments in pieces.
+    from openai.types.chat import ChatCompletionChunk
+
+    from openai_bluegreen._streams import _Accumulated
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk.model_validate({
+            "id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+    acc = _Accumulated()
+    for item in (
+        chunk({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type":
+               "function", "function": {"name": "weather", "arguments": '{"ci'}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": 'ty": "Oslo"}'}}]}),
+        chunk({}, "tool_calls"),
+    ):
+        acc.capture(item)
+    assert json.loads(acc.output_json() or "") == [{
+        "role": "assistant", "finish_reason": "tool_calls",
+        "parts": [{"type": "tool_call", "id": "call_1", "name": "weather",
+                   "arguments": {"city": "Oslo"}}]}]
+    cut = _Accumulated()
+    cut.capture(chunk({"role": "assistant", "content": "Half an ans"}))
+    assert json.loads(cut.output_json(failed=True) or "")[0]["finish_reason"] == "error"
+    assert json.loads(cut.output_json() or "")[0]["finish_reason"] == "stop"

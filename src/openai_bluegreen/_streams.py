@@ -30,7 +30,8 @@ class _Accumulated:
                  "response_id", "texts", "tier")
 
     def __init__(self) -> None:
-        self.texts: dict[int, list[Any]] | None = None  # opt-in capture: choice -> [text, reason]
+        # opt-in capture: choice -> [text pieces, finish reason, {call index: [id, name, args]}]
+        self.texts: dict[int, list[Any]] | None = None
         self.output: str | None = None  # opt-in capture: a Responses stream's final output
         self.response_id: str | None = None
         self.model: str | None = None
@@ -73,19 +74,37 @@ class _Accumulated:
                 getattr(choice, "text", None)
             texts = self.texts if self.texts is not None else {}
             self.texts = texts
-            entry = texts.setdefault(getattr(choice, "index", 0), [[], None])
+            index = getattr(choice, "index", 0)
+            entry = texts.get(index)
+            if entry is None:
+                entry = texts[index] = [[], None, {}]
             if isinstance(text, str):
                 entry[0].append(text)
+            # Tool calls stream as fragments per call index: id and name once, the
+            # arguments in pieces.
+            for call in getattr(delta, "tool_calls", None) or ():
+                parts = entry[2].setdefault(getattr(call, "index", 0), [None, None, []])
+                function = getattr(call, "function", None)
+                parts[0] = getattr(call, "id", None) or parts[0]
+                parts[1] = getattr(function, "name", None) or parts[1]
+                arguments = getattr(function, "arguments", None)
+                if isinstance(arguments, str):
+                    parts[2].append(arguments)
             if getattr(choice, "finish_reason", None):
                 entry[1] = choice.finish_reason
 
-    def output_json(self) -> str | None:
+    def output_json(self, failed: bool = False) -> str | None:
+        """The streamed answer as ``gen_ai.output.messages``; a stream that ended without a
+        finish reason ends with ``error`` when it failed, else ``stop``."""
         if self.output is not None or not self.texts:
             return self.output
         return T.dumps([
-            {"role": "assistant", "parts": [{"type": "text", "content": "".join(texts)}],
-             "finish_reason": reason or "stop"}
-            for _, (texts, reason) in sorted(self.texts.items())])
+            {"role": "assistant",
+             "parts": ([{"type": "text", "content": "".join(texts)}] if texts or not calls
+                       else []) + [T.tool_call_part(call_id, name, "".join(arguments))
+                                   for _, (call_id, name, arguments) in sorted(calls.items())],
+             "finish_reason": reason or ("error" if failed else "stop")}
+            for _, (texts, reason, calls) in sorted(self.texts.items())])
 
     def described(self) -> T.Described:
         return (self.response_id, self.model, self.reasons, self.in_tokens, self.out_tokens,
@@ -151,7 +170,7 @@ class _StreamProxyBase(wrapt.ObjectProxy[Any]):
         self._self_done = True
         try:
             if self._self_call.router.capture_content:
-                self._self_call.output = self._self_acc.output_json()
+                self._self_call.output = self._self_acc.output_json(error is not None)
             self._self_call.finished(self._self_acc.described(),
                                      None if error is None else error_type(error),
                                      self._self_last if abandoned else _perf())

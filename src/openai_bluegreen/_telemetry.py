@@ -361,7 +361,7 @@ def _output_messages_json(obj: Any) -> str | None:
                 parts.append(_text_part(message.content))
             for call in getattr(message, "tool_calls", None) or ():
                 function = getattr(call, "function", None)
-                parts.append(_tool_call(getattr(call, "id", None),
+                parts.append(tool_call_part(getattr(call, "id", None),
                                         getattr(function, "name", None),
                                         getattr(function, "arguments", None)))
         elif isinstance(getattr(choice, "text", None), str):  # legacy completions
@@ -376,7 +376,7 @@ def _output_messages_json(obj: Any) -> str | None:
                 parts += [_text_part(c.text) for c in getattr(item, "content", None) or ()
                           if isinstance(getattr(c, "text", None), str)]
             elif kind == "function_call":
-                parts.append(_tool_call(getattr(item, "call_id", None),
+                parts.append(tool_call_part(getattr(item, "call_id", None),
                                         getattr(item, "name", None),
                                         getattr(item, "arguments", None)))
         status = getattr(obj, "status", None)
@@ -399,7 +399,8 @@ def _text_part(text: str) -> dict[str, Any]:
     return {"type": "text", "content": text}
 
 
-def _tool_call(call_id: Any, name: Any, arguments: Any) -> dict[str, Any]:
+def tool_call_part(call_id: Any, name: Any, arguments: Any) -> dict[str, Any]:
+    """A ``tool_call`` message part (arguments parsed when they are JSON)."""
     if isinstance(arguments, str):
         # Not JSON (or nested past the parser's limit): recorded as the string it is.
         with contextlib.suppress(ValueError, RecursionError):
@@ -444,7 +445,7 @@ def _chat_message(message: dict[str, Any]) -> dict[str, Any]:
     for call in calls if isinstance(calls, (list, tuple)) else ():
         if isinstance(call, dict):
             function = call.get("function")
-            parts.append(_tool_call(call.get("id"), _field(function, "name"),
+            parts.append(tool_call_part(call.get("id"), _field(function, "name"),
                                     _field(function, "arguments")))
     out: dict[str, Any] = {"role": role, "parts": parts}
     if isinstance(message.get("name"), str):
@@ -463,7 +464,7 @@ def _responses_items(items: list[Any]) -> list[dict[str, Any]]:
                 "type": "tool_call_response", "id": item.get("call_id"),
                 "response": item.get("output")}]})
         elif kind == "function_call":
-            messages.append({"role": "assistant", "parts": [_tool_call(
+            messages.append({"role": "assistant", "parts": [tool_call_part(
                 item.get("call_id"), item.get("name"), item.get("arguments"))]})
         elif "role" in item:
             messages.append({"role": item["role"], "parts": _content_parts(item.get("content"))})
