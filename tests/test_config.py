@@ -527,3 +527,19 @@ def test_durations_longer_than_a_year_are_refused(interval: Any) -> None:
         openai_bluegreen.load_config(scheduled(analysis={"interval": interval}))
     assert caught.value.problems[0][0] == "rollouts[0].analysis.interval"
     assert "at most 365d" in str(caught.value)
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("OPENAI_API_KEY_2024_PRODUCTION_V2", "OPENAI_API_KEY_2024_PRODUCTION_V2"),  # a name
+    ("gpt-4.1-mini-2025-04-14", "gpt-4.1-mini-2025-04-14"),
+    ("x" * 32, "xxxx***"),  # 32 characters of one run: a key, masked as it is judged
+    ("sk-proj-abcdef123456", "sk-p***"),
+    ("token ABCD1234EFGH5678IJKL9012 here", "token ABCD*** here"),
+])
+def test_masking_and_the_secret_test_agree(text: str, shown: str) -> None:
+    # One test decides both what is refused as a literal key and what is masked in errors: a
+    # reviewer found names garbled in messages and a 32-character key judged secret but shown.
+    from openai_bluegreen._config import looks_like_secret, mask_secrets
+
+    assert mask_secrets(text) == shown
+    assert looks_like_secret(text.split()[1] if " " in text else text) is (shown != text)
