@@ -159,6 +159,53 @@ def test_the_state_gauge_follows_a_reinstalled_watcher(
     assert states["paused"] == 1 and states["progressing"] == 0, states
 
 
+def test_a_reinstall_that_fails_building_its_watcher_leaves_the_running_one_in_charge(
+        install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from openai_bluegreen import _install
+
+    config = {**rollout_config(green, schedule=SCHEDULE, analysis=ANALYSIS),
+              "state": f"file://{tmp_path}/state.json"}
+    install(config)
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    _drive(client, 5.0, until=lambda: _phase() == "progressing")
+    openai_bluegreen.pause("chat-upgrade", reason="hold")
+    running = openai_bluegreen._state.watcher
+    real = _install.Watcher
+
+    def half_built(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)  # built (it finds the gauges) ...
+        raise RuntimeError("watcher construction failed")  # ... and the install fails
+
+    monkeypatch.setattr(_install, "Watcher", half_built)
+    changed = {**config, "rollouts": [{**config["rollouts"][0],
+                                       "analysis": {**ANALYSIS, "interval": "0.3s"}}]}
+    with pytest.raises(RuntimeError, match="watcher construction failed"):
+        install(changed)
+    assert openai_bluegreen._state.watcher is running
+    states = {p[0]["bluegreen.state"]: p[1].value
+              for p in telemetry.points("bluegreen.rollout.state")}
+    assert states["paused"] == 1 and states["progressing"] == 0, states
+
+
+def test_an_unreadable_state_at_install_fails_open_to_blue(
+        install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    from openai_bluegreen import _watcher
+
+    def broken(_self: Any) -> None:
+        raise ValueError("stored state is not a rollout state")
+
+    monkeypatch.setattr(_watcher.Watcher, "_sync", broken)
+    install({**rollout_config(green, schedule=SCHEDULE, analysis=ANALYSIS),
+             "state": f"file://{tmp_path}/state.json"})
+    assert "reading the state store failed" in caplog.text
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    assert _drive(client, 0.5) > 5
+    assert not green.requests
+
+
 def test_a_redis_never_reached_keeps_every_call_on_blue_until_it_comes(
         install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
         tmp_path: Any) -> None:

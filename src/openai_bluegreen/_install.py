@@ -171,6 +171,7 @@ def install(
         source: MetricSource | None = None
         plan: _LocalPlan | None = None
         router: Router | None = None
+        watcher: Watcher | None = None
         try:
             effective_mp: metrics.MeterProvider | None = meter_provider
             if scheduled:
@@ -190,6 +191,9 @@ def install(
             router = Router(validated, tracer_provider=tracer_provider,
                             meter_provider=effective_mp, logger_provider=logger_provider)
             router.providers = (tracer_provider, meter_provider, logger_provider)
+            if scheduled and store is not None:
+                watcher = Watcher(validated, store, source, apply_weight=router.set_weight,
+                                  tracer_provider=tracer_provider, meter_provider=effective_mp)
         except BaseException:
             if plan is not None:
                 plan.undo()
@@ -201,14 +205,14 @@ def install(
                 "whichever process leads judges only its own calls. For a fleet, point "
                 "metrics_source at the Prometheus that scrapes every replica.",
                 mask_url(validated.state))
-        watcher = None
-        if scheduled and store is not None:
-            watcher = Watcher(validated, store, source, apply_weight=router.set_weight,
-                              tracer_provider=tracer_provider, meter_provider=effective_mp)
+        if watcher is not None:
             try:  # pick up a rollout already under way (another process, a restart)
                 watcher.sync()
             except StoreUnavailable as exc:
                 logger.warning("openai-bluegreen: %s; scheduled rollouts start on blue", exc)
+            except Exception:  # a fault in the store's contents: fail open, as the loop does
+                logger.exception("openai-bluegreen: reading the state store failed; "
+                                 "scheduled rollouts start on blue")
         _stop_watcher()
         _patch.patch()
         _state.router = router

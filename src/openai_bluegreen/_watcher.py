@@ -125,8 +125,10 @@ _instruments: weakref.WeakKeyDictionary[Any, dict[bool, _ControllerInstruments]]
 _global_instruments: dict[bool, _ControllerInstruments] = {}
 
 
-def _instruments_for(meter_provider: metrics.MeterProvider | None, watcher: Watcher,
+def _instruments_for(meter_provider: metrics.MeterProvider | None,
                      with_weight: bool) -> _ControllerInstruments:
+    """The provider's controller instruments (one set per provider: OpenTelemetry keeps every
+    instrument it made). Their gauges read the watcher that runs last: see Watcher.run."""
     cache = (_global_instruments if meter_provider is None
              else _instruments.setdefault(meter_provider, {}))
     made = cache.get(with_weight)
@@ -134,7 +136,6 @@ def _instruments_for(meter_provider: metrics.MeterProvider | None, watcher: Watc
         meter = (meter_provider.get_meter(T.SCOPE, __version__) if meter_provider is not None
                  else metrics.get_meter(T.SCOPE, __version__))
         made = cache[with_weight] = _ControllerInstruments(meter, with_weight)
-    made.watcher = watcher
     return made
 
 
@@ -189,8 +190,7 @@ class Watcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._tracer = T.tracer_for(tracer_provider)
-        self._instruments = _instruments_for(meter_provider, self,
-                                             with_weight=apply_weight is None)
+        self._instruments = _instruments_for(meter_provider, with_weight=apply_weight is None)
         self._providers = (tracer_provider, meter_provider)
         self._poll_arg = poll
 
@@ -555,6 +555,9 @@ class Watcher:
         """Run in a daemon thread until :meth:`stop`."""
         if self._thread is not None:
             return
+        # The gauges show this watcher from now on; a watcher only built (an install that
+        # failed after building it) never takes them from the one running.
+        self._instruments.watcher = self
         subscribe = getattr(self.store, "subscribe", None)
         if callable(subscribe):  # stores that push changes wake the loop at once
             try:
@@ -570,6 +573,7 @@ class Watcher:
         thread reads the store every ``poll``, so a look stuck on a slow metric source or
         waiting for the store never delays an operator's action (``source=None``: follow only).
         """
+        self._instruments.watcher = self
         try:
             if self.source is None:
                 self._follow()
