@@ -142,9 +142,10 @@ def test_watcher_faults_keep_calls_on_the_last_weights(
     assert status["watcher"]["problem"] is not None
 
 
-def test_the_state_gauge_follows_a_reinstalled_watcher(
-        install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
-        tmp_path: Any) -> None:
+def _paused_on_a_file_store(install: Any, blue: SimulatedUpstream, green: SimulatedUpstream,
+                            tmp_path: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A rollout paused mid-way on a file store; returns its config and the same config with
+    another analysis interval (a re-install that builds a new watcher)."""
     config = {**rollout_config(green, schedule=SCHEDULE, analysis=ANALYSIS),
               "state": f"file://{tmp_path}/state.json"}
     install(config)
@@ -153,10 +154,21 @@ def test_the_state_gauge_follows_a_reinstalled_watcher(
     openai_bluegreen.pause("chat-upgrade", reason="hold")
     changed = {**config, "rollouts": [{**config["rollouts"][0],
                                        "analysis": {**ANALYSIS, "interval": "0.3s"}}]}
-    install(changed)  # a new watcher on the same store and providers
+    return config, changed
+
+
+def _assert_gauge_shows_paused(telemetry: Telemetry) -> None:
     states = {p[0]["bluegreen.state"]: p[1].value
               for p in telemetry.points("bluegreen.rollout.state")}
     assert states["paused"] == 1 and states["progressing"] == 0, states
+
+
+def test_the_state_gauge_follows_a_reinstalled_watcher(
+        install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+        tmp_path: Any) -> None:
+    _, changed = _paused_on_a_file_store(install, blue, green, tmp_path)
+    install(changed)  # a new watcher on the same store and providers
+    _assert_gauge_shows_paused(telemetry)
 
 
 def test_a_reinstall_that_fails_building_its_watcher_leaves_the_running_one_in_charge(
@@ -164,12 +176,7 @@ def test_a_reinstall_that_fails_building_its_watcher_leaves_the_running_one_in_c
         tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from openai_bluegreen import _install
 
-    config = {**rollout_config(green, schedule=SCHEDULE, analysis=ANALYSIS),
-              "state": f"file://{tmp_path}/state.json"}
-    install(config)
-    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
-    _drive(client, 5.0, until=lambda: _phase() == "progressing")
-    openai_bluegreen.pause("chat-upgrade", reason="hold")
+    _, changed = _paused_on_a_file_store(install, blue, green, tmp_path)
     running = openai_bluegreen._state.watcher
     real = _install.Watcher
 
@@ -178,14 +185,10 @@ def test_a_reinstall_that_fails_building_its_watcher_leaves_the_running_one_in_c
         raise RuntimeError("watcher construction failed")  # ... and the install fails
 
     monkeypatch.setattr(_install, "Watcher", half_built)
-    changed = {**config, "rollouts": [{**config["rollouts"][0],
-                                       "analysis": {**ANALYSIS, "interval": "0.3s"}}]}
     with pytest.raises(RuntimeError, match="watcher construction failed"):
         install(changed)
     assert openai_bluegreen._state.watcher is running
-    states = {p[0]["bluegreen.state"]: p[1].value
-              for p in telemetry.points("bluegreen.rollout.state")}
-    assert states["paused"] == 1 and states["progressing"] == 0, states
+    _assert_gauge_shows_paused(telemetry)
 
 
 def test_an_unreadable_state_at_install_fails_open_to_blue(
