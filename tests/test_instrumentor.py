@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import pytest
 
+import openai_bluegreen
+from openai_bluegreen import ConfigError
 from openai_bluegreen.instrumentation import BlueGreenInstrumentor
 from openai_bluegreen.testing import SimulatedUpstream
 
@@ -73,3 +76,54 @@ def test_instrumentor_uses_the_providers_it_is_given(telemetry: Telemetry,
         out = client.chat.completions.create(model="gpt-4.1",
                                              messages=[{"role": "user", "content": "x"}])
     assert out.model == "gpt-4.1"
+
+
+def _run_instrumented(tmp_path: Path, blue: SimulatedUpstream, config: dict[str, Any],
+                      **env: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "openai-bluegreen.json"
+    path.write_text(json.dumps(config))
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    env = {**os.environ, "OPENAI_BLUEGREEN_CONFIG": str(path), "BLUE_URL": blue.base_url,
+           "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none",
+           "OTEL_LOGS_EXPORTER": "none", **env}
+    return subprocess.run([_instrument_command(), sys.executable, str(app)], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_instrument_extra_exports_the_routed_calls_spans(
+        tmp_path: Path, blue: SimulatedUpstream, green: SimulatedUpstream) -> None:
+    """``opentelemetry-instrument`` configures the SDK only with opentelemetry-distro, which
+    the ``instrument`` extra brings: without it no span would leave the app."""
+    done = _run_instrumented(tmp_path, blue, rollout_config(green, weight=100),
+                             GREEN_API_KEY=GREEN_KEY, OTEL_TRACES_EXPORTER="console",
+                             OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="openai")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count('"name": "chat green-model"') == 40, done.stdout[-2000:]
+    assert GREEN_KEY not in done.stdout
+
+
+def test_a_bad_config_under_opentelemetry_instrument_leaves_the_app_and_other_instrumentors(
+        tmp_path: Path, blue: SimulatedUpstream, green: SimulatedUpstream,
+        monkeypatch: Any) -> None:
+    monkeypatch.delenv("GREEN_API_KEY", raising=False)
+    done = _run_instrumented(tmp_path, blue, rollout_config(green, weight=100))
+    assert done.returncode == 0, done.stderr
+    assert "openai-bluegreen: not routing any call" in done.stderr
+    assert "rollouts[0].green.api_key_env" in done.stderr
+    assert len(blue.requests) == 40 and {r.model for r in blue.requests} == {"gpt-4.1"}
+    assert not green.requests
+    # OpenTelemetry's loader stops at the first instrumentor that raises: ours must not.
+    path = tmp_path / "openai-bluegreen.json"
+    monkeypatch.setenv("OPENAI_BLUEGREEN_CONFIG", str(path))
+    instrumentor = BlueGreenInstrumentor()
+    try:
+        instrumentor.instrument()  # from the environment: logged, not raised
+        assert not openai_bluegreen.status()["installed"]
+    finally:
+        instrumentor.uninstrument()
+    try:
+        with pytest.raises(ConfigError, match="api_key_env"):  # asked for in code: raised
+            instrumentor.instrument(config=rollout_config(green, weight=100))
+    finally:
+        instrumentor.uninstrument()

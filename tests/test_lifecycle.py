@@ -59,6 +59,45 @@ def test_cached_raw_response_wrapper_passes_through_after_uninstall(
     assert raw.create(model="gpt-4.1", messages=MSGS).parse().model == "green-model"
 
 
+def test_uninstall_leaves_an_instrumentation_that_wrapped_the_sdk_after_us(
+    install: Any, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    """As OpenTelemetry's instrumentations do: wrapt on top of what is there, and undone by
+    putting back its ``__wrapped__``."""
+    from openai.resources.chat.completions import Completions
+
+    seen: list[str] = []
+
+    def other(wrapped: Any, _instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        seen.append(kwargs["model"])
+        return wrapped(*args, **kwargs)
+
+    before = _methods()
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+
+    def model() -> str:
+        return client.chat.completions.create(model="gpt-4.1", messages=MSGS).model
+
+    install(rollout_config(green, weight=100))
+    wrapt.wrap_function_wrapper(Completions, "create", other)
+    try:
+        assert model() == "green-model" and seen == ["gpt-4.1"]
+        openai_bluegreen.uninstall()
+        assert model() == "gpt-4.1" and seen == ["gpt-4.1"] * 2  # it still records
+        install(rollout_config(green, weight=100))  # ours taken up again, not wrapped twice
+        green.requests.clear()
+        assert model() == "green-model" and len(green.requests) == 1
+        assert isinstance(Completions.__dict__["create"].__wrapped__, wrapt.FunctionWrapper)
+        assert not isinstance(Completions.__dict__["create"].__wrapped__.__wrapped__,
+                              wrapt.FunctionWrapper)
+    finally:
+        openai_bluegreen.uninstall()
+        Completions.create = Completions.__dict__["create"].__wrapped__  # type: ignore[method-assign]
+    install(rollout_config(green, weight=100))
+    openai_bluegreen.uninstall()
+    assert _methods() == before
+
+
 def test_reinstall_with_new_config_replaces_routing(install: Any, blue: SimulatedUpstream,
                                                     green: SimulatedUpstream) -> None:
     install(rollout_config(green, weight=0))

@@ -70,7 +70,12 @@ HELPER_SURFACES: tuple[tuple[str, str, str, str], ...] = (
 _API_TYPES = {"openai.resources.chat.completions": "chat_completions",
               "openai.resources.responses": "responses"}
 
-_patched: list[tuple[type, str, Any]] = []
+# (class, method, what was there before, our wrapper) of every method wrapped now.
+_patched: list[tuple[type, str, Any, Any]] = []
+# Wrappers of ours that another instrumentation wrapped in turn: uninstall() left them in its
+# chain (they pass straight through); a new install() finds them there and routes with them
+# again instead of wrapping a second time.
+_buried: list[tuple[type, str, Any, Any]] = []
 _lock = threading.Lock()
 
 
@@ -285,11 +290,8 @@ def patch() -> None:
                 cls = getattr(module, class_name, None)
                 if cls is None or method not in cls.__dict__:
                     continue  # older SDKs lack some surfaces (e.g. responses.parse)
-                original = cls.__dict__[method]
                 factory = _async_wrapper if class_name.startswith("Async") else _sync_wrapper
-                wrapt.wrap_function_wrapper(cls, method, factory(operation, original,
-                                                                 _API_TYPES.get(module_name)))
-                _patched.append((cls, method, original))
+                _wrap(cls, method, factory, operation, _API_TYPES.get(module_name))
             for module_name, class_name, method, kind in HELPER_SURFACES:
                 try:
                     module = importlib.import_module(module_name)
@@ -298,22 +300,54 @@ def patch() -> None:
                 cls = getattr(module, class_name, None)
                 if cls is None or method not in cls.__dict__:
                     continue
-                original = cls.__dict__[method]
-                wrapt.wrap_function_wrapper(cls, method, _helper_wrapper(cls, kind))
-                _patched.append((cls, method, original))
+                _wrap(cls, method, None, kind, None)
         except BaseException:
             _unpatch_locked()
             raise
 
 
+def _wrap(cls: type, method: str, factory: Callable[..., Callable[..., Any]] | None,
+          operation: str, api_type: str | None) -> None:
+    """Wrap ``cls.method`` with ``factory(operation, original, api_type)`` (``None``: a stream
+    helper's wrapper, ``operation`` its kind), or take up our wrapper buried there."""
+    current = cls.__dict__[method]
+    for i, entry in enumerate(_buried):
+        if entry[0] is cls and entry[1] == method and _in_chain(entry[3], current):
+            _patched.append(_buried.pop(i))  # still there, under another instrumentation's
+            return
+    wrapper = (_helper_wrapper(cls, operation) if factory is None
+               else factory(operation, current, api_type))
+    wrapt.wrap_function_wrapper(cls, method, wrapper)
+    _patched.append((cls, method, current, cls.__dict__[method]))
+
+
+def _in_chain(wrapper: Any, current: Any) -> bool:
+    """Whether ``wrapper`` is ``current`` or wrapped by it (through ``__wrapped__``)."""
+    for _ in range(64):
+        if current is wrapper:
+            return True
+        current = getattr(current, "__wrapped__", None)
+        if current is None:
+            return False
+    return False
+
+
 def _unpatch_locked() -> None:
     while _patched:
-        cls, method, original = _patched.pop()
-        setattr(cls, method, original)
+        entry = _patched.pop()
+        cls, method, original, wrapper = entry
+        if cls.__dict__.get(method) is wrapper:
+            setattr(cls, method, original)
+        else:
+            # Another instrumentation (say, OpenTelemetry's OpenAI one) wrapped ours: putting
+            # back what was there before ours would remove it too. Ours stays in its chain and
+            # passes straight through (its kill switch), until an install() takes it up again.
+            _buried.append(entry)
 
 
 def unpatch() -> None:
-    """Restore every wrapped method to the exact object it was before."""
+    """Restore every wrapped method to the exact object it was before (or, where another
+    instrumentation wrapped ours since, leave its layer and ours, passing through, in place)."""
     with _lock:
         _unpatch_locked()
 

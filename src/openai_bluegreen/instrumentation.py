@@ -7,6 +7,7 @@ the other). Needs ``opentelemetry-instrumentation`` (the ``instrument`` extra).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from typing import Any
 
@@ -14,7 +15,10 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
     BaseInstrumentor,
 )
 
+from ._errors import BlueGreenError
 from ._install import install, uninstall
+
+logger = logging.getLogger("openai_bluegreen")
 
 __all__ = ["BlueGreenInstrumentor"]
 
@@ -32,12 +36,21 @@ class BlueGreenInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # untyped 
         return _INSTRUMENTS
 
     def _instrument(self, **kwargs: Any) -> None:
-        install(
-            kwargs.get("config"),
-            tracer_provider=kwargs.get("tracer_provider"),
-            meter_provider=kwargs.get("meter_provider"),
-            logger_provider=kwargs.get("logger_provider"),
-        )
+        config = kwargs.get("config")
+        try:
+            install(
+                config,
+                tracer_provider=kwargs.get("tracer_provider"),
+                meter_provider=kwargs.get("meter_provider"),
+                logger_provider=kwargs.get("logger_provider"),
+            )
+        except BlueGreenError as exc:
+            if config is not None:
+                raise  # asked for in code: the caller gets the error
+            # Zero-code (``opentelemetry-instrument``): OpenTelemetry's loader stops at the
+            # first instrumentor that raises, and the app's other instrumentations (requests,
+            # its web framework, ...) would never load. The app runs unrouted, as without us.
+            logger.error("openai-bluegreen: not routing any call: %s", exc)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         uninstall()
