@@ -227,3 +227,21 @@ def test_a_store_that_cannot_be_used_here_is_a_config_error(tmp_path: Path) -> N
         env={"OPENAI_BLUEGREEN_ACTOR": "alice", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 2, done
     assert "pip install 'openai-bluegreen[redis]'" in done.stderr
+
+
+def test_status_shows_an_unreadable_stored_state_for_what_it_is(tmp_path: Path) -> None:
+    config = _write_config(tmp_path)
+    assert cli(config, "set-weight", "chat-upgrade", "25", "--reason", "eval").returncode == 0
+    state = tmp_path / "state.json"
+    data = json.loads(state.read_text())
+    data["rollouts"]["chat-upgrade"]["weight"] = 150.0  # no writer of ours stores that
+    state.write_text(json.dumps(data))
+    for plain in (True, False):
+        done = cli(config, "status", plain=plain)
+        assert done.returncode == 0, done.stderr
+        assert re.search(r"chat-upgrade\s+unreadable\s+-\s+\?", done.stdout), done.stdout
+        assert "weight must be a finite number from 0 to 100 (got 150.0)" in done.stdout
+        assert "apps keep the weight they last read" in done.stdout
+    row = _status(config)
+    assert row["phase"] == "unreadable" and row["weight"] is None
+    assert "fix or delete it" in row["unreadable"]

@@ -5,18 +5,21 @@ The protocol contract itself runs in ``test_stores.py`` (its ``store`` fixture i
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from openai_bluegreen import load_config
 from openai_bluegreen._control import apply_action
-from openai_bluegreen._rollout import Action, RolloutState, initial_state
+from openai_bluegreen._rollout import Action, Phase, RolloutState, initial_state
+from openai_bluegreen._watcher import Watcher
 from openai_bluegreen.stores import StoreUnavailable, open_store
 from openai_bluegreen.stores.redis import RedisStore
 from tests.services import RedisServer, redis_server
@@ -167,11 +170,42 @@ def test_a_corrupt_stored_value_is_reported_and_left_untouched(server: RedisServ
     rollout = load_config(CONFIG).rollouts[0]
     with pytest.raises(StoreUnavailable, match=r"not a valid rollout state.*left untouched"):
         store.load("chat")
-    with pytest.raises(StoreUnavailable, match="not a valid rollout state"):
-        store.load_all()
+    assert set(store.load_all().invalid) == {"chat"}  # reported, not raised: see below
     with pytest.raises(StoreUnavailable, match="not a valid rollout state"):
         store.compare_and_set(initial_state(rollout), 0)
     assert raw.get("openai-bluegreen:state:chat") == b"{not json"
+    raw.close()
+    store.close()
+
+
+def test_one_bad_stored_value_never_hides_the_others(server: RedisServer) -> None:
+    import redis
+
+    raw = redis.Redis.from_url(server.url)
+    store = _open(server.url)
+    good = RolloutState("good", Phase.PROGRESSING, 0, 25.0, version=3)
+    assert store.compare_and_set(good, None)
+    valid = json.dumps(good.to_dict())
+    bad = {"garbage": "{not json",
+           "too-much": valid.replace('"weight": 25.0', '"weight": 150.0'),
+           "half-version": valid.replace('"version": 3', '"version": 1.5'),
+           "elsewhere": valid}  # another rollout's state under this one's key
+    for name, value in bad.items():
+        raw.set(f"openai-bluegreen:state:{name}", value.replace('"good"', f'"{name}"')
+                if name != "elsewhere" else value)
+        raw.sadd("openai-bluegreen:rollouts", name)
+    raw.delete("openai-bluegreen:state:hashed")
+    raw.hset("openai-bluegreen:state:hashed", "weight", "25")
+    raw.sadd("openai-bluegreen:rollouts", "hashed")
+    stored = store.load_all()
+    assert dict(stored) == {"good": good}
+    assert set(stored.invalid) == {*bad, "hashed"}
+    assert "weight must be a finite number from 0 to 100 (got 150.0)" in stored.invalid["too-much"]
+    assert "version must be an integer >= 0 (got 1.5)" in stored.invalid["half-version"]
+    assert "it is rollout 'good'" in stored.invalid["elsewhere"]
+    assert "it holds a hash, not a string" in stored.invalid["hashed"]
+    assert all("openai-bluegreen:state:" in why and "fix or delete it" in why
+               for why in stored.invalid.values())
     raw.close()
     store.close()
 
@@ -289,3 +323,73 @@ def test_set_weight_that_cannot_be_written_changes_nothing(server: RedisServer) 
         assert stored is not None and (stored.phase.value, stored.weight) == ("paused", 30.0)
     finally:
         openai_bluegreen.uninstall()
+
+
+class _Quiet:
+    """A metric source with no calls yet: the watcher starts rollouts and holds them."""
+
+    def snapshot(self, now: float) -> Any:
+        from openai_bluegreen.sources import Snapshot
+
+        return Snapshot(now, {})
+
+    def close(self) -> None:
+        return None
+
+
+def _two_rollouts(url: str) -> tuple[Any, Watcher, dict[str, float]]:
+    config = load_config({"state": url, "rollouts": [
+        {**CONFIG["rollouts"][0], "name": name, "match": {"model": f"m-{name}"}}
+        for name in ("a", "b")]})
+    weights: dict[str, float] = {}
+    watcher = Watcher(config, open_store(url), _Quiet(), apply_weight=weights.__setitem__)
+    watcher.look()
+    assert weights == {"a": 10.0, "b": 10.0}
+    return config, watcher, weights
+
+
+def test_a_bad_value_for_one_rollout_leaves_the_others_following(server: RedisServer) -> None:
+    import redis
+
+    config, watcher, weights = _two_rollouts(server.url)
+    raw = redis.Redis.from_url(server.url)
+    raw.set("openai-bluegreen:state:a", "{not json")
+    operator = open_store(server.url)
+    apply_action(operator, config.rollouts[1], Action.ROLLBACK, actor="oncall", reason="bad")
+    watcher.sync()
+    assert weights == {"a": 10.0, "b": 0.0}  # b's rollback lands; a keeps its last weight
+    assert watcher.problem is not None
+    assert "'openai-bluegreen:state:a' is not a valid rollout state" in watcher.problem
+    assert raw.get("openai-bluegreen:state:a") == b"{not json"  # left for a person to fix
+    watcher.stop()
+    _close(operator, watcher.store)
+    raw.close()
+
+
+def test_a_store_gone_back_to_an_older_state_never_undoes_a_rollback(
+        server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    import redis
+
+    config, watcher, weights = _two_rollouts(server.url)
+    raw = redis.Redis.from_url(server.url)
+    older = raw.get("openai-bluegreen:state:a")  # progressing at 10%: say, a snapshot
+    operator = open_store(server.url)
+    apply_action(operator, config.rollouts[0], Action.ROLLBACK, actor="oncall", reason="bad")
+    watcher.sync()
+    assert weights["a"] == 0.0
+    raw.set("openai-bluegreen:state:a", older)  # Redis restarted from that older snapshot
+    watcher.sync()
+    assert weights["a"] == 0.0
+    assert "went back to an older state of rollout a" in caplog.text
+    watcher.look()  # the leader writes the newer state back
+    restored = operator.load("a")
+    assert restored is not None and restored.phase is Phase.ROLLED_BACK
+    assert [h.action for h in restored.history][-1] == "rollback"
+    watcher.stop()
+    _close(operator, watcher.store)
+    raw.close()
+
+
+def _close(*stores: Any) -> None:
+    for store in stores:
+        store.close()

@@ -67,19 +67,29 @@ def _state_rows(config: Config, window: float) -> tuple[list[dict[str, Any]], st
     finally:
         store.close()
     metrics, problem = _metrics(config, window)
+    invalid: dict[str, str] = getattr(stored, "invalid", None) or {}
     rows = []
     for rollout in config.rollouts:
         state = stored.get(rollout.name) or initial_state(rollout)
         # A state about another blue/green: apps with this config send that rollout to blue.
         other = bool(state.revision) and state.revision != revision_of(rollout)
-        rows.append({"name": rollout.name, "phase": state.phase.value, "step": state.step,
+        unreadable = invalid.get(rollout.name)
+        rows.append({"name": rollout.name,
+                     "phase": "unreadable" if unreadable else state.phase.value,
+                     "step": None if unreadable else state.step,
                      "steps": rollout.schedule.steps if rollout.schedule else None,
-                     "weight": 0.0 if other else state.weight, "version": state.version,
+                     "weight": None if unreadable else 0.0 if other else state.weight,
+                     "version": None if unreadable else state.version,
                      "revision": state.revision, "other_candidate": other,
+                     "unreadable": unreadable,
                      "blue": rollout.blue.model, "green": rollout.green.model,
                      "metrics": metrics.get(rollout.name),
-                     "history": [h.to_dict() for h in state.history[-10:]]})
+                     "history": [] if unreadable else [h.to_dict() for h in state.history[-10:]]})
     return rows, problem
+
+
+def _weight_cell(row: dict[str, Any]) -> str:
+    return "?" if row["weight"] is None else f"{row['weight']:g}%"
 
 
 def _env_cell(env: dict[str, Any] | None) -> str:
@@ -97,7 +107,10 @@ def _notes(config: Config, rows: list[dict[str, Any]]) -> list[str]:
     if config.state == "memory":
         out.append(_MEMORY_NOTE)
     for row in rows:
-        if row.get("other_candidate"):
+        if row.get("unreadable"):
+            out.append(f"{row['name']}: {row['unreadable']}; apps keep the weight they last "
+                       "read, and no watcher decides for it until it is fixed")
+        elif row.get("other_candidate"):
             out.append(f"{row['name']}: the store's state is about another blue/green (revision "
                        f"{row['revision']}); apps with this config send it to blue until a "
                        "watcher with this config starts it over")
@@ -122,7 +135,7 @@ def _render(config: Config, rows: list[dict[str, Any]], problem: str | None,
         step = ("-" if row["step"] is None or row["steps"] is None
                 else f"{row['step'] + 1}/{len(row['steps'])}")
         metrics = row["metrics"] or {}
-        out.append(f"{row['name']:<20} {row['phase']:<12} {step:<6} {row['weight']:>5g}%  "
+        out.append(f"{row['name']:<20} {row['phase']:<12} {step:<6} {_weight_cell(row):>6}  "
                    f"{_env_cell(metrics.get('blue')):<36} {_env_cell(metrics.get('green'))}")
     out += _notes(config, rows)
     for row in rows:
@@ -135,7 +148,7 @@ def _render(config: Config, rows: list[dict[str, Any]], problem: str | None,
 
 
 _PHASE_STYLE = {"pending": "dim", "progressing": "cyan", "paused": "yellow",
-                "promoted": "bold green", "rolled_back": "bold red"}
+                "promoted": "bold green", "rolled_back": "bold red", "unreadable": "bold red"}
 _ACTION_STYLE = {"rollback": "red", "pause": "yellow", "promote": "green", "advance": "cyan",
                  "start": "cyan", "resume": "cyan", "set_weight": "magenta",
                  "restart": "magenta"}
@@ -189,7 +202,7 @@ def _render_rich(config: Config, rows: list[dict[str, Any]], problem: str | None
                 else f"{row['step'] + 1}/{len(row['steps'])}")
         metrics = row["metrics"] or {}
         table.add_row(row["name"], Text(row["phase"], style=_PHASE_STYLE.get(row["phase"], "")),
-                      step, f"{row['weight']:g}%", _env_cell(metrics.get("blue")),
+                      step, _weight_cell(row), _env_cell(metrics.get("blue")),
                       _env_cell(metrics.get("green")))
     parts.append(table)
     parts += [Text(note, style="yellow") for note in _notes(config, rows)]

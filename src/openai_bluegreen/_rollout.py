@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from hashlib import blake2b
@@ -122,19 +123,36 @@ class RolloutState:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RolloutState:
+        """A state read back from a store; raises ``ValueError`` (naming the field) for one no
+        writer of ours could have stored, rather than route by it."""
         return cls(
             rollout=str(data["rollout"]),
             phase=Phase(data["phase"]),
-            step=None if data.get("step") is None else int(data["step"]),
-            weight=float(data["weight"]),
+            step=None if data.get("step") is None else _integer(data["step"], "step", -1),
+            weight=_number(data["weight"], "weight", 0.0, 100.0),
             step_started_at=(None if data.get("step_started_at") is None
-                             else float(data["step_started_at"])),
-            updated_at=float(data.get("updated_at", 0.0)),
-            version=int(data["version"]),
+                             else _number(data["step_started_at"], "step_started_at")),
+            updated_at=_number(data.get("updated_at", 0.0), "updated_at"),
+            version=_integer(data["version"], "version", 0),
             history=tuple(HistoryEntry.from_dict(h) for h in data.get("history", ())),
             revision=str(data.get("revision") or ""),
             superseded=tuple(str(r) for r in data.get("superseded") or ()),
         )
+
+
+def _number(value: Any, name: str, low: float = float("-inf"), high: float = float("inf")
+            ) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or not low <= value <= high:
+        within = "" if low == float("-inf") else f" from {low:g} to {high:g}"
+        raise ValueError(f"{name} must be a finite number{within} (got {value!r})")
+    return float(value)
+
+
+def _integer(value: Any, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low} (got {value!r})")
+    return value
 
 
 def revision_of(rollout: Rollout) -> str:

@@ -52,7 +52,7 @@ logger = logging.getLogger("openai_bluegreen.watcher")
 DECISION = "bluegreen.decision"
 STOP_TIMEOUT = 2.0
 """Seconds :meth:`Watcher.stop` waits for a look stuck in a store or source call."""
-_PROBLEM_KINDS = ("store", "lease", "write", "source", "history")
+_PROBLEM_KINDS = ("store", "state", "lease", "write", "source", "history")
 STATE = "bluegreen.state"
 _PHASES = tuple(p.value for p in Phase)
 
@@ -139,6 +139,15 @@ def _instruments_for(meter_provider: metrics.MeterProvider | None,
     return made
 
 
+def _unusable(rollout: Rollout, state: RolloutState) -> str | None:
+    """Why a stored state that parsed cannot be this rollout's (a step past its schedule)."""
+    steps = rollout.schedule.steps if rollout.schedule is not None else []
+    if state.step is not None and state.step >= len(steps):
+        return (f"rollout {rollout.name!r}: the stored state is at step {state.step + 1}, but "
+                f"the schedule has {len(steps)}; fix or delete it")
+    return None
+
+
 class Watcher:
     """Drives the scheduled rollouts of a config.
 
@@ -168,7 +177,9 @@ class Watcher:
         self._apply_weight = apply_weight
         self._clock = clock
         self._states: dict[str, RolloutState] = {}
-        self._missing: set[str] = set()
+        # Rollouts the store lost (None) or went back on (the version it has): the leader writes
+        # the state held here back.
+        self._missing: dict[str, int | None] = {}
         self._applied: dict[str, float] = {}
         self._runs: dict[str, _Run] = {}
         self.last_decisions: dict[str, Decision] = {}
@@ -232,20 +243,41 @@ class Watcher:
                               kind="store")
             raise
         self._set_problem(None, kind="store")
-        missing = set()
+        invalid: dict[str, str] = getattr(stored, "invalid", None) or {}
+        missing: dict[str, int | None] = {}
+        bad = []
         with self._states_lock:
-            for name in self.rollouts:
+            for name, rollout in self.rollouts.items():
                 state = stored.get(name)
                 held = self._states.get(name)
+                why = invalid.get(name) or (
+                    None if state is None or self._foreign(name, state)
+                    else _unusable(rollout, state))
+                if why is not None:  # this one keeps its last weights; the others go on
+                    bad.append(why)
+                    continue
                 if (self._written.get(name, -1) > generation
                         and (state is None or held is None or state.version <= held.version)):
                     continue  # the looker wrote a newer state while this read was under way
-                if state is not None:
+                if state is not None and held is not None and state.version < held.version:
+                    # The store went back to an older state (say, a Redis restarted from an
+                    # older snapshot): an operator's rollback must not be undone by it. Kept,
+                    # and written back by the leader, as a lost one.
+                    if self._missing.get(name, -1) != state.version:
+                        logger.warning(
+                            "openai-bluegreen watcher: the state store went back to an older "
+                            "state of rollout %s (version %d, %s; this process holds version "
+                            "%d, %s): keeping the newer one", name, state.version,
+                            state.phase.value, held.version, held.phase.value)
+                    missing[name] = state.version
+                elif state is not None:
                     self._states[name] = state
                 elif name in self._states:
-                    missing.add(name)  # the store lost it (e.g. a Redis without persistence)
+                    missing[name] = None  # the store lost it (e.g. a Redis without persistence)
             self._missing = missing
             self._push_weights()
+        self._set_problem("; ".join(bad) + "; keeping their last weights" if bad else None,
+                          kind="state")
 
     def _remember(self, name: str, state: RolloutState) -> None:
         """Keep a state the looker wrote or re-read (newer than any read under way), unless
@@ -309,12 +341,17 @@ class Watcher:
             reset = getattr(self.source, "reset", None)
             if callable(reset):
                 reset()
-        for name in sorted(self._missing):  # put back what the store lost, never restart
+        # Put back what the store lost or went back on, never restart.
+        for name, stored_version in sorted(self._missing.items()):
             try:
-                if self.store.compare_and_set(self._states[name], None):
-                    logger.warning("openai-bluegreen watcher: the state store had lost rollout "
-                                   "%s; restored the last known state", name)
-            except StoreUnavailable:
+                if self.store.compare_and_set(self._states[name], stored_version):
+                    logger.warning("openai-bluegreen watcher: the state store had %s rollout "
+                                   "%s; restored the last known state",
+                                   "lost" if stored_version is None else "an older state of",
+                                   name)
+            except StoreUnavailable as exc:
+                self._set_problem(f"could not restore the state store's lost states: {exc}",
+                                  kind="write")
                 break
         snapshot: Snapshot | None = None
         note = ""

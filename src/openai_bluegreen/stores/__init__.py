@@ -11,13 +11,15 @@ on one host; atomic replace and a lock file) and ``redis://…`` (a fleet).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .._errors import BlueGreenError
 from .._rollout import RolloutState
 
-__all__ = ["StateStore", "StoreUnavailable", "StoreUnsupported", "open_store"]
+__all__ = ["StateStore", "StoreUnavailable", "StoreUnsupported", "StoredStates", "open_store",
+           "parse_stored"]
 
 
 class StoreUnavailable(BlueGreenError):
@@ -27,6 +29,30 @@ class StoreUnavailable(BlueGreenError):
 class StoreUnsupported(StoreUnavailable):
     """The state store cannot be used here at all (a missing package, an unknown scheme): a
     configuration problem, not an outage."""
+
+
+class StoredStates(dict[str, RolloutState]):
+    """What ``load_all()`` read: the states by rollout, and in ``invalid`` the rollouts whose
+    stored value could not be read as a state (name -> why). One bad value never hides the
+    others: the watcher keeps the bad one's last weights and says why, and follows the rest."""
+
+    def __init__(self, states: Mapping[str, RolloutState] | None = None,
+                 invalid: Mapping[str, str] | None = None) -> None:
+        super().__init__(states or {})
+        self.invalid: dict[str, str] = dict(invalid or {})
+
+
+def parse_stored(name: str, data: Any) -> RolloutState:
+    """A stored value of rollout ``name`` (JSON text, or its decoded object) as a state; raises
+    ``ValueError`` for one that is not a valid state of that rollout, saying why."""
+    try:
+        state = RolloutState.from_dict(json.loads(data) if isinstance(data, str) else data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+                         ) from None
+    if state.rollout != name:
+        raise ValueError(f"it is rollout {state.rollout!r}'s state")
+    return state
 
 
 @runtime_checkable
@@ -44,7 +70,12 @@ class StateStore(Protocol):
         ...
 
     def load_all(self) -> Mapping[str, RolloutState]:
-        """Every stored state by rollout name."""
+        """Every stored state by rollout name (a :class:`StoredStates`, whose ``invalid``
+        names the values that could not be read, where the store can tell).
+
+        Raises:
+            StoreUnavailable: The store cannot be read.
+        """
         ...
 
     def compare_and_set(self, state: RolloutState, expected_version: int | None) -> bool:

@@ -16,13 +16,13 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .._rollout import RolloutState
-from . import StoreUnavailable
+from . import StoredStates, StoreUnavailable, parse_stored
 
 __all__ = ["LOCK_TIMEOUT", "FileStore"]
 
@@ -70,19 +70,28 @@ class FileStore:
                 "untouched: fix or move it") from exc
         return data
 
+    def _invalid(self, name: str, why: object) -> str:
+        return (f"state file {str(self.path)!r}: rollout {name!r} is not a valid state ({why}); "
+                "it is left untouched: fix or delete it")
+
     def _parse(self, name: str, raw: Any) -> RolloutState:
         try:
-            return RolloutState.from_dict(raw)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreUnavailable(f"state file {str(self.path)!r}: rollout {name!r} is not a "
-                                   f"valid state ({exc})") from exc
+            return parse_stored(name, raw)
+        except ValueError as exc:
+            raise StoreUnavailable(self._invalid(name, exc)) from None
 
     def load(self, rollout: str) -> RolloutState | None:
         raw = self._read()["rollouts"].get(rollout)
         return None if raw is None else self._parse(rollout, raw)
 
-    def load_all(self) -> Mapping[str, RolloutState]:
-        return {name: self._parse(name, raw) for name, raw in self._read()["rollouts"].items()}
+    def load_all(self) -> StoredStates:
+        out = StoredStates()
+        for name, raw in self._read()["rollouts"].items():
+            try:
+                out[name] = parse_stored(name, raw)
+            except ValueError as exc:
+                out.invalid[name] = self._invalid(name, exc)
+        return out
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

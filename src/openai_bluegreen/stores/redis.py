@@ -22,7 +22,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -33,7 +33,7 @@ from redis.retry import Retry
 
 from .._config import mask_url
 from .._rollout import RolloutState
-from . import StoreUnavailable
+from . import StoredStates, StoreUnavailable, parse_stored
 
 __all__ = ["RedisStore"]
 
@@ -244,13 +244,15 @@ class RedisStore:
     def _key(self, rollout: str) -> str:
         return f"{self._prefix}:state:{rollout}"
 
+    def _invalid(self, rollout: str, why: object) -> str:
+        return (f"Redis at {self.url}: key {self._key(rollout)!r} is not a valid rollout state "
+                f"({why}); it is left untouched: fix or delete it")
+
     def _parse(self, rollout: str, raw: str) -> RolloutState:
         try:
-            return RolloutState.from_dict(json.loads(raw))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreUnavailable(
-                f"Redis at {self.url}: key {self._key(rollout)!r} is not a valid rollout state "
-                f"({exc}); it is left untouched: fix or delete it") from None
+            return parse_stored(rollout, raw)
+        except ValueError as exc:
+            raise StoreUnavailable(self._invalid(rollout, exc)) from None
 
     # -- StateStore ----------------------------------------------------------------------
     def load(self, rollout: str) -> RolloutState | None:
@@ -260,15 +262,30 @@ class RedisStore:
             raise self._unavailable(exc, f"reading rollout {rollout!r}") from None
         return None if raw is None else self._parse(rollout, raw)
 
-    def load_all(self) -> Mapping[str, RolloutState]:
+    def load_all(self) -> StoredStates:
         try:
             names = sorted(cast("set[str]", self._client.smembers(self._index_key)))
             raws = (cast("list[str | None]", self._client.mget([self._key(n) for n in names]))
                     if names else [])
+            # MGET answers nil for a key that holds another type than a string, as for a
+            # missing one: ask those which they are (rare: only for keys that read as nil).
+            absent = [n for n, raw in zip(names, raws, strict=True) if raw is None]
+            types = ([cast("str", self._client.type(self._key(n))) for n in absent]
+                     if absent else [])
         except RedisError as exc:
             raise self._unavailable(exc, "reading the rollout states") from None
-        return {name: self._parse(name, raw) for name, raw in zip(names, raws, strict=True)
-                if raw is not None}
+        out = StoredStates()
+        for name, kind in zip(absent, types, strict=True):
+            if kind != "none":
+                out.invalid[name] = self._invalid(name, f"it holds a {kind}, not a string")
+        for name, raw in zip(names, raws, strict=True):
+            if raw is None:
+                continue
+            try:
+                out[name] = parse_stored(name, raw)
+            except ValueError as exc:
+                out.invalid[name] = self._invalid(name, exc)
+        return out
 
     def compare_and_set(self, state: RolloutState, expected_version: int | None) -> bool:
         data = json.dumps(state.to_dict(), separators=(",", ":"), sort_keys=True)
