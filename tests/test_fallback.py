@@ -242,3 +242,45 @@ async def test_async_green_responses_stream_cut_after_its_first_chunk_reaches_th
     (span,) = telemetry.spans()
     assert dict(span.attributes or {})["error.type"] == f"{error.__module__}.{error.__qualname__}"
     await client.close()
+
+
+@pytest.mark.parametrize("surface", ["responses", "chat"])
+def test_a_green_stream_failing_in_band_before_its_answer_falls_back(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+    surface: str,
+) -> None:
+    """A Responses stream reports a server error as a ``response.failed`` event, which the SDK
+    hands over as an event; a chat stream as an ``error`` event, which it raises."""
+    green.configure(stream_failure_rate=1.0)
+    install(rollout_config(green, weight=100))
+    client = _client(blue)
+    if surface == "responses":
+        events = list(client.responses.create(model="gpt-4.1", input="hi", stream=True))
+        assert events[-1].type == "response.completed"
+        assert events[-1].response.model == "blue-model"
+        expected = "server_error"  # the provider's error code
+    else:
+        chunks = list(client.chat.completions.create(model="gpt-4.1", messages=MSGS,
+                                                     stream=True))
+        assert {c.model for c in chunks} == {"blue-model"}
+        expected = "openai.APIError"
+    assert len(green.requests) == 1 and len(blue.requests) == 1
+    _assert_fell_back(telemetry, expected)
+
+
+def test_a_green_responses_stream_failing_in_band_without_fallback_is_a_failure(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    green.configure(stream_failure_rate=1.0)
+    install(rollout_config(green, weight=100, fallback={"enabled": False}))
+    events = list(_client(blue).responses.create(model="gpt-4.1", input="hi", stream=True))
+    assert [e.type for e in events] == ["response.created", "response.in_progress",
+                                        "response.failed"]
+    (span,) = telemetry.spans()
+    attrs = dict(span.attributes or {})
+    assert attrs["error.type"] == "server_error"
+    assert span.status.status_code.name == "ERROR"
+    assert telemetry.count("gen_ai.client.operation.duration", bluegreen__environment="green",
+                           error__type="server_error") == 1
+    # A failure event is not the answer's first chunk.
+    assert telemetry.count("gen_ai.client.operation.time_to_first_chunk") == 0

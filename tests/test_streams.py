@@ -355,3 +355,48 @@ def test_raw_streamed_response_offers_no_close_it_does_not_have(client: openai.O
     assert not hasattr(raw, "close")  # as the SDK's LegacyAPIResponse: duck typing holds
     list(raw.parse())
     _one_span(telemetry)
+
+
+@pytest.mark.parametrize("weight", [0, 100])  # blue: no read-ahead; green: its first chunk read
+def test_a_stream_dropped_unread_is_measured_to_what_arrived(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+    weight: int,
+) -> None:
+    for upstream in (blue, green):
+        upstream.configure(ttfc=0.2)
+    install(rollout_config(green, weight=weight))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    stream = _stream(client)
+    stream.response.close()
+    del stream
+    gc.collect()
+    (_, point), = telemetry.points("gen_ai.client.operation.duration")
+    if weight:  # green: the plugin read up to the first chunk, 0.2 s in
+        assert point.sum >= 0.19
+        assert telemetry.count("gen_ai.client.operation.time_to_first_chunk") == 1
+    else:  # blue: the headers came at once; never 0, the call's own start
+        assert 0 < point.sum < 0.19
+    client.close()
+
+
+def test_a_raw_response_whose_parse_fails_is_the_callers_to_meet_and_still_measured(
+        client: openai.OpenAI, telemetry: Telemetry) -> None:
+    import pydantic
+
+    class Refused(pydantic.BaseModel):
+        answer: str
+
+        @pydantic.field_validator("answer")
+        @classmethod
+        def _never(cls, value: str) -> str:
+            raise ValueError("the app's validator refuses every answer")
+
+    raw = client.chat.completions.with_raw_response.parse(model="gpt-4.1", messages=MSGS,
+                                                          response_format=Refused)
+    assert raw.headers["x-upstream"] == "blue"  # the caller gets its raw response, as before
+    with pytest.raises(pydantic.ValidationError):
+        raw.parse()  # and meets the error where it would without us
+    attrs = _one_span(telemetry)
+    assert "error.type" not in attrs
+    assert attrs["gen_ai.usage.output_tokens"] == 8
+    assert attrs["gen_ai.response.finish_reasons"] == ("stop",)

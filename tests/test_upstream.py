@@ -73,6 +73,21 @@ def test_mid_stream_disconnect_and_recorded_requests() -> None:
         assert recorded.api_key == "secret-k"
 
 
+def test_streams_report_usage_when_asked_and_fail_in_band() -> None:
+    with SimulatedUpstream("u") as up, \
+            openai.OpenAI(base_url=up.base_url, api_key="k", max_retries=0) as client:
+        chunks = list(client.completions.create(model="m", prompt="x", stream=True,
+                                                stream_options={"include_usage": True}))
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
+        up.configure(stream_failure_rate=1.0)
+        events = list(client.responses.create(model="m", input="x", stream=True))
+        assert events[-1].type == "response.failed"
+        assert events[-1].response.error is not None
+        assert events[-1].response.error.code == "server_error"
+        with pytest.raises(openai.APIError, match="simulated server error"):
+            list(client.chat.completions.create(model="m", messages=MSGS, stream=True))
+
+
 def test_settings_are_validated_and_changeable_at_run_time() -> None:
     with pytest.raises(ValueError, match="error_rates"):
         UpstreamSettings(error_rates={503: 1.5})

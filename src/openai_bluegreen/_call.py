@@ -26,7 +26,7 @@ from . import _telemetry as T
 from . import _worker
 from ._router import Lane, RolloutRuntime, Router
 
-__all__ = ["Call", "classify", "error_type"]
+__all__ = ["Call", "StreamFailed", "classify", "error_type"]
 
 _perf = time.perf_counter
 _wall_ns = time.time_ns
@@ -49,10 +49,26 @@ def _transport_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[Bas
 _TIMEOUTS, _TRANSPORT = _transport_errors()
 
 
+class StreamFailed(Exception):
+    """A Responses stream that reported its failure in band (a ``response.failed`` or
+    ``error`` event, which the SDK hands to the caller as events, not exceptions). ``code``:
+    the provider's error code (``server_error``, ``rate_limit_exceeded``, ...), else the
+    event's type."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+_IN_BAND_CLASSES = {"server_error": "server_error", "rate_limit_exceeded": "rate_limit"}
+
+
 def classify(exc: BaseException) -> str | None:
     """The fallback class of an upstream failure, or ``None`` for one that must not fall back."""
     import openai
 
+    if isinstance(exc, StreamFailed):
+        return _IN_BAND_CLASSES.get(exc.code)
     if isinstance(exc, (openai.APITimeoutError, *_TIMEOUTS)):
         return "timeout"
     if isinstance(exc, (openai.APIConnectionError, *_TRANSPORT)):
@@ -69,7 +85,10 @@ def classify(exc: BaseException) -> str | None:
 def error_type(exc: BaseException) -> str:
     """``error.type``: the exception's fully qualified class name (``openai.RateLimitError``;
     builtins unqualified), as the SDK's ``exception.type`` and OpenTelemetry's own GenAI
-    instrumentations spell it. Low cardinality; never the message."""
+    instrumentations spell it; for a failure a Responses stream reported in band, the
+    provider's error code. Low cardinality; never the message."""
+    if isinstance(exc, StreamFailed):
+        return exc.code
     cls = type(exc)
     module = cls.__module__
     if not module or module == "builtins":

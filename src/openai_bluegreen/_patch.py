@@ -8,8 +8,10 @@ then passes straight through.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import threading
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +29,7 @@ from ._streams import (
     SyncStreamProxy,
     counts_as_first,
     end_helper_stream,
+    in_band_failure,
 )
 
 __all__ = ["SURFACES", "patch", "unpatch"]
@@ -122,9 +125,31 @@ def _quietly(action: Callable[..., Any], *args: Any) -> None:
         logger.debug("openai-bluegreen: telemetry step failed", exc_info=True)
 
 
+def _failed_in_band(pending: list[Any]) -> BaseException | None:
+    """A Responses stream that reported its failure (``response.failed``, ``error``) before
+    any chunk of the answer: nothing of it reached the caller yet."""
+    return next((f for f in map(in_band_failure, pending) if f is not None), None)
+
+
 def _bind(call: Call, wrapped: Any, instance: Any, original: Any) -> Any:
     resource = call.lane.resource_for(instance)
     return wrapped if resource is instance else original.__get__(resource, type(resource))
+
+
+def _parsed_or_fields(raw: Any) -> Any:
+    """A raw response's parsed body (cached: the caller's ``parse()`` gets the same object),
+    or, when parsing raises (``chat.completions.parse`` with a schema the answer fails, a
+    ``LengthFinishReasonError``), its JSON fields: the error is the caller's to meet in their
+    own ``parse()``, as without us, and the call is still measured."""
+    try:
+        return raw.parse()
+    except Exception:
+        pass
+    try:
+        return json.loads(raw.http_response.text,
+                          object_hook=lambda fields: types.SimpleNamespace(**fields))
+    except Exception:  # not even JSON: measured without the answer's numbers
+        return None
 
 
 def _finish_plain(call: Call, result: Any, legacy: Any, lazy: tuple[Any, ...],
@@ -133,7 +158,7 @@ def _finish_plain(call: Call, result: Any, legacy: Any, lazy: tuple[Any, ...],
     if isinstance(result, legacy):  # with_raw_response: the body is read, parse() is cached
         if call.stream:  # the body is a stream: measured through the one parse() returns
             return DeferredResponse(result, call, streams)
-        _quietly(call.succeeded, result.parse())
+        _quietly(call.succeeded, _parsed_or_fields(result))
     elif isinstance(result, lazy):  # with_streaming_response: the body is not read yet
         deferred = (AsyncDeferredResponse if isinstance(result, lazy[1])
                     else ClosableDeferredResponse)
@@ -185,9 +210,10 @@ def _sync_wrapper(operation: str, original: Any, api_type: str | None) -> Callab
             except BaseException as exc:
                 _quietly(call.failed, exc)
                 raise
-            if error is not None and call.should_fall_back(error):
+            failed = error if error is not None else _failed_in_band(pending)
+            if failed is not None and call.should_fall_back(failed):
                 _quietly(result.close)
-                call.switch_to_blue(error, instance)
+                call.switch_to_blue(failed, instance)
                 continue
             return SyncStreamProxy(result, call, pending, error)
 
@@ -235,12 +261,13 @@ def _async_wrapper(operation: str, original: Any, api_type: str | None) -> Calla
             except BaseException as exc:
                 _quietly(call.failed, exc)
                 raise
-            if error is not None and call.should_fall_back(error):
+            failed = error if error is not None else _failed_in_band(pending)
+            if failed is not None and call.should_fall_back(failed):
                 try:
                     await result.close()
                 except Exception:
                     logger.debug("openai-bluegreen: closing failed stream", exc_info=True)
-                call.switch_to_blue(error, instance)
+                call.switch_to_blue(failed, instance)
                 continue
             return AsyncStreamProxy(result, call, pending, error)
 

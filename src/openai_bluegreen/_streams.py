@@ -13,14 +13,30 @@ from typing import Any
 import wrapt
 
 from . import _telemetry as T
-from ._call import NOTHING, Call, error_type
+from ._call import NOTHING, Call, StreamFailed, error_type
 
 __all__ = ["PREFETCH_MAX", "AsyncDeferredResponse", "AsyncStreamProxy",
            "ClosableDeferredResponse", "DeferredResponse", "SyncStreamProxy", "counts_as_first",
-           "end_helper_stream"]
+           "end_helper_stream", "in_band_failure"]
 
 _perf = time.perf_counter
+# Responses stream events that are not a chunk of the answer: its lifecycle, and its failure
+# reported in band (which the SDK yields as events, not exceptions).
 _LIFECYCLE = frozenset({"response.created", "response.in_progress", "response.queued"})
+_FAILED = frozenset({"response.failed", "error"})
+_NOT_FIRST = _LIFECYCLE | _FAILED
+
+
+def in_band_failure(item: Any) -> StreamFailed | None:
+    """The failure a Responses stream event reports (``response.failed``, ``error``), else
+    ``None``."""
+    kind = getattr(item, "type", None)
+    if kind not in _FAILED:
+        return None
+    source = getattr(getattr(item, "response", None), "error", None) if \
+        kind == "response.failed" else item
+    code = getattr(source, "code", None)
+    return StreamFailed(code if isinstance(code, str) and code else kind)
 
 
 class _Accumulated:
@@ -121,8 +137,8 @@ def _escaped(exc: BaseException | None) -> BaseException | None:
 
 def counts_as_first(item: Any) -> bool:
     """Whether a stream item is a chunk of the answer (a Responses stream's lifecycle events,
-    ``response.created`` and the like, are not)."""
-    return getattr(item, "type", None) not in _LIFECYCLE
+    ``response.created`` and the like, and its failure events are not)."""
+    return getattr(item, "type", None) not in _NOT_FIRST
 
 
 PREFETCH_MAX = 8  # items read ahead of the caller, at most, looking for the first chunk
@@ -139,8 +155,14 @@ class _StreamProxyBase(wrapt.ObjectProxy[Any]):
         self._self_error = pending_error
         self._self_done = False
         self._self_first = first_at is not None
-        self._self_last = first_at if first_at is not None else call.start
+        # The headers are in (the SDK hands out the stream then): a stream dropped unread ends
+        # here, not at the call's start.
+        self._self_last = first_at if first_at is not None else _perf()
         self._self_acc = _Accumulated()
+        self._self_failed: StreamFailed | None = None
+        self._self_responses = call.api_type == "responses"
+        for item in pending or ():  # read now: their time to first chunk is now
+            self._bg_observe(item)
 
     def _bg_take_pending(self) -> Any:
         pending = self._self_pending
@@ -156,6 +178,8 @@ class _StreamProxyBase(wrapt.ObjectProxy[Any]):
             self._self_last = now
             acc = self._self_acc
             acc.observe(item)  # first: the first chunk's model goes on time to first chunk
+            if self._self_responses:
+                self._self_failed = in_band_failure(item) or self._self_failed
             if not self._self_first and counts_as_first(item):
                 self._self_first = True
                 self._self_call.first_chunk(now, acc.model)
@@ -168,11 +192,12 @@ class _StreamProxyBase(wrapt.ObjectProxy[Any]):
         if self._self_done:
             return
         self._self_done = True
+        failure = error if error is not None else self._self_failed
         try:
             if self._self_call.router.capture_content:
-                self._self_call.output = self._self_acc.output_json(error is not None)
+                self._self_call.output = self._self_acc.output_json(failure is not None)
             self._self_call.finished(self._self_acc.described(),
-                                     None if error is None else error_type(error),
+                                     None if failure is None else error_type(failure),
                                      self._self_last if abandoned else _perf())
         except Exception:
             return
@@ -189,9 +214,7 @@ class SyncStreamProxy(_StreamProxyBase):
 
     def __next__(self) -> Any:
         if self._self_pending is not None:
-            item = self._bg_take_pending()
-            self._bg_observe(item)
-            return item
+            return self._bg_take_pending()  # observed when read
         if self._self_error is not None:
             error, self._self_error = self._self_error, None
             self._bg_finalize(error)
@@ -232,9 +255,7 @@ class AsyncStreamProxy(_StreamProxyBase):
 
     async def __anext__(self) -> Any:
         if self._self_pending is not None:
-            item = self._bg_take_pending()
-            self._bg_observe(item)
-            return item
+            return self._bg_take_pending()  # observed when read
         if self._self_error is not None:
             error, self._self_error = self._self_error, None
             self._bg_finalize(error)

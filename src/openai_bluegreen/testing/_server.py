@@ -249,8 +249,9 @@ class SimulatedUpstream:
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
         await writer.drain()
 
-    def _draw(self) -> tuple[UpstreamSettings, float, int | None, bool, bool]:
-        """Settings snapshot and this request's random fate: (settings, u, status, stall, cut)."""
+    def _draw(self) -> tuple[UpstreamSettings, float, int | None, bool, bool, bool]:
+        """Settings snapshot and this request's random fate: (settings, u, status, stall, cut,
+        fail: a stream that reports a server error in band)."""
         with self._lock:
             settings = self.settings
             rng = self._rng
@@ -265,12 +266,13 @@ class SimulatedUpstream:
                     break
             stall = rng.random() < settings.stall_rate
             cut = rng.random() < settings.disconnect_rate
+            fail = rng.random() < settings.stream_failure_rate
             if settings.rate_limit_rps is not None and status is None:
                 if self._bucket is None:
                     self._bucket = _TokenBucket(settings.rate_limit_rps)
                 if not self._bucket.take():
                     status = 429
-            return settings, u, status, stall, cut
+            return settings, u, status, stall, cut, fail
 
     @staticmethod
     def _jitter(median: float, sigma: float, u: float) -> float:
@@ -312,7 +314,7 @@ class SimulatedUpstream:
                 "type": "invalid_request_error", "param": "previous_response_id",
                 "code": "previous_response_not_found"}})
             return True
-        settings, u, status, stall, cut = self._draw()
+        settings, u, status, stall, cut, fail = self._draw()
         if stall:
             self.status_counts[408] += 1
             self.requests.append(RecordedRequest(method, route, headers, body, 408, query))
@@ -329,7 +331,7 @@ class SimulatedUpstream:
                 "type": _ERROR_TYPES.get(status, "invalid_request_error"), "code": None}}, extra)
             return True
         if body.get("stream") is True and route != "/embeddings":
-            return await self._stream(route, body, settings, u, cut, writer)
+            return await self._stream(route, body, settings, u, cut, fail, writer)
         await asyncio.sleep(self._jitter(settings.latency, settings.latency_sigma, u))
         await self._send_json(writer, 200, self._complete(route, body, settings))
         return True
@@ -411,14 +413,19 @@ class SimulatedUpstream:
                     "input_tokens_details": {"cached_tokens": 0},
                     "output_tokens_details": {"reasoning_tokens": 0}}}
 
-    def _events(self, route: str, body: dict[str, Any], settings: UpstreamSettings
-                ) -> Iterator[dict[str, Any] | str]:
+    def _events(self, route: str, body: dict[str, Any], settings: UpstreamSettings,
+                fail: bool = False) -> Iterator[dict[str, Any] | str]:
         model = body.get("model", "unknown")
         n_in = self._input_tokens(body, settings)
         pieces = self._text(settings, body)[: settings.max_stream_chunks]
         n_out = settings.output_tokens
         now = int(time.time())
         ident = next(self._ids)
+        error = {"message": f"simulated server error from {self.name}", "type": "server_error",
+                 "code": "server_error", "param": None}
+        if fail and route != "/responses":
+            yield {"error": error}  # the SDK raises this as openai.APIError
+            return
         if route == "/chat/completions":
             base = {"id": f"chatcmpl-{ident}", "object": "chat.completion.chunk", "created": now,
                     "model": model, "system_fingerprint": f"fp_{self.name}",
@@ -443,6 +450,11 @@ class SimulatedUpstream:
                                             "finish_reason": None}]}
             yield {**base, "choices": [{"index": 0, "text": "", "logprobs": None,
                                         "finish_reason": "stop"}]}
+            options = body.get("stream_options") or {}
+            if isinstance(options, dict) and options.get("include_usage"):
+                yield {**base, "choices": [], "usage": {
+                    "prompt_tokens": n_in, "completion_tokens": n_out,
+                    "total_tokens": n_in + n_out}}
             yield "[DONE]"
         else:
             rid = self._response_id(ident)
@@ -453,6 +465,12 @@ class SimulatedUpstream:
             yield {"type": "response.created", "sequence_number": next(seq), "response": pending}
             yield {"type": "response.in_progress", "sequence_number": next(seq),
                    "response": pending}
+            if fail:
+                failed = {**pending, "status": "failed", "error": {
+                    "code": "server_error", "message": error["message"]}}
+                yield {"type": "response.failed", "sequence_number": next(seq),
+                       "response": failed}
+                return
             item = {"type": "message", "id": mid, "status": "in_progress", "role": "assistant",
                     "content": []}
             yield {"type": "response.output_item.added", "sequence_number": next(seq),
@@ -478,14 +496,14 @@ class SimulatedUpstream:
             yield {"type": "response.completed", "sequence_number": next(seq), "response": done}
 
     async def _stream(self, route: str, body: dict[str, Any], settings: UpstreamSettings,
-                      u: float, cut: bool, writer: asyncio.StreamWriter) -> bool:
+                      u: float, cut: bool, fail: bool, writer: asyncio.StreamWriter) -> bool:
         head = ["HTTP/1.1 200 OK", "content-type: text/event-stream", "cache-control: no-cache",
                 "transfer-encoding: chunked", f"x-upstream: {self.name}",
                 f"x-request-id: req_{next(self._ids)}"]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
         await writer.drain()
         await asyncio.sleep(self._jitter(settings.ttfc, settings.latency_sigma, u))
-        for sent, event in enumerate(self._events(route, body, settings)):
+        for sent, event in enumerate(self._events(route, body, settings, fail)):
             if cut and sent >= settings.disconnect_after_chunks:
                 writer.transport.abort()  # the client sees an incomplete chunked body
                 return False

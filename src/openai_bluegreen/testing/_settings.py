@@ -30,6 +30,11 @@ class UpstreamSettings:
             answer is 429 with ``Retry-After``. ``None`` = unlimited.
         disconnect_rate: Probability that a streamed answer is cut off mid-stream.
         disconnect_after_chunks: How many chunks a cut-off stream delivers first (0 = none).
+        stream_failure_rate: Probability that a streamed answer reports a server error in band
+            before any of its text, as OpenAI does: a Responses stream ends with a
+            ``response.failed`` event (code ``server_error``), which the SDK hands to the caller
+            as an event; a chat or legacy completion stream with an ``error`` event, which the
+            SDK raises as ``openai.APIError``.
         embedding_dimensions: Length of each embedding vector.
         seed: Seed of the random draws, for repeatable runs (``None`` = random).
     """
@@ -46,6 +51,7 @@ class UpstreamSettings:
     rate_limit_rps: float | None = None
     disconnect_rate: float = 0.0
     disconnect_after_chunks: int = 2
+    stream_failure_rate: float = 0.0
     embedding_dimensions: int = 8
     max_stream_chunks: int = 64
     seed: int | None = None
@@ -56,7 +62,7 @@ class UpstreamSettings:
             if not 0 <= getattr(self, name) < math.inf:  # NaN too
                 problems.append(f"{name} must be a finite number >= 0 "
                                 f"(got {getattr(self, name)!r})")
-        for name in ("stall_rate", "disconnect_rate"):
+        for name in ("stall_rate", "disconnect_rate", "stream_failure_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 problems.append(f"{name} must be between 0 and 1 (got {getattr(self, name)!r})")
         for status, rate in self.error_rates.items():
