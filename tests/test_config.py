@@ -475,6 +475,30 @@ def _gauge(reader: Any) -> dict[str, float]:
     return out
 
 
+def test_the_weight_gauge_reports_only_the_installed_routers_weights(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    monkeypatch.setenv("GREEN_API_KEY", GREEN_KEY)
+    first, second = InMemoryMetricReader(), InMemoryMetricReader()
+    providers = MeterProvider(metric_readers=[first]), MeterProvider(metric_readers=[second])
+    try:
+        openai_bluegreen.install(good(), meter_provider=providers[0])
+        assert _gauge(first) == {"chat-upgrade": 0.1}
+        openai_bluegreen.uninstall()
+        assert _gauge(first) == {}  # not installed: no weight, not a stale 10%
+        openai_bluegreen.install(good(), meter_provider=providers[0])
+        openai_bluegreen.install(good(), meter_provider=providers[1])
+        openai_bluegreen.set_weight("chat-upgrade", 80)
+        assert _gauge(first) == {}
+        assert _gauge(second) == {"chat-upgrade": 0.8}
+    finally:
+        openai_bluegreen.uninstall()
+        for provider in providers:
+            provider.shutdown()
+
+
 def test_install_whose_store_cannot_open_is_a_config_error_and_changes_nothing(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import sys

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from . import _state
 from ._version import __version__
 
 __all__ = ["Instruments", "describe_response"]
@@ -153,7 +154,12 @@ class Instruments:
         self._weights = weights
 
         def observe_weights(_options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(share, {ROLLOUT: name}) for name, share in self._weights()]
+            weights = self._weights
+            # Only the installed router's: after uninstall(), or a re-install onto another
+            # provider, this provider reports no weight rather than a stale one.
+            if getattr(weights, "__self__", _state.router) is not _state.router:
+                return []
+            return [Observation(share, {ROLLOUT: name}) for name, share in weights()]
 
         self.weight = meter.create_observable_gauge(
             "bluegreen.rollout.weight",
