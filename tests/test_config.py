@@ -499,6 +499,24 @@ def test_the_weight_gauge_reports_only_the_installed_routers_weights(
             provider.shutdown()
 
 
+def test_a_local_source_the_app_gave_its_provider_is_the_one_the_watcher_reads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    from openai_bluegreen.sources.local import LocalSource
+
+    monkeypatch.setenv("GREEN_API_KEY", GREEN_KEY)
+    mine = LocalSource()
+    provider = MeterProvider(metric_readers=[mine])
+    try:
+        openai_bluegreen.install(scheduled(), meter_provider=provider)
+        watcher = openai_bluegreen._state.watcher
+        assert watcher is not None and watcher.source is mine  # not a second reader
+    finally:
+        openai_bluegreen.uninstall()
+        provider.shutdown()
+
+
 def test_install_whose_store_cannot_open_is_a_config_error_and_changes_nothing(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import sys

@@ -34,6 +34,16 @@ _lock = threading.Lock()
 _local_sources: weakref.WeakKeyDictionary[Any, LocalSource] = weakref.WeakKeyDictionary()
 
 
+def _readers_of(provider: Any) -> list[Any]:
+    """The metric readers of an SDK MeterProvider, those added later included. The SDK has no
+    public way to list them: where they live differs between its versions."""
+    storages = getattr(getattr(provider, "_measurement_consumer", None), "_reader_storages", None)
+    if isinstance(storages, dict):  # every reader, added ones too (opentelemetry-sdk 1.2x+)
+        return list(storages)
+    return list(getattr(provider, "_metric_readers", None)
+                or getattr(getattr(provider, "_sdk_config", None), "metric_readers", None) or ())
+
+
 class _LocalPlan:
     """The LocalSource an install will read, found or made but not attached yet: attaching it
     to the app's MeterProvider is a change to shared state, done only once nothing else can
@@ -51,10 +61,9 @@ class _LocalPlan:
         if isinstance(self.target, SdkMeterProvider):
             self.effective: metrics.MeterProvider | None = meter_provider
             source = _local_sources.get(self.target)
-            if source is None:
-                readers = getattr(getattr(self.target, "_sdk_config", None), "metric_readers",
-                                  ())
-                source = next((r for r in readers if isinstance(r, LocalSource)), None)
+            if source is None:  # one the app gave its provider itself
+                source = next((r for r in _readers_of(self.target) if isinstance(r, LocalSource)),
+                              None)
             if source is None:
                 self.attach = getattr(self.target, "add_metric_reader", None)
                 if self.attach is None:
