@@ -185,6 +185,49 @@ def test_missing_key_environment_variable_is_named(monkeypatch: pytest.MonkeyPat
     assert not is_patched()
 
 
+def test_a_missing_key_is_named_with_every_other_problem_and_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GREEN_API_KEY", raising=False)
+    config = good()
+    config["rollouts"][0]["weight"] = 150
+    path = tmp_path / "openai-bluegreen.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.install(str(path))
+    message = str(caught.value)
+    assert str(path) in message  # one round, with where it came from
+    assert "rollouts[0].weight" in message and "rollouts[0].green.api_key_env" in message
+    # The CLI sends no call: it reads a config whose keys only the apps have.
+    config["rollouts"][0]["weight"] = 10
+    path.write_text(json.dumps(config))
+    assert openai_bluegreen.load_config(str(path)).rollouts[0].weight == 10
+
+
+def test_a_reinstall_of_the_same_config_follows_a_rotated_key(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from openai_bluegreen.testing import SimulatedUpstream
+
+    with SimulatedUpstream("blue") as blue, SimulatedUpstream("green") as green:
+        config = good()
+        config["rollouts"][0].update(weight=100)
+        config["rollouts"][0]["green"]["base_url"] = green.base_url
+        client = openai.OpenAI(base_url=blue.base_url, api_key="blue-key", max_retries=0)
+        try:
+            for key in ("old-key-1111", "new-key-2222"):
+                monkeypatch.setenv("GREEN_API_KEY", key)
+                openai_bluegreen.install(config)
+                client.chat.completions.create(model="gpt-4.1", messages=[])
+            assert [r.api_key for r in green.requests] == ["old-key-1111", "new-key-2222"]
+            monkeypatch.delenv("GREEN_API_KEY")
+            with pytest.raises(ConfigError, match="GREEN_API_KEY is not set"):
+                openai_bluegreen.install(config)  # refused, as a first install would be
+            client.chat.completions.create(model="gpt-4.1", messages=[])
+            assert green.requests[-1].api_key == "new-key-2222"  # and nothing changed
+        finally:
+            openai_bluegreen.uninstall()
+            client.close()
+
+
 def test_duplicate_names_and_overlapping_matches_are_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -198,14 +241,16 @@ def test_duplicate_names_and_overlapping_matches_are_refused(
         openai_bluegreen.install(config)
 
 
-def test_every_problem_is_reported_at_once() -> None:
+def test_every_problem_is_reported_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GREEN_API_KEY", raising=False)
     config = with_change("weight", -1)
     config["rollouts"][0]["blue"]["model"] = ""
     config["bogus"] = 1
     with pytest.raises(ConfigError) as caught:
         openai_bluegreen.install(config)
     fields = {path for path, _ in caught.value.problems}
-    assert fields == {"rollouts[0].weight", "rollouts[0].blue.model", "bogus"}
+    assert fields == {"rollouts[0].weight", "rollouts[0].blue.model", "bogus",
+                      "rollouts[0].green.api_key_env"}
 
 
 def test_bad_reinstall_keeps_the_previous_installation(monkeypatch: pytest.MonkeyPatch) -> None:

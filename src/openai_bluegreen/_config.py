@@ -706,8 +706,12 @@ def _find_default() -> Path | None:
 
 def load_config(
     source: Config | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    *, require_keys: bool = False,
 ) -> Config:
     """Build a validated :class:`Config` from any accepted source.
+
+    ``require_keys``: also refuse an ``api_key_env`` whose variable is not set (what routing
+    needs; the CLI, which sends no call, does not), in the same error as any other problem.
 
     Raises:
         ConfigError: naming every bad field and its value.
@@ -759,6 +763,8 @@ def load_config(
                                  "not set or empty"))
             else:
                 data[key] = _expand(value)
+    if require_keys:
+        required += missing_keys(data.get("rollouts"))
     if problems:
         raise ConfigError(_name_env(problems, from_env), origin)
     try:
@@ -768,6 +774,22 @@ def load_config(
     if required:
         raise ConfigError(required, origin)
     return config
+
+
+def missing_keys(rollouts: Any) -> list[tuple[str, str]]:
+    """``(field, problem)`` for each ``api_key_env`` whose variable is not set or empty, in a
+    config's rollouts (a parsed or raw list: shapes that are wrong are validation's to name)."""
+    out = []
+    for i, rollout in enumerate(rollouts if isinstance(rollouts, (list, tuple)) else ()):
+        for env in ("blue", "green"):
+            target = (rollout.get(env) if isinstance(rollout, Mapping)
+                      else getattr(rollout, env, None))
+            name = (target.get("api_key_env") if isinstance(target, Mapping)
+                    else getattr(target, "api_key_env", None))
+            if isinstance(name, str) and name and not os.environ.get(name):
+                out.append((f"rollouts[{i}].{env}.api_key_env",
+                            f"environment variable {name} is not set or empty"))
+    return out
 
 
 def _name_env(problems: list[tuple[str, str]], from_env: Mapping[str, str]

@@ -16,7 +16,7 @@ from ._config import Config, load_config, mask_secrets, mask_url
 from ._control import apply_action, default_actor, find_rollout
 from ._errors import BlueGreenError, ConfigError
 from ._rollout import Action, RolloutState, revision_of
-from ._router import Router
+from ._router import Router, environment_of
 from ._watcher import Watcher
 from .sources import MetricSource, SourceUnavailable, open_source
 from .sources.local import LocalSource
@@ -166,12 +166,13 @@ def install(
             opened; every bad field is named with its value and nothing is installed (a
             previous installation stays as it was).
     """
-    validated = load_config(config)
+    validated = load_config(config, require_keys=True)
     scheduled = any(r.schedule is not None for r in validated.rollouts)
     with _lock:
         current = _state.router
         if (current is not None and current.config == validated
-                and current.providers == (tracer_provider, meter_provider, logger_provider)):
+                and current.providers == (tracer_provider, meter_provider, logger_provider)
+                and current.environment == environment_of(validated)):
             return
         # First everything that can fail (opening the store and the source, building the
         # router); only then what other code sees (the app's MeterProvider, the gauges, the

@@ -26,7 +26,7 @@ from ._assignment import (
     random_bucket,
     salt_for,
 )
-from ._config import Config, EnvironmentTarget, Rollout
+from ._config import Config, EnvironmentTarget, Rollout, missing_keys
 from ._errors import ConfigError, UnknownRolloutError
 
 __all__ = ["Lane", "RolloutRuntime", "Router", "TargetRuntime"]
@@ -360,30 +360,33 @@ class Lane:
         return resource
 
 
+def environment_of(config: Config) -> tuple[Any, ...]:
+    """What a router built for ``config`` takes from the environment now: the API keys its
+    ``api_key_env`` name, and where message content goes."""
+    return (tuple(None if t.api_key_env is None else os.environ.get(t.api_key_env)
+                  for r in config.rollouts for t in (r.blue, r.green)), T.capture_modes())
+
+
 class Router:
     """Routes matched calls. One per ``install()``; replaced whole on re-install."""
 
     def __init__(self, config: Config, *, tracer_provider: trace.TracerProvider | None = None,
                  meter_provider: metrics.MeterProvider | None = None,
                  logger_provider: Any = None) -> None:
-        problems: list[tuple[str, str]] = []
+        problems = missing_keys(config.rollouts)  # install() named them already: a race
+        if problems:
+            raise ConfigError(problems)
         rollouts: list[RolloutRuntime] = []
-        for i, rollout in enumerate(config.rollouts):
+        for rollout in config.rollouts:
             targets = []
             for env in ("blue", "green"):
                 target: EnvironmentTarget = getattr(rollout, env)
-                key = None
-                if target.api_key_env is not None:
-                    key = os.environ.get(target.api_key_env)
-                    if not key:
-                        problems.append((
-                            f"rollouts[{i}].{env}.api_key_env",
-                            f"environment variable {target.api_key_env} is not set or empty",
-                        ))
+                key = None if target.api_key_env is None else os.environ.get(target.api_key_env)
                 targets.append(TargetRuntime(target, key))
             rollouts.append(RolloutRuntime(rollout, targets[0], targets[1]))
-        if problems:
-            raise ConfigError(problems)
+        # What this router took from the environment: a re-install of the same config after
+        # it changed (a rotated key, another capture mode) must build a new router.
+        self.environment = environment_of(config)
         self.config = config
         self.providers: tuple[Any, ...] = (tracer_provider, meter_provider, logger_provider)
         self.rollouts: dict[str, RolloutRuntime] = {r.name: r for r in rollouts}
