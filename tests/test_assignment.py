@@ -204,6 +204,24 @@ def test_a_pinned_follow_up_never_falls_back_to_where_its_state_is_not(
     assert not blue.requests
 
 
+def test_a_pinned_follow_up_keeps_the_callers_sdk_retries(
+    install: Any, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    """Fallback turns green's SDK retries off (blue catches its failures); a pinned follow-up
+    never falls back, so a passing green failure must get the retries the app asked for."""
+    install(rollout_config(green, weight=100))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=2)
+    first = client.responses.create(model="gpt-4.1", input="hi")
+    green.requests.clear()
+    green.configure(error_rates={503: 1.0})
+    with pytest.raises(openai.InternalServerError):
+        client.responses.create(model="gpt-4.1", input="more", previous_response_id=first.id)
+    assert len(green.requests) == 3  # the first try and the caller's two retries
+    green.requests.clear()
+    client.responses.create(model="gpt-4.1", input="new")  # not pinned: straight to blue
+    assert len(green.requests) == 1 and len(blue.requests) == 1
+
+
 def test_remembered_responses_stay_bounded_under_concurrent_calls(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -284,3 +284,15 @@ def test_a_green_responses_stream_failing_in_band_without_fallback_is_a_failure(
                            error__type="server_error") == 1
     # A failure event is not the answer's first chunk.
     assert telemetry.count("gen_ai.client.operation.time_to_first_chunk") == 0
+
+
+def test_a_green_408_is_a_timeout_and_falls_back(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    """The SDK retries a 408 (the server gave up waiting): with its retries off for green, it
+    is the ``timeout`` class, or it would reach the caller with neither retry nor fallback."""
+    green.configure(error_rates={408: 1.0})
+    install(rollout_config(green, weight=100))
+    assert _client(blue).chat.completions.create(model="gpt-4.1", messages=MSGS).model == \
+        "blue-model"
+    _assert_fell_back(telemetry, "openai.APIStatusError")

@@ -76,6 +76,8 @@ def classify(exc: BaseException) -> str | None:
     if isinstance(exc, openai.RateLimitError):
         return "rate_limit"
     if isinstance(exc, openai.APIStatusError):
+        if exc.status_code == 408:  # the server gave up waiting: a timeout, as the SDK retries
+            return "timeout"
         return "server_error" if exc.status_code >= 500 else None
     if isinstance(exc, openai.APIError):  # an error event inside a stream
         return "server_error"
@@ -120,7 +122,7 @@ class Call:
         self.pinned = env is not None  # its state is there: no fallback to the other
         if env is None:
             env = rollout.choose(kwargs)
-        lane = router.lane(instance, rollout, env, operation, kwargs["model"])
+        lane = router.lane(instance, rollout, env, operation, kwargs["model"], self.pinned)
         self.lane = lane
         self.stream = kwargs.get("stream") is True
         self.prefetch = (self.stream and env == "green" and rollout.fallback_enabled

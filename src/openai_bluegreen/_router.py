@@ -431,7 +431,9 @@ class Router:
         return runtime
 
     def lane(self, instance: Any, rollout: RolloutRuntime, env: Environment, operation: str,
-             requested_model: str) -> Lane:
+             requested_model: str, pinned: bool = False) -> Lane:
+        """The lane of these calls; ``pinned``: a follow-up that must stay with its
+        environment's state, which never falls back, so keeps the caller's SDK retries."""
         client = getattr(instance, "_client", None)
         last = self._last
         if last is not None and last[0]() is client and client is not None:
@@ -440,7 +442,7 @@ class Router:
             per_client = self._lanes.get(client) if client is not None else None
             if per_client is not None:
                 self._last = (weakref.ref(client), per_client)
-        key = (rollout.name, env, operation, requested_model)
+        key = (rollout.name, env if not pinned else f"{env}/pinned", operation, requested_model)
         if per_client is not None:
             lane = per_client.get(key)
             if lane is not None:
@@ -450,11 +452,12 @@ class Router:
             lane = per_client.get(key)
             if lane is None:
                 lane = Lane(rollout, env, operation, requested_model, client,
-                            self._own_client(client, rollout, env))
+                            self._own_client(client, rollout, env, pinned))
                 per_client[key] = lane
             return lane
 
-    def _own_client(self, client: Any, rollout: RolloutRuntime, env: Environment) -> Any | None:
+    def _own_client(self, client: Any, rollout: RolloutRuntime, env: Environment,
+                    pinned: bool = False) -> Any | None:
         """The client an environment's calls go through; ``None`` to use the caller's.
 
         With its own ``base_url``, an environment talks to another endpoint, often another
@@ -464,10 +467,10 @@ class Router:
         there must not reach a third party), and not an Azure client's deployment URLs. It sends
         its own key (none when it has no ``api_key_env``) and its ``headers``. Without a
         ``base_url`` it is the caller's client (``with_options``), with its own key and, for
-        green with fallback, its own retry budget."""
+        green with fallback (and not ``pinned``), its own retry budget."""
         target = rollout.green if env == "green" else rollout.blue
         retries = client.max_retries
-        if env == "green" and rollout.fallback_enabled:
+        if env == "green" and rollout.fallback_enabled and not pinned:
             retries = rollout.green_max_retries
         if target.base_url is not None:
             return _endpoint_client(client, target.base_url, target.api_key, retries)
