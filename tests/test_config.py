@@ -416,6 +416,21 @@ def test_credentials_in_base_url_are_refused_and_masked() -> None:
     assert "rollouts[0].green.base_url" in str(caught.value)
 
 
+@pytest.mark.parametrize("query", [f"key={SECRET}", "api-version=2024-10-21&token=hunter2",
+                                   "sig=AIzaSyA1b2C3d4E5f6G7h8I9j0KLmnopQR"])
+def test_credentials_in_base_urls_query_are_refused_and_masked(query: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config(with_change("green.base_url", f"https://h/v1?{query}"))
+    message = str(caught.value)
+    assert "rollouts[0].green.base_url" in message and "must not hold credentials" in message
+    assert SECRET not in message and "hunter2" not in message and "AIzaSy" not in message
+    assert "=***'" in message
+    # A plain query (an Azure api-version) is no credential.
+    url = "https://h/openai/v1?api-version=2024-10-21"
+    assert openai_bluegreen.load_config(with_change("green.base_url", url)) \
+        .rollouts[0].green.base_url == url
+
+
 @pytest.mark.parametrize("pasted", [SECRET, "gsk_SECRETabc123XYZdef456", "Bearer abcdef123456",
                                     "a3f9c2e17b4d4e0f9a8b7c6d5e4f3a2b1c0d9e8f"])
 def test_key_pasted_into_api_key_env_is_refused_without_echoing_it(pasted: str) -> None:

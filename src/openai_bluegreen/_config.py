@@ -96,6 +96,11 @@ _CANDIDATE_RE = re.compile(r"(?i:\b(?:bearer|basic)\s+\S+)|[A-Za-z0-9_\-]{8,}")
 _LONG_RUN_RE = re.compile(r"[A-Za-z0-9]{20,}")
 
 
+# Query parameters that carry a credential whatever their value looks like.
+_SECRET_PARAMS = frozenset({"key", "api_key", "apikey", "api-key", "token", "access_token",
+                            "password", "secret", "sig", "signature"})
+
+
 def looks_like_secret(value: str) -> bool:
     """Whether ``value`` looks like a credential rather than a name (a key prefix such as
     ``sk-``, an auth scheme such as ``Bearer``, or a long run mixing letters and digits)."""
@@ -207,6 +212,13 @@ class EnvironmentTarget(_Strict):
                              f"variable in api_key_env (got {mask_url(value)!r})")
         if not _URL_RE.match(value):
             raise ValueError("must be an http:// or https:// URL with a host")
+        query = urllib.parse.urlsplit(value).query
+        for name, item in urllib.parse.parse_qsl(query, keep_blank_values=True):
+            if looks_like_secret(item) or name.lower() in _SECRET_PARAMS:
+                raise ValueError(
+                    f"must not hold credentials (query parameter {name!r} looks like a key): "
+                    f"name the key's variable in api_key_env "
+                    f"(got {value.split('?', 1)[0] + '?' + name + '=***'!r})")
         problem = _url_problem(value)
         if problem is not None:
             raise ValueError(f"{problem} (got {value!r})")
