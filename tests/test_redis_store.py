@@ -393,3 +393,63 @@ def test_a_store_gone_back_to_an_older_state_never_undoes_a_rollback(
 def _close(*stores: Any) -> None:
     for store in stores:
         store.close()
+
+
+_SKEWED_WATCHER = """
+import json, sys, time
+real = time.time
+time.time = lambda: real() + 900  # this host's clock is 15 minutes ahead, from the start
+from openai_bluegreen import load_config
+from openai_bluegreen._watcher import Watcher
+from openai_bluegreen.sources import EnvStats, RolloutStats, Snapshot
+from openai_bluegreen.stores import open_store
+
+class Busy:
+    calls = 10_000
+    def snapshot(self, now):
+        Busy.calls += 500
+        healthy = EnvStats(Busy.calls, 0)
+        return Snapshot(now, {"chat": RolloutStats(healthy, healthy)})
+    def close(self):
+        pass
+
+watcher = Watcher(load_config(json.loads(sys.argv[1])), open_store(sys.argv[2]), Busy())
+for _ in range(3):
+    watcher.look()
+state = watcher.states()["chat"]
+print(json.dumps({"leader": watcher.leader, "weight": state.weight,
+                  "at": state.history[-1].at, "real": real()}))
+"""
+
+
+def test_step_timing_follows_the_stores_clock_not_the_watchers(server: RedisServer) -> None:
+    """A watcher taking over on a host whose clock is 15 minutes ahead must not see a
+    10-minute step as over: every writer times steps by Redis's clock."""
+    import subprocess
+    import sys
+
+    from openai_bluegreen.sources import EnvStats, RolloutStats, Snapshot
+
+    class Busy:
+        def snapshot(self, now: float) -> Snapshot:
+            return Snapshot(now, {"chat": RolloutStats(EnvStats(100, 0), EnvStats(100, 0))})
+
+        def close(self) -> None:
+            return None
+
+    raw = {"state": server.url, "rollouts": [{
+        **CONFIG["rollouts"][0],
+        "schedule": {"steps": [10, 50], "min_step_duration": "10m", "min_requests": 5},
+        "analysis": {"checks": [{"signal": "error_rate", "max": 0.2}]}}]}
+    first = Watcher(load_config(raw), open_store(server.url), Busy())
+    first.look()
+    assert first.states()["chat"].weight == 10.0
+    first.store.release_lease(first.holder)  # it hands over to a watcher on another host
+    done = subprocess.run([sys.executable, "-c", _SKEWED_WATCHER, json.dumps(raw), server.url],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["leader"]  # it decided: holding is its decision
+    assert seen["weight"] == 10.0, seen  # the step is seconds old, not 15 minutes
+    assert abs(seen["at"] - seen["real"]) < 60
+    _close(first.store)

@@ -24,7 +24,7 @@ from ._rollout import (
     revision_of,
     transition,
 )
-from .stores import StateStore, StoreUnavailable
+from .stores import StateStore, StoreUnavailable, store_time
 
 __all__ = ["apply_action", "default_actor", "find_rollout"]
 
@@ -80,7 +80,7 @@ def apply_action(store: StateStore, rollout: Rollout, action: Action, *, actor: 
         if attempt:  # someone else wrote first: back off with jitter, then re-read
             time.sleep(random.uniform(0.0, min(0.2, 0.002 * 2 ** min(attempt, 7))))
         stored = store.load(rollout.name)
-        at = time.time() if now is None else now
+        at = store_time(store) if now is None else now
         base = stored if stored is not None else initial_state(rollout)
         if stored is not None and stored.revision and stored.revision != revision:
             if action is Action.ROLLBACK:

@@ -43,7 +43,7 @@ from ._rollout import (
 from ._version import __version__
 from .policy import Decision, Evidence, StepWindow, decide
 from .sources import CatchingUp, MetricSource, RolloutStats, Snapshot, SourceUnavailable
-from .stores import StateStore, StoreUnavailable
+from .stores import StateStore, StoreUnavailable, store_time
 
 __all__ = ["Watcher"]
 
@@ -157,7 +157,8 @@ class Watcher:
         source: Where metrics come from; ``None`` follows the store without deciding.
         apply_weight: Called with ``(rollout, percent)`` when a weight should take effect
             (the router's ``set_weight`` in an app; nothing in ``run-watcher``).
-        clock: Seconds; injectable for tests.
+        clock: Seconds; injectable for tests. ``None``: the store's clock where every writer
+            shares it (Redis), else this host's (see ``store_time``).
         poll: Seconds between store reads.
     """
 
@@ -165,7 +166,7 @@ class Watcher:
                  apply_weight: Callable[[str, float], None] | None = None,
                  tracer_provider: trace.TracerProvider | None = None,
                  meter_provider: metrics.MeterProvider | None = None,
-                 clock: Callable[[], float] = time.time, poll: float = 1.0) -> None:
+                 clock: Callable[[], float] | None = None, poll: float = 1.0) -> None:
         self.config = config
         self.store = store
         self.source = source
@@ -314,7 +315,8 @@ class Watcher:
     # -- one look ------------------------------------------------------------------------
     def look(self, now: float | None = None) -> list[Decision]:
         """Take one snapshot, decide for every scheduled rollout, write, and emit telemetry."""
-        now = self._clock() if now is None else now
+        if now is None:  # the store's clock, which the fleet shares (see store_time)
+            now = store_time(self.store) if self._clock is None else self._clock()
         was_leader = self.leader
         try:
             self.sync()

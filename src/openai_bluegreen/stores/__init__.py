@@ -12,6 +12,7 @@ on one host; atomic replace and a lock file) and ``redis://…`` (a fleet).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -19,7 +20,7 @@ from .._errors import BlueGreenError
 from .._rollout import RolloutState
 
 __all__ = ["StateStore", "StoreUnavailable", "StoreUnsupported", "StoredStates", "open_store",
-           "parse_stored"]
+           "parse_stored", "store_time"]
 
 
 class StoreUnavailable(BlueGreenError):
@@ -53,6 +54,19 @@ def parse_stored(name: str, data: Any) -> RolloutState:
     if state.rollout != name:
         raise ValueError(f"it is rollout {state.rollout!r}'s state")
     return state
+
+
+def store_time(store: object) -> float:
+    """Now, by the store's clock where it has one every writer shares (Redis), else this
+    host's: step times and history written by watchers and operators on different hosts then
+    agree however far their own clocks drift apart."""
+    server_time = getattr(store, "server_time", None)
+    if callable(server_time):
+        try:
+            return float(server_time())
+        except StoreUnavailable:
+            pass  # the read that follows reports it
+    return time.time()
 
 
 @runtime_checkable

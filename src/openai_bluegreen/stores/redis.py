@@ -301,6 +301,14 @@ class RedisStore:
                 "state; it is left untouched: fix or delete it")
         return int(result) == 1
 
+    def server_time(self) -> float:
+        """Redis's clock (seconds since the epoch): the one clock a fleet shares."""
+        try:
+            seconds, micros = self._client.time()
+        except RedisError as exc:
+            raise self._unavailable(exc, "reading its clock") from None
+        return seconds + micros / 1e6
+
     def acquire_lease(self, holder: str, ttl: float) -> bool:
         try:
             result = self._acquire(keys=[self._lease_key],
