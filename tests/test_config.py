@@ -431,6 +431,21 @@ def test_credentials_in_base_urls_query_are_refused_and_masked(query: str) -> No
         .rollouts[0].green.base_url == url
 
 
+def test_ipv6_literals_are_hosts_in_every_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_PASSWORD", "pw")
+    config = with_change("green.base_url", "http://[::1]:8080/v1")
+    config.update(state="redis://:${REDIS_PASSWORD}@[::1]:6379/0",
+                  metrics_source="http://[::1]:9090")
+    config["rollouts"][0]["schedule"] = {"steps": [10, 100]}
+    del config["rollouts"][0]["weight"]
+    loaded = openai_bluegreen.load_config(config)
+    assert loaded.state == "redis://:pw@[::1]:6379/0"
+    assert loaded.metrics_source == "http://[::1]:9090"
+    assert loaded.rollouts[0].green.base_url == "http://[::1]:8080/v1"
+    with pytest.raises(ConfigError, match="rollouts.0..green.base_url"):
+        openai_bluegreen.load_config(with_change("green.base_url", "http://[::1/v1"))
+
+
 @pytest.mark.parametrize("pasted", [SECRET, "gsk_SECRETabc123XYZdef456", "Bearer abcdef123456",
                                     "a3f9c2e17b4d4e0f9a8b7c6d5e4f3a2b1c0d9e8f"])
 def test_key_pasted_into_api_key_env_is_refused_without_echoing_it(pasted: str) -> None:

@@ -59,12 +59,13 @@ DEFAULT_STICKY: tuple[StickyKey, ...] = ("assignment_key", "user", "safety_ident
                                          "prompt_cache_key")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _ENV_VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_URL_RE = re.compile(r"^https?://[^/\s:]+(:\d{1,5})?(/\S*)?$")
+_HOST = r"(\[[0-9A-Fa-f:.]+\]|[^/\s:@?\[\]]+)"  # a name, IPv4, or bracketed IPv6 ([::1])
+_URL_RE = re.compile(rf"^https?://{_HOST}(:\d{{1,5}})?([/?]\S*)?$")
 # A metric source URL may carry ``user:password@`` (percent-encoded) for basic auth.
-_SOURCE_URL_RE = re.compile(r"^https?://([^@/\s]+@)?[^/\s:@]+(:\d{1,5})?(/\S*)?$")
+_SOURCE_URL_RE = re.compile(rf"^https?://([^@/\s]+@)?{_HOST}(:\d{{1,5}})?([/?]\S*)?$")
 _RESERVED_PARAMS = frozenset({"model", "stream", "messages", "input", "prompt"})
 _REDIS_RE = re.compile(
-    r"^rediss?://([^@/\s]*@)?[^/:@\s?]+(:\d{1,5})?(/\d{1,2})?/?(\?namespace=[A-Za-z0-9_.-]+)?$")
+    rf"^rediss?://([^@/\s]*@)?{_HOST}(:\d{{1,5}})?(/\d{{1,2}})?/?(\?namespace=[A-Za-z0-9_.-]+)?$")
 _SCHEME_RE = re.compile(r"^[a-z][a-z0-9+.-]*://")
 
 
