@@ -442,7 +442,7 @@ def test_ipv6_literals_are_hosts_in_every_url(monkeypatch: pytest.MonkeyPatch) -
     assert loaded.state == "redis://:pw@[::1]:6379/0"
     assert loaded.metrics_source == "http://[::1]:9090"
     assert loaded.rollouts[0].green.base_url == "http://[::1]:8080/v1"
-    with pytest.raises(ConfigError, match="rollouts.0..green.base_url"):
+    with pytest.raises(ConfigError, match=r"rollouts\[0\]\.green\.base_url"):
         openai_bluegreen.load_config(with_change("green.base_url", "http://[::1/v1"))
 
 

@@ -453,3 +453,30 @@ def test_step_timing_follows_the_stores_clock_not_the_watchers(server: RedisServ
     assert seen["weight"] == 10.0, seen  # the step is seconds old, not 15 minutes
     assert abs(seen["at"] - seen["real"]) < 60
     _close(first.store)
+
+
+def test_the_readmes_acl_permissions_are_enough(server: RedisServer) -> None:
+    import re
+
+    import redis
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme[readme.index("A\n  Redis ACL user needs"):][:400]
+    rules = re.findall(r"\+[a-z|]+", block)
+    assert "+evalsha" in rules and "+publish" in rules
+    admin = redis.Redis.from_url(server.url)
+    admin.execute_command("ACL", "SETUSER", "bluegreen", "on", ">pw-acl", "~openai-bluegreen:*",
+                          "&openai-bluegreen:*", *rules)
+    admin.close()
+    store = _open(server.url.replace("redis://", "redis://bluegreen:pw-acl@", 1))
+    heard = threading.Event()
+    unsubscribe = store.subscribe(heard.set)
+    time.sleep(0.3)
+    assert store.load_all() == {}
+    assert store.compare_and_set(RolloutState("chat"), None)
+    assert store.load("chat") == RolloutState("chat")
+    assert store.acquire_lease("me", 5.0) and store.server_time() > 0
+    store.release_lease("me")
+    assert heard.wait(5)
+    unsubscribe()
+    store.close()
