@@ -708,8 +708,11 @@ def run_scenario(scenario: Scenario | str, *, duration: float = 60.0, rate: floa
         stop.set()
         for thread in threads:  # reached first only when something above raised
             thread.join(10)
-        uninstall()
         flush()
+        # Exported while still installed: the gauges (weight, state) end with the rollout's
+        # last values; after uninstall() they report nothing.
+        meter_provider.force_flush()
+        uninstall()
         if client is not None:
             client.close()
         green.stop()
