@@ -266,7 +266,8 @@ class SimulatedUpstream:
                     break
             stall = rng.random() < settings.stall_rate
             cut = rng.random() < settings.disconnect_rate
-            fail = rng.random() < settings.stream_failure_rate
+            # Drawn only when asked for: a seed's other draws stay what they were before.
+            fail = settings.stream_failure_rate > 0 and rng.random() < settings.stream_failure_rate
             if settings.rate_limit_rps is not None and status is None:
                 if self._bucket is None:
                     self._bucket = _TokenBucket(settings.rate_limit_rps)
