@@ -98,6 +98,54 @@ def test_uninstall_leaves_an_instrumentation_that_wrapped_the_sdk_after_us(
     assert _methods() == before
 
 
+def test_a_layer_of_ours_kept_by_another_instrumentation_never_routes_twice(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    """Ours, left under another layer by uninstall(), may not be found again by the next
+    install(): OpenTelemetry's unwrap puts back the bound form of ours, and a plain
+    monkeypatch keeps ours in a closure. Either way each call is routed once."""
+    from openai.resources.chat.completions import Completions
+
+    before = Completions.__dict__["create"]
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    config = rollout_config(green, weight=50)
+    config["rollouts"][0]["blue"]["model"] = "gpt-4.1"  # blue's model matches the rollout too
+
+    # OpenTelemetry's way: wrapt on top, then unwrap() = setattr(cls, name, bound.__wrapped__).
+    install(config)
+    wrapt.wrap_function_wrapper(Completions, "create", lambda w, _i, a, k: w(*a, **k))
+    openai_bluegreen.uninstall()
+    Completions.create = Completions.create.__wrapped__  # type: ignore[method-assign]
+    install(config)
+    for i in range(200):
+        client.chat.completions.create(model="gpt-4.1", messages=MSGS, user=f"u{i}")
+    assert len(telemetry.spans()) == 200  # one routing decision per call
+    assert 60 < len(green.requests) < 140
+    openai_bluegreen.uninstall()
+    assert Completions.__dict__["create"] is before  # exactly as before
+
+    # A plain monkeypatch that keeps ours in its closure.
+    telemetry.exporter.clear()
+    green.requests.clear()
+    install(config)
+    kept = Completions.create
+
+    def other(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return kept(self, *args, **kwargs)
+
+    openai_bluegreen.uninstall()
+    Completions.create = other  # type: ignore[method-assign]
+    try:
+        install(config)
+        for i in range(200):
+            client.chat.completions.create(model="gpt-4.1", messages=MSGS, user=f"u{i}")
+        assert len(telemetry.spans()) == 200
+        assert 60 < len(green.requests) < 140
+    finally:
+        openai_bluegreen.uninstall()
+        Completions.create = before  # type: ignore[method-assign]
+
+
 def test_reinstall_with_new_config_replaces_routing(install: Any, blue: SimulatedUpstream,
                                                     green: SimulatedUpstream) -> None:
     install(rollout_config(green, weight=0))

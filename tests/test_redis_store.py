@@ -390,6 +390,61 @@ def test_a_store_gone_back_to_an_older_state_never_undoes_a_rollback(
     raw.close()
 
 
+def test_an_operator_starting_afresh_after_deleting_the_key_is_followed(
+        server: RedisServer) -> None:
+    """A lower version is not always an older snapshot: an operator who deleted the key (as
+    the docs say for an unreadable one) and acted writes version 1, later than what the
+    watcher holds. That is followed, not overwritten."""
+    import redis
+
+    config, watcher, weights = _two_rollouts(server.url)
+    operator = open_store(server.url)
+    for weight in (20.0, 21.0, 22.0):
+        apply_action(operator, config.rollouts[0], Action.SET_WEIGHT, weight=weight,
+                     actor="oncall", reason="tune")
+    watcher.sync()
+    assert weights["a"] == 22.0
+    raw = redis.Redis.from_url(server.url)
+    raw.delete("openai-bluegreen:state:a")
+    fresh = apply_action(operator, config.rollouts[0], Action.ROLLBACK, actor="oncall",
+                         reason="incident")
+    assert fresh.version == 1
+    watcher.sync()
+    assert weights["a"] == 0.0
+    watcher.look()
+    stored = operator.load("a")
+    assert stored is not None and stored.phase is Phase.ROLLED_BACK and stored.version == 1
+    watcher.stop()
+    _close(operator, watcher.store)
+    raw.close()
+
+
+def test_no_watcher_decides_on_a_state_that_is_not_this_rollouts(server: RedisServer) -> None:
+    import redis
+
+    _, watcher, weights = _two_rollouts(server.url)
+    raw = redis.Redis.from_url(server.url)
+    data = json.loads(raw.get("openai-bluegreen:state:a") or b"")
+    data.update(step=5, weight=50.0, version=data["version"] + 1,  # past its 2-step schedule
+                step_started_at=data["updated_at"] - 3600)  # and long past any deadline
+    raw.set("openai-bluegreen:state:a", json.dumps(data))
+    for _ in range(3):
+        watcher.look()
+    assert weights["a"] == 10.0  # the weight it last read
+    assert watcher.problem is not None and "at step 6, but the schedule has 2" in watcher.problem
+    watcher.store.release_lease(watcher.holder)
+    fresh = Watcher(watcher.config, open_store(server.url), _Quiet())  # a new leader, no past
+    for _ in range(3):
+        fresh.look()
+    assert fresh.leader
+    assert json.loads(raw.get("openai-bluegreen:state:a") or b"") == data  # left for a person
+    fresh.stop()
+    fresh.store.close()
+    watcher.stop()
+    _close(watcher.store)
+    raw.close()
+
+
 def _close(*stores: Any) -> None:
     for store in stores:
         store.close()

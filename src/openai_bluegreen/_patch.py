@@ -7,6 +7,7 @@ then passes straight through.
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import json
 import logging
@@ -80,6 +81,11 @@ _patched: list[tuple[type, str, Any, Any]] = []
 # again instead of wrapping a second time.
 _buried: list[tuple[type, str, Any, Any]] = []
 _lock = threading.Lock()
+# Set while one of our wrappers routes a call: a wrapper of ours met further down the same
+# call (one another instrumentation kept in its chain when it wrapped ours, and that we could
+# not find again: see _wrap) passes it through instead of routing it a second time.
+_inside: contextvars.ContextVar[bool] = contextvars.ContextVar("openai_bluegreen_inside",
+                                                               default=False)
 
 
 def _sdk_types() -> tuple[Any, Any, Any, tuple[Any, ...]]:
@@ -175,8 +181,16 @@ def _sync_wrapper(operation: str, original: Any, api_type: str | None) -> Callab
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         router = _state.router
         rollout = _route(router, instance, kwargs)
-        if rollout is None or router is None:
+        if rollout is None or router is None or _inside.get():
             return wrapped(*args, **kwargs)
+        token = _inside.set(True)
+        try:
+            return routed(wrapped, instance, args, kwargs, router, rollout)
+        finally:
+            _inside.reset(token)
+
+    def routed(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any], router: Router,
+               rollout: RolloutRuntime) -> Any:
         call = _start(router, rollout, operation, instance, kwargs, api_type)
         if call is None:
             return wrapped(*args, **_fail_open(rollout, kwargs))
@@ -227,8 +241,16 @@ def _async_wrapper(operation: str, original: Any, api_type: str | None) -> Calla
     async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         router = _state.router
         rollout = _route(router, instance, kwargs)
-        if rollout is None or router is None:
+        if rollout is None or router is None or _inside.get():
             return await wrapped(*args, **kwargs)
+        token = _inside.set(True)
+        try:
+            return await routed(wrapped, instance, args, kwargs, router, rollout)
+        finally:
+            _inside.reset(token)
+
+    async def routed(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any],
+                     router: Router, rollout: RolloutRuntime) -> Any:
         call = _start(router, rollout, operation, instance, kwargs, api_type)
         if call is None:
             return await wrapped(*args, **_fail_open(rollout, kwargs))
@@ -351,7 +373,7 @@ def _wrap(cls: type, method: str, factory: Callable[..., Callable[..., Any]] | N
 def _in_chain(wrapper: Any, current: Any) -> bool:
     """Whether ``wrapper`` is ``current`` or wrapped by it (through ``__wrapped__``)."""
     for _ in range(64):
-        if current is wrapper:
+        if _is(wrapper, current):
             return True
         current = getattr(current, "__wrapped__", None)
         if current is None:
@@ -359,11 +381,18 @@ def _in_chain(wrapper: Any, current: Any) -> bool:
     return False
 
 
+def _is(wrapper: Any, found: Any) -> bool:
+    """``found`` is ``wrapper``, or the bound form of it that reading it from the class gives
+    (what OpenTelemetry's ``unwrap`` puts back: ``getattr(cls, name).__wrapped__``)."""
+    return found is wrapper or (isinstance(found, wrapt.BoundFunctionWrapper)
+                                and getattr(found, "_self_parent", None) is wrapper)
+
+
 def _unpatch_locked() -> None:
     while _patched:
         entry = _patched.pop()
         cls, method, original, wrapper = entry
-        if cls.__dict__.get(method) is wrapper:
+        if _is(wrapper, cls.__dict__.get(method)):
             setattr(cls, method, original)
         else:
             # Another instrumentation (say, OpenTelemetry's OpenAI one) wrapped ours: putting

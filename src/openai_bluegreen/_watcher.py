@@ -181,6 +181,7 @@ class Watcher:
         # Rollouts the store lost (None) or went back on (the version it has): the leader writes
         # the state held here back.
         self._missing: dict[str, int | None] = {}
+        self._unreadable: set[str] = set()  # stored values that are no state of theirs
         self._applied: dict[str, float] = {}
         self._runs: dict[str, _Run] = {}
         self.last_decisions: dict[str, Decision] = {}
@@ -247,6 +248,7 @@ class Watcher:
         invalid: dict[str, str] = getattr(stored, "invalid", None) or {}
         missing: dict[str, int | None] = {}
         bad = []
+        unreadable = set()
         with self._states_lock:
             for name, rollout in self.rollouts.items():
                 state = stored.get(name)
@@ -256,14 +258,17 @@ class Watcher:
                     else _unusable(rollout, state))
                 if why is not None:  # this one keeps its last weights; the others go on
                     bad.append(why)
+                    unreadable.add(name)
                     continue
                 if (self._written.get(name, -1) > generation
                         and (state is None or held is None or state.version <= held.version)):
                     continue  # the looker wrote a newer state while this read was under way
-                if state is not None and held is not None and state.version < held.version:
+                if (state is not None and held is not None and state.version < held.version
+                        and state.updated_at < held.updated_at):
                     # The store went back to an older state (say, a Redis restarted from an
                     # older snapshot): an operator's rollback must not be undone by it. Kept,
-                    # and written back by the leader, as a lost one.
+                    # and written back by the leader, as a lost one. (A lower version written
+                    # later is an operator's fresh start after deleting the key: followed.)
                     if self._missing.get(name, -1) != state.version:
                         logger.warning(
                             "openai-bluegreen watcher: the state store went back to an older "
@@ -276,6 +281,7 @@ class Watcher:
                 elif name in self._states:
                     missing[name] = None  # the store lost it (e.g. a Redis without persistence)
             self._missing = missing
+            self._unreadable = unreadable
             self._push_weights()
         self._set_problem("; ".join(bad) + "; keeping their last weights" if bad else None,
                           kind="state")
@@ -375,6 +381,8 @@ class Watcher:
         decisions = []
         self._write_fault = None
         for rollout in self.rollouts.values():
+            if rollout.name in self._unreadable:
+                continue  # its stored value is for a person to fix: nothing is decided on it
             decision = self._decide_one(rollout, snapshot, note, now)
             if decision is not None:
                 decisions.append(decision)
