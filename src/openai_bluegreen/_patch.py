@@ -82,10 +82,13 @@ _patched: list[tuple[type, str, Any, Any]] = []
 _buried: list[tuple[type, str, Any, Any]] = []
 _lock = threading.Lock()
 # Set while one of our wrappers routes a call: a wrapper of ours met further down the same
-# call (one another instrumentation kept in its chain when it wrapped ours, and that we could
-# not find again: see _wrap) passes it through instead of routing it a second time.
+# call passes it through instead of routing it a second time. Only an older layer of ours can
+# be there (one another instrumentation or a monkeypatch kept in its chain when it wrapped
+# ours, and that install() could not find again: see _wrap), so the guard is used only once
+# the SDK was patched more than once (_generation): an app that installs once pays nothing.
 _inside: contextvars.ContextVar[bool] = contextvars.ContextVar("openai_bluegreen_inside",
                                                                default=False)
+_generation = 0  # how many times patch() wrapped the SDK in this process
 
 
 def _sdk_types() -> tuple[Any, Any, Any, tuple[Any, ...]]:
@@ -181,7 +184,11 @@ def _sync_wrapper(operation: str, original: Any, api_type: str | None) -> Callab
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         router = _state.router
         rollout = _route(router, instance, kwargs)
-        if rollout is None or router is None or _inside.get():
+        if rollout is None or router is None:
+            return wrapped(*args, **kwargs)
+        if _generation == 1:  # never re-patched: no older layer of ours can be further down
+            return routed(wrapped, instance, args, kwargs, router, rollout)
+        if _inside.get():
             return wrapped(*args, **kwargs)
         token = _inside.set(True)
         try:
@@ -241,7 +248,11 @@ def _async_wrapper(operation: str, original: Any, api_type: str | None) -> Calla
     async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         router = _state.router
         rollout = _route(router, instance, kwargs)
-        if rollout is None or router is None or _inside.get():
+        if rollout is None or router is None:
+            return await wrapped(*args, **kwargs)
+        if _generation == 1:  # never re-patched: no older layer of ours can be further down
+            return await routed(wrapped, instance, args, kwargs, router, rollout)
+        if _inside.get():
             return await wrapped(*args, **kwargs)
         token = _inside.set(True)
         try:
@@ -330,9 +341,11 @@ def _helper_wrapper(cls: type, kind: str) -> Callable[..., Any]:
 
 def patch() -> None:
     """Wrap every surface once. On any failure, undo what was wrapped and re-raise."""
+    global _generation  # noqa: PLW0603 - module-level patch state
     with _lock:
         if _patched:
             return
+        _generation += 1
         try:
             for module_name, class_name, method, operation in SURFACES:
                 module = importlib.import_module(module_name)
