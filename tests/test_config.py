@@ -185,6 +185,14 @@ def test_missing_key_environment_variable_is_named(monkeypatch: pytest.MonkeyPat
     assert not is_patched()
 
 
+def test_a_bad_section_is_shown_by_its_keys_not_its_values() -> None:
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config({"rollouts": {"chat": {"token": "hunter2"}}})
+    assert "rollouts: Input should be a valid list (got a mapping with keys: chat)" in \
+        str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
 def test_a_missing_key_is_named_with_every_other_problem_and_the_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GREEN_API_KEY", raising=False)
@@ -590,6 +598,22 @@ def test_a_local_source_the_app_gave_its_provider_is_the_one_the_watcher_reads(
     finally:
         openai_bluegreen.uninstall()
         provider.shutdown()
+
+
+def test_a_runtime_weight_stays_through_a_reinstall_that_leaves_its_rollout_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    monkeypatch.setenv("GREEN_API_KEY", GREEN_KEY)
+    try:
+        openai_bluegreen.install(good())
+        openai_bluegreen.set_weight("chat-upgrade", 40)
+        openai_bluegreen.install(good(), tracer_provider=TracerProvider())  # new providers
+        assert openai_bluegreen.status()["rollouts"][0]["weight"] == 40
+        openai_bluegreen.install(with_change("weight", 20))  # its config changed: as configured
+        assert openai_bluegreen.status()["rollouts"][0]["weight"] == 20
+    finally:
+        openai_bluegreen.uninstall()
 
 
 def test_install_whose_store_cannot_open_is_a_config_error_and_changes_nothing(

@@ -595,6 +595,11 @@ def _problems(error: ValidationError) -> list[tuple[str, str]]:
                      and isinstance(item["input"], str) else _show_value(loc, item["input"]))
             if "(got " not in message:
                 message += f" (got {shown})"
+        elif (item["type"] != "missing" and isinstance(item.get("input"), Mapping)
+              and "(got " not in message and item["type"] != "extra_forbidden"):
+            # A whole section: its keys say which one it is; its values may be long or secret.
+            keys = ", ".join(map(str, list(item["input"])[:6]))
+            message += f" (got a mapping with keys: {keys})" if keys else " (got {})"
         problems.append((_format_loc(loc), message))
     return problems
 

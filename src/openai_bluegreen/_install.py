@@ -201,6 +201,8 @@ def install(
             router = Router(validated, tracer_provider=tracer_provider,
                             meter_provider=effective_mp, logger_provider=logger_provider)
             router.providers = (tracer_provider, meter_provider, logger_provider)
+            if current is not None:
+                _keep_runtime_weights(current, router)
             if scheduled and store is not None:
                 watcher = Watcher(validated, store, source, apply_weight=router.set_weight,
                                   tracer_provider=tracer_provider, meter_provider=effective_mp)
@@ -229,6 +231,16 @@ def install(
         _state.watcher = watcher
         if watcher is not None:
             watcher.start()
+
+
+def _keep_runtime_weights(previous: Router, router: Router) -> None:
+    """A weight set at run time (``set_weight()``) on a rollout without a schedule stays
+    through a re-install that leaves that rollout as it was (new providers, another rollout
+    changed); a rollout whose config changed starts at its configured weight."""
+    before = {r.name: r for r in previous.config.rollouts}
+    for rollout in router.config.rollouts:
+        if rollout.schedule is None and before.get(rollout.name) == rollout:
+            router.rollouts[rollout.name].weight_bp = previous.rollouts[rollout.name].weight_bp
 
 
 def _kept_states(previous: Watcher, config: Config) -> dict[str, RolloutState]:
