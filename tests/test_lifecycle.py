@@ -146,6 +146,34 @@ def test_a_layer_of_ours_kept_by_another_instrumentation_never_routes_twice(
         Completions.create = before  # type: ignore[method-assign]
 
 
+def test_a_wrapper_of_ours_taken_away_by_another_unwrap_is_reported_and_put_back(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    """OpenTelemetry's OpenAI instrumentation wrapped first, ours on top, then its
+    uninstrument(): its unwrap() puts back what its wrapper wrapped, taking ours away too."""
+    from openai.resources.chat.completions import Completions
+
+    before = Completions.__dict__["create"]
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    wrapt.wrap_function_wrapper(Completions, "create", lambda w, _i, a, k: w(*a, **k))
+    try:
+        config = rollout_config(green, weight=100)
+        install(config)
+        theirs = Completions.__dict__["create"].__wrapped__
+        Completions.create = theirs.__wrapped__  # type: ignore[method-assign]  # their unwrap()
+        assert client.chat.completions.create(model="gpt-4.1", messages=MSGS).model == "gpt-4.1"
+        status = openai_bluegreen.status()
+        assert status["not_routed"] == [f"{Completions.__module__}.Completions.create"]
+        install(config)  # the same install again puts ours back
+        assert "not_routed" not in openai_bluegreen.status()
+        assert client.chat.completions.create(model="gpt-4.1", messages=MSGS).model == \
+            "green-model"
+        assert len(telemetry.spans()) == 1
+    finally:
+        openai_bluegreen.uninstall()
+        Completions.create = before  # type: ignore[method-assign]
+
+
 def test_reinstall_with_new_config_replaces_routing(install: Any, blue: SimulatedUpstream,
                                                     green: SimulatedUpstream) -> None:
     install(rollout_config(green, weight=0))

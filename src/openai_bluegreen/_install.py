@@ -173,6 +173,7 @@ def install(
         if (current is not None and current.config == validated
                 and current.providers == (tracer_provider, meter_provider, logger_provider)
                 and current.environment == environment_of(validated)):
+            _patch.patch()  # puts back a wrapper of ours another instrumentation took away
             return
         # First everything that can fail (opening the store and the source, building the
         # router); only then what other code sees (the app's MeterProvider, the gauges, the
@@ -401,6 +402,10 @@ def status() -> dict[str, Any]:
     if router is None:
         return {"installed": False, "rollouts": []}
     rollouts = router.status()
+    out: dict[str, Any] = {"installed": True, "rollouts": rollouts}
+    lost = _patch.lost()
+    if lost:  # install() again puts ours back on top
+        out["not_routed"] = lost
     watcher = _state.watcher
     if watcher is not None:
         by_name = {s["name"]: s for s in watcher.status()}
@@ -408,10 +413,10 @@ def status() -> dict[str, Any]:
             extra = by_name.get(entry["name"])
             if extra is not None:
                 entry.update({k: v for k, v in extra.items() if k not in ("name", "weight")})
-        return {"installed": True, "rollouts": rollouts, "watcher": {
+        out["watcher"] = {
             "state": watcher.store.url, "interval_s": watcher.interval,
-            "role": "leader" if watcher.leader else "follower", "problem": watcher.problem}}
-    return {"installed": True, "rollouts": rollouts}
+            "role": "leader" if watcher.leader else "follower", "problem": watcher.problem}
+    return out
 
 
 def flush() -> None:

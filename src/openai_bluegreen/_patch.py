@@ -340,11 +340,14 @@ def _helper_wrapper(cls: type, kind: str) -> Callable[..., Any]:
 
 
 def patch() -> None:
-    """Wrap every surface once. On any failure, undo what was wrapped and re-raise."""
+    """Wrap every surface once (again where a wrapper of ours was taken away: see
+    :func:`lost`). On any failure, undo what was wrapped and re-raise."""
     global _generation  # noqa: PLW0603 - module-level patch state
     with _lock:
         if _patched:
-            return
+            if not _lost_locked():
+                return
+            _unpatch_locked()  # then wrap afresh, on top of whatever is there now
         _generation += 1
         try:
             for module_name, class_name, method, operation in SURFACES:
@@ -425,6 +428,21 @@ def reset_lock_after_fork() -> None:
     """In a forked child: the lock may have been copied held by a thread it does not have."""
     global _lock  # noqa: PLW0603 - module-level patch state
     _lock = threading.Lock()
+
+
+def lost() -> list[str]:
+    """The wrapped methods whose wrapper of ours is no longer reachable from the class (another
+    instrumentation's ``unwrap()`` took ours away with its own, or something replaced the
+    method without a ``__wrapped__`` chain to ours): their calls may not be routed.
+    ``install()`` wraps them again."""
+    with _lock:
+        return _lost_locked()
+
+
+def _lost_locked() -> list[str]:
+    return [f"{cls.__module__}.{cls.__qualname__}.{method}"
+            for cls, method, _, wrapper in _patched
+            if not _in_chain(wrapper, cls.__dict__.get(method))]
 
 
 def is_patched() -> bool:
