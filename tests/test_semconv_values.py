@@ -474,3 +474,49 @@ def test_a_streamed_tool_call_is_captured_and_a_failed_stream_ends_in_error() ->
     cut.capture(chunk({"role": "assistant", "content": "Half an ans"}))
     assert json.loads(cut.output_json(failed=True) or "")[0]["finish_reason"] == "error"
     assert json.loads(cut.output_json() or "")[0]["finish_reason"] == "stop"
+
+
+def test_request_values_follow_the_semconv_types_and_rules(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    import pydantic
+
+    class Answer(pydantic.BaseModel):
+        answer: str
+
+    install(rollout_config(green, weight=100))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    client.chat.completions.create(model="gpt-4.1", messages=MSGS, temperature=0, top_p=1,
+                                   presence_penalty=0, service_tier="auto")
+    client.chat.completions.parse(model="gpt-4.1", messages=MSGS, response_format=Answer)
+    client.chat.completions.create(model="gpt-4.1", messages=MSGS,
+                                   response_format={"type": "json_object"})
+    client.responses.create(model="gpt-4.1", input="hi",
+                            text={"format": {"type": "text"}})
+    plain, parsed, json_mode, text = (dict(s.attributes or {}) for s in telemetry.spans())
+    for name in ("temperature", "top_p", "presence_penalty"):  # doubles, though given as 0/1
+        assert type(plain[f"gen_ai.request.{name}"]) is float
+    assert "openai.request.service_tier" not in plain  # not when "auto"
+    assert "gen_ai.output.type" not in plain  # no output format asked for
+    assert parsed["gen_ai.output.type"] == "json"
+    assert json_mode["gen_ai.output.type"] == "json"
+    assert text["gen_ai.output.type"] == "text"
+
+
+def test_captured_content_leaves_embeddings_out_and_inline_images_are_blobs(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "SPAN_ONLY")
+    install(rollout_config(green, weight=100))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    client.embeddings.create(model="gpt-4.1", input="embed me")
+    client.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}])
+    embedding, chat = (dict(s.attributes or {}) for s in telemetry.spans())
+    assert "gen_ai.input.messages" not in embedding  # embeddings inputs are not messages
+    assert json.loads(chat["gen_ai.input.messages"]) == [{"role": "user", "parts": [
+        {"type": "blob", "modality": "image", "mime_type": "image/png",
+         "content": "iVBORw0KGgo="},
+        {"type": "uri", "modality": "image", "uri": "https://example.com/cat.png"}]}]

@@ -400,3 +400,23 @@ def test_a_raw_response_whose_parse_fails_is_the_callers_to_meet_and_still_measu
     assert "error.type" not in attrs
     assert attrs["gen_ai.usage.output_tokens"] == 8
     assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
+
+
+def test_an_in_band_error_code_outside_the_known_set_is_other() -> None:
+    """error.type is a metric attribute: a provider's own codes (possibly one per request)
+    must not each make a series."""
+    from types import SimpleNamespace
+
+    from openai_bluegreen._streams import in_band_failure
+
+    def failed(code: Any) -> Any:
+        return SimpleNamespace(type="response.failed",
+                               response=SimpleNamespace(error=SimpleNamespace(code=code)))
+
+    events = [failed("server_error"), failed("invalid_image"), failed("quota_exceeded_req_7"),
+              failed(None), SimpleNamespace(type="error", code=None),
+              SimpleNamespace(type="error", code="rate_limit_exceeded")]
+    codes = [f.code for f in map(in_band_failure, events) if f is not None]
+    assert codes == ["server_error", "invalid_image", "_OTHER", "response.failed", "error",
+                     "rate_limit_exceeded"]
+    assert in_band_failure(SimpleNamespace(type="response.output_text.delta")) is None

@@ -130,7 +130,8 @@ class Call:
         self.fell_back = False
         # (input messages, system instructions) as JSON; serialized now: the app may change
         # its list afterwards.
-        self.text = T.input_messages_json(kwargs) if router.capture_content else None
+        self.text = (T.input_messages_json(kwargs)
+                     if router.capture_content and operation != "embeddings" else None)
         self.output: str | None = None
         self.fallback: tuple[str, str, float, int] | None = None
         # The span is started by the worker, as a child of the caller's context at this point.

@@ -181,11 +181,33 @@ def _attribute_value(name: str, value: Any) -> Any:
         return None
     if name == "n":
         return value if isinstance(value, int) and value != 1 else None  # 1 is the default
-    if name == "service_tier":
-        return value if isinstance(value, str) else None
+    if name == "service_tier":  # as the semconv says: not when it is "auto"
+        return value if isinstance(value, str) and value != "auto" else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return value
+    return float(value) if name in _DOUBLE_PARAMS else value
+
+
+def output_type(kwargs: dict[str, Any]) -> str | None:
+    """``gen_ai.output.type`` when the request asks for an output format (semconv:
+    conditionally required then): ``json`` for a JSON schema or JSON mode, or a pydantic model
+    given to ``parse()``; ``text`` for an explicit text format."""
+    fmt = kwargs.get("response_format")
+    if fmt is None:  # Responses API: text.format, or parse()'s text_format
+        text = kwargs.get("text")
+        fmt = text.get("format") if isinstance(text, dict) else kwargs.get("text_format")
+    if fmt is None:
+        return None
+    if isinstance(fmt, type):
+        return "json"  # a model for parse(): structured output
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind in ("json_schema", "json_object"):
+        return "json"
+    return "text" if kind == "text" else None
+
+
+# Request parameters the semantic conventions type as double (``temperature=0`` is 0.0).
+_DOUBLE_PARAMS = frozenset({"temperature", "top_p", "frequency_penalty", "presence_penalty"})
 
 
 def _host_port(base_url: Any) -> tuple[str | None, int | None]:
@@ -296,7 +318,7 @@ class Lane:
                get("max_completion_tokens"), get("max_output_tokens"),
                get("frequency_penalty"), get("presence_penalty"), get("seed"),
                tuple(stop) if stop.__class__ is list else stop, get("n"),
-               get("encoding_format"), get("service_tier"))
+               get("encoding_format"), get("service_tier"), output_type(kwargs))
         try:
             attrs = self._request_attrs.get(key)
         except TypeError:  # an unhashable value: not shared
@@ -314,6 +336,9 @@ class Lane:
             attrs[T.API_TYPE] = api_type
         if kwargs.get("stream") is True:
             attrs[T.REQUEST_STREAM] = True
+        output = output_type(kwargs)
+        if output is not None:
+            attrs[T.OUTPUT_TYPE] = output
         # The caller's values, then the environment's params over them (what the provider
         # is told last wins, also across spellings of the token limit).
         for source in (kwargs, self.params):

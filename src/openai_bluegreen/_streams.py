@@ -25,6 +25,16 @@ _perf = time.perf_counter
 _LIFECYCLE = frozenset({"response.created", "response.in_progress", "response.queued"})
 _FAILED = frozenset({"response.failed", "error"})
 _NOT_FIRST = _LIFECYCLE | _FAILED
+# ResponseErrorCode in OpenAI's API spec: the codes a failed response reports. Any other value
+# (an OpenAI-compatible provider's own, possibly per request) is error.type ``_OTHER``, the
+# semantic conventions' fallback, so it cannot grow the metric's series.
+_KNOWN_CODES = frozenset({
+    "server_error", "rate_limit_exceeded", "invalid_prompt", "data_residency_mismatch",
+    "bio_policy", "vector_store_timeout", "invalid_image", "invalid_image_format",
+    "invalid_base64_image", "invalid_image_url", "image_too_large", "image_too_small",
+    "image_parse_error", "image_content_policy_violation", "invalid_image_mode",
+    "image_file_too_large", "unsupported_image_media_type", "empty_image_file",
+    "failed_to_download_image", "image_file_not_found"})
 
 
 def in_band_failure(item: Any) -> StreamFailed | None:
@@ -36,7 +46,10 @@ def in_band_failure(item: Any) -> StreamFailed | None:
     source = getattr(getattr(item, "response", None), "error", None) if \
         kind == "response.failed" else item
     code = getattr(source, "code", None)
-    return StreamFailed(code if isinstance(code, str) and code else kind)
+    if not isinstance(code, str) or not code:
+        return StreamFailed(kind)
+    # error.type is a metric attribute: the provider's code only from its known, bounded set.
+    return StreamFailed(code if code in _KNOWN_CODES else "_OTHER")
 
 
 class _Accumulated:

@@ -37,6 +37,7 @@ INPUT_MESSAGES = "gen_ai.input.messages"
 OUTPUT_MESSAGES = "gen_ai.output.messages"
 SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
 REQUEST_STREAM = "gen_ai.request.stream"
+OUTPUT_TYPE = "gen_ai.output.type"
 RESPONSE_TTFC = "gen_ai.response.time_to_first_chunk"
 API_TYPE = "openai.api.type"
 RESPONSE_SERVICE_TIER = "openai.response.service_tier"
@@ -429,10 +430,22 @@ def _content_parts(content: Any) -> list[dict[str, Any]]:
         elif kind in ("image_url", "input_image"):
             url = part.get("image_url")
             url = url.get("url") if isinstance(url, dict) else url
-            parts.append({"type": "uri", "modality": "image", "uri": url})
+            parts.append(_image_part(url))
         elif isinstance(kind, str):
             parts.append({"type": kind})  # audio, files: named, not recorded
     return parts
+
+
+def _image_part(url: Any) -> dict[str, Any]:
+    """An image by URL as a semconv part: a ``uri`` part, or for an inline ``data:`` URL the
+    ``blob`` part the conventions ask for (its base64 content, its MIME type)."""
+    if isinstance(url, str) and url.startswith("data:") and "," in url:
+        head, _, content = url[5:].partition(",")
+        mime, _, encoding = head.partition(";")
+        if encoding == "base64":
+            return {"type": "blob", "modality": "image", "mime_type": mime or None,
+                    "content": content}
+    return {"type": "uri", "modality": "image", "uri": url}
 
 
 def _field(obj: Any, name: str) -> Any:
