@@ -168,13 +168,19 @@ CONVERSATION = [
 ]
 
 
+def _capturing_on_span(install: Any, blue: SimulatedUpstream, green: SimulatedUpstream,
+                       monkeypatch: pytest.MonkeyPatch) -> openai.OpenAI:
+    """Content capture on spans, every call routed to green; the app's client."""
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "SPAN_ONLY")
+    install(rollout_config(green, weight=100))
+    return openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+
+
 def test_captured_content_has_the_semconv_message_shape(
     install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "SPAN_ONLY")
-    install(rollout_config(green, weight=100))
-    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    client = _capturing_on_span(install, blue, green, monkeypatch)
     answer = client.chat.completions.create(model="gpt-4.1", messages=CONVERSATION)
     streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
         model="gpt-4.1", messages=CONVERSATION, stream=True) if c.choices)
@@ -507,9 +513,7 @@ def test_captured_content_leaves_embeddings_out_and_inline_images_are_blobs(
     install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "SPAN_ONLY")
-    install(rollout_config(green, weight=100))
-    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    client = _capturing_on_span(install, blue, green, monkeypatch)
     client.embeddings.create(model="gpt-4.1", input="embed me")
     client.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
