@@ -510,6 +510,56 @@ def test_step_timing_follows_the_stores_clock_not_the_watchers(server: RedisServ
     _close(first.store)
 
 
+_BEHIND_WATCHER = """
+import json, sys, time
+real = time.time
+time.time = lambda: real() - 900  # this host's clock is 15 minutes behind Redis's
+from opentelemetry.sdk.metrics import MeterProvider
+from openai_bluegreen import load_config
+from openai_bluegreen._watcher import Watcher
+from openai_bluegreen.sources.local import LocalSource
+from openai_bluegreen.stores import open_store
+
+source = LocalSource()  # this app's own calls: none yet, it has just started
+provider = MeterProvider(metric_readers=[source])
+provider.get_meter("app").create_counter("app.started").add(1)  # an app's metrics exist
+watcher = Watcher(load_config(json.loads(sys.argv[1])), open_store(sys.argv[2]), source)
+decisions = [d for _ in range(2) for d in watcher.look()]
+print(json.dumps({"leader": watcher.leader, "phase": watcher.states()["chat"].phase.value,
+                  "reasons": [r for d in decisions for r in d.reasons]}))
+"""
+
+
+def test_a_restarted_app_on_a_host_behind_redis_gets_the_deadlines_allowance(
+        server: RedisServer) -> None:
+    """The progress deadline does not count time before a restarted app's own counts began
+    (LocalSource.counts_since, on the host's clock); ``now`` is Redis's. A host 15 minutes
+    behind must not read its fresh start as 15 minutes of missing data."""
+    import subprocess
+    import sys
+
+    from openai_bluegreen._rollout import revision_of
+
+    raw = {"state": server.url, "rollouts": [{
+        **CONFIG["rollouts"][0],
+        "schedule": {"steps": [10, 50], "min_step_duration": "10m", "min_requests": 5,
+                     "progress_deadline": "5m"},
+        "analysis": {"checks": [{"signal": "error_rate", "max": 0.2}]}}]}
+    rollout = load_config(raw).rollouts[0]
+    store = _open(server.url)
+    started = store.server_time() - 400  # a step 400 s old, past the 5-minute deadline
+    assert store.compare_and_set(RolloutState(
+        "chat", Phase.PROGRESSING, 0, 10.0, step_started_at=started, updated_at=started,
+        version=1, revision=revision_of(rollout)), None)
+    done = subprocess.run([sys.executable, "-c", _BEHIND_WATCHER, json.dumps(raw), server.url],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["leader"]
+    assert seen["phase"] == "progressing", seen  # held: its counts began seconds ago
+    _close(store)
+
+
 def test_the_readmes_acl_permissions_are_enough(server: RedisServer) -> None:
     import re
 

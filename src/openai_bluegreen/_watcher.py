@@ -43,6 +43,7 @@ from ._rollout import (
 from ._version import __version__
 from .policy import Decision, Evidence, StepWindow, decide
 from .sources import CatchingUp, MetricSource, RolloutStats, Snapshot, SourceUnavailable
+from .sources.local import LocalSource
 from .stores import StateStore, StoreUnavailable, store_time
 
 __all__ = ["Watcher"]
@@ -182,6 +183,7 @@ class Watcher:
         # the state held here back.
         self._missing: dict[str, int | None] = {}
         self._unreadable: set[str] = set()  # stored values that are no state of theirs
+        self._host_behind = 0.0  # the store's clock minus this host's, at the last look
         self._applied: dict[str, float] = {}
         self._runs: dict[str, _Run] = {}
         self.last_decisions: dict[str, Decision] = {}
@@ -323,6 +325,9 @@ class Watcher:
         """Take one snapshot, decide for every scheduled rollout, write, and emit telemetry."""
         if now is None:  # the store's clock, which the fleet shares (see store_time)
             now = store_time(self.store) if self._clock is None else self._clock()
+            # What this host's clock is behind the store's: a LocalSource says on it when its
+            # counts begin.
+            self._host_behind = now - time.time() if self._clock is None else 0.0
         was_leader = self.leader
         try:
             self.sync()
@@ -557,7 +562,10 @@ class Watcher:
         # When the counts this watcher can see begin (a restarted app's own metrics): the
         # progress deadline does not wait for calls it could never see.
         source = run.source if run.source is not None else self.source
-        return Evidence(tuple(windows), current_since=getattr(source, "counts_since", None))
+        since = getattr(source, "counts_since", None)
+        if since is not None and isinstance(source, LocalSource):
+            since += self._host_behind  # on the store's clock, as ``now``
+        return Evidence(tuple(windows), current_since=since)
 
     # -- telemetry -----------------------------------------------------------------------
     def _emit(self, decision: Decision, state: RolloutState) -> None:
