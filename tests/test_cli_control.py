@@ -245,3 +245,15 @@ def test_status_shows_an_unreadable_stored_state_for_what_it_is(tmp_path: Path) 
     row = _status(config)
     assert row["phase"] == "unreadable" and row["weight"] is None
     assert "fix or delete it" in row["unreadable"]
+
+
+def test_status_shows_a_state_past_its_schedule_as_unreadable(tmp_path: Path) -> None:
+    config = _write_config(tmp_path)
+    assert cli(config, "set-weight", "chat-upgrade", "50", "--reason", "eval").returncode == 0
+    state = tmp_path / "state.json"
+    data = json.loads(state.read_text())
+    data["rollouts"]["chat-upgrade"]["step"] = 7  # the schedule has 3 steps
+    state.write_text(json.dumps(data))
+    row = _status(config)
+    assert row["phase"] == "unreadable" and row["weight"] is None
+    assert "at step 8, but the schedule has 3" in row["unreadable"]

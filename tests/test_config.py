@@ -439,6 +439,22 @@ def test_credentials_in_base_urls_query_are_refused_and_masked(query: str) -> No
         .rollouts[0].green.base_url == url
 
 
+def test_every_url_problem_is_named_without_echoing_a_key() -> None:
+    for url in ("https://gw example.com/v1?api_key=sk-abcdefghijklmnop",  # bad shape and a key
+                "https://h/v1?subscription-key=abc123",  # Azure API Management
+                "https://h/v1?client_secret=hunter2"):
+        with pytest.raises(ConfigError) as caught:
+            openai_bluegreen.load_config(with_change("green.base_url", url))
+        message = str(caught.value)
+        assert "must not hold credentials" in message, message
+        assert "abcdefghijklmnop" not in message and "abc123" not in message
+        assert "hunter2" not in message
+    # A metrics source with an '@' after its host is refused here, as the source would refuse
+    # it later (the CLI used to crash on it).
+    with pytest.raises(ConfigError, match="has an '@' after its host"):
+        openai_bluegreen.load_config({**good(), "metrics_source": "http://u:pw@prom:9090/x@y"})
+
+
 def test_ipv6_literals_are_hosts_in_every_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_PASSWORD", "pw")
     config = with_change("green.base_url", "http://[::1]:8080/v1")

@@ -194,6 +194,15 @@ def test_one_bad_stored_value_never_hides_the_others(server: RedisServer) -> Non
         raw.set(f"openai-bluegreen:state:{name}", value.replace('"good"', f'"{name}"')
                 if name != "elsewhere" else value)
         raw.sadd("openai-bluegreen:rollouts", name)
+    history = json.loads(valid)
+    history["history"] = [{"at": "nan", "action": "start", "actor": "w", "reason": "",
+                           "phase": "progressing", "step": 0, "weight": 10.0}]
+    bad["deep"] = "[" * 100_000
+    bad["listed"] = "[1, 2]"
+    bad["bad-history"] = json.dumps(history)
+    for name in ("deep", "listed", "bad-history"):
+        raw.set(f"openai-bluegreen:state:{name}", bad[name].replace('"good"', f'"{name}"'))
+        raw.sadd("openai-bluegreen:rollouts", name)
     raw.delete("openai-bluegreen:state:hashed")
     raw.hset("openai-bluegreen:state:hashed", "weight", "25")
     raw.sadd("openai-bluegreen:rollouts", "hashed")
@@ -204,6 +213,9 @@ def test_one_bad_stored_value_never_hides_the_others(server: RedisServer) -> Non
     assert "version must be an integer >= 0 (got 1.5)" in stored.invalid["half-version"]
     assert "it is rollout 'good'" in stored.invalid["elsewhere"]
     assert "it holds a hash, not a string" in stored.invalid["hashed"]
+    assert "nested too deeply" in stored.invalid["deep"]
+    assert "not a JSON object (got list)" in stored.invalid["listed"]
+    assert "history[0]: at must be a finite number (got 'nan')" in stored.invalid["bad-history"]
     assert all("openai-bluegreen:state:" in why and "fix or delete it" in why
                for why in stored.invalid.values())
     raw.close()

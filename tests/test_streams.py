@@ -420,3 +420,11 @@ def test_an_in_band_error_code_outside_the_known_set_is_other() -> None:
     assert codes == ["server_error", "invalid_image", "_OTHER", "response.failed", "error",
                      "rate_limit_exceeded"]
     assert in_band_failure(SimpleNamespace(type="response.output_text.delta")) is None
+    # Every code the installed SDK's ResponseError knows is kept (none becomes _OTHER).
+    import typing
+
+    from openai.types.responses.response_error import ResponseError
+
+    for code in typing.get_args(ResponseError.model_fields["code"].annotation):
+        failure = in_band_failure(failed(code))
+        assert failure is not None and failure.code == code

@@ -22,8 +22,15 @@ from ._config import Config, load_config, mask_url
 from ._control import apply_action, default_actor, find_rollout
 from ._errors import BlueGreenError, ConfigError
 from ._exporters import ExporterError
-from ._rollout import Action, InvalidTransition, RolloutState, initial_state, revision_of
-from .stores import StoreUnavailable, StoreUnsupported, open_store
+from ._rollout import (
+    Action,
+    InvalidTransition,
+    RolloutState,
+    initial_state,
+    revision_of,
+    unusable,
+)
+from .stores import StoreUnavailable, StoreUnsupported, invalid_of, open_store
 
 __all__ = ["add_control_commands"]
 
@@ -67,13 +74,14 @@ def _state_rows(config: Config, window: float) -> tuple[list[dict[str, Any]], st
     finally:
         store.close()
     metrics, problem = _metrics(config, window)
-    invalid: dict[str, str] = getattr(stored, "invalid", None) or {}
+    invalid = invalid_of(stored)
     rows = []
     for rollout in config.rollouts:
         state = stored.get(rollout.name) or initial_state(rollout)
         # A state about another blue/green: apps with this config send that rollout to blue.
         other = bool(state.revision) and state.revision != revision_of(rollout)
-        unreadable = invalid.get(rollout.name)
+        unreadable = invalid.get(rollout.name) or (
+            None if other or rollout.name not in stored else unusable(rollout, state))
         rows.append({"name": rollout.name,
                      "phase": "unreadable" if unreadable else state.phase.value,
                      "step": None if unreadable else state.step,
@@ -109,7 +117,8 @@ def _notes(config: Config, rows: list[dict[str, Any]]) -> list[str]:
     for row in rows:
         if row.get("unreadable"):
             out.append(f"{row['name']}: {row['unreadable']}; apps keep the weight they last "
-                       "read, and no watcher decides for it until it is fixed")
+                       "read (blue in an app started since), and no watcher decides for it "
+                       "until it is fixed")
         elif row.get("other_candidate"):
             out.append(f"{row['name']}: the store's state is about another blue/green (revision "
                        f"{row['revision']}); apps with this config send it to blue until a "

@@ -97,11 +97,6 @@ _CANDIDATE_RE = re.compile(r"(?i:\b(?:bearer|basic)\s+\S+)|[A-Za-z0-9_\-]{8,}")
 _LONG_RUN_RE = re.compile(r"[A-Za-z0-9]{20,}")
 
 
-# Query parameters that carry a credential whatever their value looks like.
-_SECRET_PARAMS = frozenset({"key", "api_key", "apikey", "api-key", "token", "access_token",
-                            "password", "secret", "sig", "signature"})
-
-
 def looks_like_secret(value: str) -> bool:
     """Whether ``value`` looks like a credential rather than a name (a key prefix such as
     ``sk-``, an auth scheme such as ``Bearer``, or a long run mixing letters and digits)."""
@@ -211,15 +206,18 @@ class EnvironmentTarget(_Strict):
         if scheme is not None and "@" in value[scheme.end():].split("/", 1)[0]:
             raise ValueError(f"must not hold credentials (user:password@): name the key's "
                              f"variable in api_key_env (got {mask_url(value)!r})")
-        if not _URL_RE.match(value):
-            raise ValueError("must be an http:// or https:// URL with a host")
-        query = urllib.parse.urlsplit(value).query
+        # Before any other check: no error below may echo a key from the query.
+        query = value.split("?", 1)[1].split("#", 1)[0] if "?" in value else ""
         for name, item in urllib.parse.parse_qsl(query, keep_blank_values=True):
-            if looks_like_secret(item) or name.lower() in _SECRET_PARAMS:
+            if looks_like_secret(item) or _SECRET_HINT.search(name) \
+                    or name.lower() in ("sig", "signature"):
                 raise ValueError(
                     f"must not hold credentials (query parameter {name!r} looks like a key): "
                     f"name the key's variable in api_key_env "
                     f"(got {value.split('?', 1)[0] + '?' + name + '=***'!r})")
+        if not _URL_RE.match(value):
+            raise ValueError("must be an http:// or https:// URL with a host (an IPv6 host "
+                             "in brackets: http://[::1]:8000/v1)")
         problem = _url_problem(value)
         if problem is not None:
             raise ValueError(f"{problem} (got {value!r})")
@@ -530,6 +528,9 @@ class Config(_Strict):
             problem = _url_problem(value)
             if problem is not None:
                 raise ValueError(f"{problem} (got {mask_url(value)!r})")
+            from .sources.prometheus import _split_auth  # the source's own reading of it
+
+            _split_auth(value)  # ValueError: an '@' after the host, named with the fix
             return value
         raise ValueError("must be 'local' or a Prometheus URL such as http://prometheus:9090")
 

@@ -231,7 +231,8 @@ def _sync_wrapper(operation: str, original: Any, api_type: str | None) -> Callab
             except BaseException as exc:
                 _quietly(call.failed, exc)
                 raise
-            failed = error if error is not None else _failed_in_band(pending)
+            failed = error if error is not None or call.api_type != "responses" \
+                else _failed_in_band(pending)  # only Responses streams report in band
             if failed is not None and call.should_fall_back(failed):
                 _quietly(result.close)
                 call.switch_to_blue(failed, instance)
@@ -294,7 +295,8 @@ def _async_wrapper(operation: str, original: Any, api_type: str | None) -> Calla
             except BaseException as exc:
                 _quietly(call.failed, exc)
                 raise
-            failed = error if error is not None else _failed_in_band(pending)
+            failed = error if error is not None or call.api_type != "responses" \
+                else _failed_in_band(pending)  # only Responses streams report in band
             if failed is not None and call.should_fall_back(failed):
                 try:
                     await result.close()

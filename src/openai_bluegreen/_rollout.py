@@ -83,10 +83,10 @@ class HistoryEntry:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HistoryEntry:
-        return cls(float(data["at"]), str(data["action"]), str(data["actor"]),
+        return cls(_number(data["at"], "at"), str(data["action"]), str(data["actor"]),
                    str(data["reason"]), str(data["phase"]),
-                   None if data.get("step") is None else int(data["step"]),
-                   float(data["weight"]))
+                   None if data.get("step") is None else _integer(data["step"], "step", -1),
+                   _number(data["weight"], "weight", 0.0, 100.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +134,26 @@ class RolloutState:
                              else _number(data["step_started_at"], "step_started_at")),
             updated_at=_number(data.get("updated_at", 0.0), "updated_at"),
             version=_integer(data["version"], "version", 0),
-            history=tuple(HistoryEntry.from_dict(h) for h in data.get("history", ())),
+            history=_history(data.get("history") or ()),
             revision=str(data.get("revision") or ""),
             superseded=tuple(str(r) for r in data.get("superseded") or ()),
         )
+
+
+def _history(items: Any) -> tuple[HistoryEntry, ...]:
+    if not isinstance(items, (list, tuple)):
+        raise ValueError(f"history must be a list (got {type(items).__name__})")
+    out = []
+    for i, item in enumerate(items):
+        try:
+            if not isinstance(item, Mapping):
+                raise ValueError(f"not an object (got {type(item).__name__})")
+            out.append(HistoryEntry.from_dict(item))
+        except KeyError as exc:
+            raise ValueError(f"history[{i}]: missing field {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"history[{i}]: {exc}") from None
+    return tuple(out)
 
 
 def _number(value: Any, name: str, low: float = float("-inf"), high: float = float("inf")
@@ -153,6 +169,16 @@ def _integer(value: Any, name: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer >= {low} (got {value!r})")
     return value
+
+
+def unusable(rollout: Rollout, state: RolloutState) -> str | None:
+    """Why a stored state that parsed cannot be this rollout's (a step past its schedule), or
+    ``None``. The watcher decides nothing on such a state; ``status`` shows it unreadable."""
+    steps = rollout.schedule.steps if rollout.schedule is not None else []
+    if state.step is not None and state.step >= len(steps):
+        return (f"rollout {rollout.name!r}: the stored state is at step {state.step + 1}, but "
+                f"the schedule has {len(steps)}; fix or delete it")
+    return None
 
 
 def revision_of(rollout: Rollout) -> str:

@@ -192,6 +192,8 @@ def output_type(kwargs: dict[str, Any]) -> str | None:
     """``gen_ai.output.type`` when the request asks for an output format (semconv:
     conditionally required then): ``json`` for a JSON schema or JSON mode, or a pydantic model
     given to ``parse()``; ``text`` for an explicit text format."""
+    if "response_format" not in kwargs and "text" not in kwargs and "text_format" not in kwargs:
+        return None  # most calls: three lookups, nothing more
     fmt = kwargs.get("response_format")
     if fmt is None:  # Responses API: text.format, or parse()'s text_format
         text = kwargs.get("text")

@@ -25,16 +25,32 @@ _perf = time.perf_counter
 _LIFECYCLE = frozenset({"response.created", "response.in_progress", "response.queued"})
 _FAILED = frozenset({"response.failed", "error"})
 _NOT_FIRST = _LIFECYCLE | _FAILED
-# ResponseErrorCode in OpenAI's API spec: the codes a failed response reports. Any other value
-# (an OpenAI-compatible provider's own, possibly per request) is error.type ``_OTHER``, the
-# semantic conventions' fallback, so it cannot grow the metric's series.
-_KNOWN_CODES = frozenset({
-    "server_error", "rate_limit_exceeded", "invalid_prompt", "data_residency_mismatch",
-    "bio_policy", "vector_store_timeout", "invalid_image", "invalid_image_format",
-    "invalid_base64_image", "invalid_image_url", "image_too_large", "image_too_small",
-    "image_parse_error", "image_content_policy_violation", "invalid_image_mode",
-    "image_file_too_large", "unsupported_image_media_type", "empty_image_file",
-    "failed_to_download_image", "image_file_not_found"})
+
+
+def _known_codes() -> frozenset[str]:
+    """The codes a failed Responses response reports: those of the installed SDK's
+    ``ResponseError.code`` type, plus OpenAI's API spec's ``ResponseErrorCode`` (for an SDK
+    without the type). Any other value (an OpenAI-compatible provider's own, possibly one per
+    request) is error.type ``_OTHER``, the semantic conventions' fallback, so it cannot grow
+    the metric's series."""
+    spec = {"server_error", "rate_limit_exceeded", "invalid_prompt", "data_residency_mismatch",
+            "bio_policy", "vector_store_timeout", "invalid_image", "invalid_image_format",
+            "invalid_base64_image", "invalid_image_url", "image_too_large", "image_too_small",
+            "image_parse_error", "image_content_policy_violation", "invalid_image_mode",
+            "image_file_too_large", "unsupported_image_media_type", "empty_image_file",
+            "failed_to_download_image", "image_file_not_found"}
+    try:
+        import typing
+
+        from openai.types.responses.response_error import ResponseError
+
+        sdk = typing.get_args(ResponseError.model_fields["code"].annotation)
+    except Exception:  # an SDK without the Responses API
+        sdk = ()
+    return frozenset(spec | {c for c in sdk if isinstance(c, str)})
+
+
+_KNOWN_CODES = _known_codes()
 
 
 def in_band_failure(item: Any) -> StreamFailed | None:

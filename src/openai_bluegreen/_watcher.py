@@ -39,12 +39,13 @@ from ._rollout import (
     restarted,
     revision_of,
     transition,
+    unusable,
 )
 from ._version import __version__
 from .policy import Decision, Evidence, StepWindow, decide
 from .sources import CatchingUp, MetricSource, RolloutStats, Snapshot, SourceUnavailable
 from .sources.local import LocalSource
-from .stores import StateStore, StoreUnavailable, store_time
+from .stores import StateStore, StoreUnavailable, invalid_of, store_time
 
 __all__ = ["Watcher"]
 
@@ -138,15 +139,6 @@ def _instruments_for(meter_provider: metrics.MeterProvider | None,
                  else metrics.get_meter(T.SCOPE, __version__))
         made = cache[with_weight] = _ControllerInstruments(meter, with_weight)
     return made
-
-
-def _unusable(rollout: Rollout, state: RolloutState) -> str | None:
-    """Why a stored state that parsed cannot be this rollout's (a step past its schedule)."""
-    steps = rollout.schedule.steps if rollout.schedule is not None else []
-    if state.step is not None and state.step >= len(steps):
-        return (f"rollout {rollout.name!r}: the stored state is at step {state.step + 1}, but "
-                f"the schedule has {len(steps)}; fix or delete it")
-    return None
 
 
 class Watcher:
@@ -247,7 +239,7 @@ class Watcher:
                               kind="store")
             raise
         self._set_problem(None, kind="store")
-        invalid: dict[str, str] = getattr(stored, "invalid", None) or {}
+        invalid = invalid_of(stored)
         missing: dict[str, int | None] = {}
         bad = []
         unreadable = set()
@@ -257,7 +249,7 @@ class Watcher:
                 held = self._states.get(name)
                 why = invalid.get(name) or (
                     None if state is None or self._foreign(name, state)
-                    else _unusable(rollout, state))
+                    else unusable(rollout, state))
                 if why is not None:  # this one keeps its last weights; the others go on
                     bad.append(why)
                     unreadable.add(name)

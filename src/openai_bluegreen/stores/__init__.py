@@ -19,8 +19,8 @@ from typing import Any, Protocol, runtime_checkable
 from .._errors import BlueGreenError
 from .._rollout import RolloutState
 
-__all__ = ["StateStore", "StoreUnavailable", "StoreUnsupported", "StoredStates", "open_store",
-           "parse_stored", "store_time"]
+__all__ = ["StateStore", "StoreUnavailable", "StoreUnsupported", "StoredStates", "invalid_of",
+           "open_store", "parse_stored", "store_time"]
 
 
 class StoreUnavailable(BlueGreenError):
@@ -43,11 +43,22 @@ class StoredStates(dict[str, RolloutState]):
         self.invalid: dict[str, str] = dict(invalid or {})
 
 
+def invalid_of(stored: Mapping[str, RolloutState]) -> dict[str, str]:
+    """The unreadable values a ``load_all()`` answer names (none for a store that cannot
+    tell: a plain mapping)."""
+    return getattr(stored, "invalid", None) or {}
+
+
 def parse_stored(name: str, data: Any) -> RolloutState:
     """A stored value of rollout ``name`` (JSON text, or its decoded object) as a state; raises
     ``ValueError`` for one that is not a valid state of that rollout, saying why."""
     try:
-        state = RolloutState.from_dict(json.loads(data) if isinstance(data, str) else data)
+        decoded = json.loads(data) if isinstance(data, str) else data
+        if not isinstance(decoded, Mapping):
+            raise ValueError(f"not a JSON object (got {type(decoded).__name__})")
+        state = RolloutState.from_dict(decoded)
+    except RecursionError:  # nested past the parser's limit
+        raise ValueError("nested too deeply to be a state") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
                          ) from None

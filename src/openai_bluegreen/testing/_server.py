@@ -437,11 +437,7 @@ class SimulatedUpstream:
                                             "logprobs": None}]}
             yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop",
                                         "logprobs": None}]}
-            options = body.get("stream_options") or {}
-            if isinstance(options, dict) and options.get("include_usage"):
-                yield {**base, "choices": [], "usage": {
-                    "prompt_tokens": n_in, "completion_tokens": n_out,
-                    "total_tokens": n_in + n_out}}
+            yield from _usage_chunk(body, base, n_in, n_out)
             yield "[DONE]"
         elif route == "/completions":
             base = {"id": f"cmpl-{ident}", "object": "text_completion", "created": now,
@@ -451,11 +447,7 @@ class SimulatedUpstream:
                                             "finish_reason": None}]}
             yield {**base, "choices": [{"index": 0, "text": "", "logprobs": None,
                                         "finish_reason": "stop"}]}
-            options = body.get("stream_options") or {}
-            if isinstance(options, dict) and options.get("include_usage"):
-                yield {**base, "choices": [], "usage": {
-                    "prompt_tokens": n_in, "completion_tokens": n_out,
-                    "total_tokens": n_in + n_out}}
+            yield from _usage_chunk(body, base, n_in, n_out)
             yield "[DONE]"
         else:
             rid = self._response_id(ident)
@@ -521,6 +513,16 @@ class SimulatedUpstream:
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         return True
+
+
+def _usage_chunk(body: dict[str, Any], base: dict[str, Any], n_in: int, n_out: int
+                 ) -> Iterator[dict[str, Any]]:
+    """The last chunk of a chat or legacy completion stream, with the usage, when the request
+    asked for it (``stream_options.include_usage``)."""
+    options = body.get("stream_options") or {}
+    if isinstance(options, dict) and options.get("include_usage"):
+        yield {**base, "choices": [], "usage": {
+            "prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}}
 
 
 def _service_tier(body: dict[str, Any]) -> str:
