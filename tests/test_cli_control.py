@@ -19,6 +19,9 @@ from openai_bluegreen.testing import SimulatedUpstream
 from .conftest import BLUE_KEY, rollout_config
 
 SCHEDULE = {"steps": [10, 50, 100], "min_step_duration": "10m", "min_requests": 50}
+# The child processes get a bare environment (no credentials, no app settings), but import the
+# source under test, not whichever copy the interpreter has installed.
+BARE = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
 
 
 def _write_config(tmp_path: Path, green: SimulatedUpstream | None = None) -> Path:
@@ -36,7 +39,7 @@ def _write_config(tmp_path: Path, green: SimulatedUpstream | None = None) -> Pat
 
 def cli(config: Path, *args: str, actor: str = "alice", plain: bool = False
         ) -> subprocess.CompletedProcess[str]:
-    env = {"OPENAI_BLUEGREEN_ACTOR": actor, "PATH": "/usr/bin:/bin"}
+    env = {**BARE, "OPENAI_BLUEGREEN_ACTOR": actor}
     if plain:
         env["OPENAI_BLUEGREEN_PLAIN"] = "1"
     return subprocess.run(
@@ -120,7 +123,7 @@ def test_concurrent_cli_writers_lose_no_update(tmp_path: Path) -> None:
         [sys.executable, "-m", "openai_bluegreen", "set-weight", "chat-upgrade", str(i),
          "--reason", f"writer {i}", "--config", str(config)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={"PATH": "/usr/bin:/bin"}) for i in range(6)]
+        env=BARE) for i in range(6)]
     for proc in procs:
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
@@ -224,7 +227,7 @@ def test_a_store_that_cannot_be_used_here_is_a_config_error(tmp_path: Path) -> N
         [sys.executable, "-c", program, "pause", "chat-upgrade", "--reason", "x",
          "--config", str(path)],
         capture_output=True, text=True, timeout=60, check=False,
-        env={"OPENAI_BLUEGREEN_ACTOR": "alice", "PATH": "/usr/bin:/bin"})
+        env={**BARE, "OPENAI_BLUEGREEN_ACTOR": "alice"})
     assert done.returncode == 2, done
     assert "pip install 'openai-bluegreen[redis]'" in done.stderr
 

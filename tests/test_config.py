@@ -468,6 +468,8 @@ def test_ipv6_literals_are_hosts_in_every_url(monkeypatch: pytest.MonkeyPatch) -
     assert loaded.rollouts[0].green.base_url == "http://[::1]:8080/v1"
     with pytest.raises(ConfigError, match=r"rollouts\[0\]\.green\.base_url"):
         openai_bluegreen.load_config(with_change("green.base_url", "http://[::1/v1"))
+    with pytest.raises(ConfigError, match="must look like redis://"):  # the pattern alone
+        openai_bluegreen.load_config({**good(), "state": "redis://[::1/0"})
 
 
 @pytest.mark.parametrize("pasted", [SECRET, "gsk_SECRETabc123XYZdef456", "Bearer abcdef123456",
@@ -605,15 +607,18 @@ def test_a_local_source_the_app_gave_its_provider_is_the_one_the_watcher_reads(
     from openai_bluegreen.sources.local import LocalSource
 
     monkeypatch.setenv("GREEN_API_KEY", GREEN_KEY)
-    mine = LocalSource()
-    provider = MeterProvider(metric_readers=[mine])
-    try:
-        openai_bluegreen.install(scheduled(), meter_provider=provider)
-        watcher = openai_bluegreen._state.watcher
-        assert watcher is not None and watcher.source is mine  # not a second reader
-    finally:
-        openai_bluegreen.uninstall()
-        provider.shutdown()
+    for added_later in (False, True):  # given to the constructor, or added to the provider
+        mine = LocalSource()
+        provider = MeterProvider() if added_later else MeterProvider(metric_readers=[mine])
+        if added_later:
+            provider.add_metric_reader(mine)
+        try:
+            openai_bluegreen.install(scheduled(), meter_provider=provider)
+            watcher = openai_bluegreen._state.watcher
+            assert watcher is not None and watcher.source is mine  # not a second reader
+        finally:
+            openai_bluegreen.uninstall()
+            provider.shutdown()
 
 
 def test_a_runtime_weight_stays_through_a_reinstall_that_leaves_its_rollout_alone(

@@ -189,6 +189,17 @@ def test_a_reinstall_that_fails_building_its_watcher_leaves_the_running_one_in_c
         install(changed)
     assert openai_bluegreen._state.watcher is running
     _assert_gauge_shows_paused(telemetry)
+    # Onto a provider of its own: the reader the failed install attached is taken off again.
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    from openai_bluegreen.sources.local import LocalSource
+
+    fresh = MeterProvider()
+    with pytest.raises(RuntimeError, match="watcher construction failed"):
+        openai_bluegreen.install(changed, meter_provider=fresh)
+    assert not [r for r in _install._readers_of(fresh) if isinstance(r, LocalSource)]
+    assert openai_bluegreen._state.watcher is running
+    fresh.shutdown()
 
 
 def test_an_unreadable_state_at_install_fails_open_to_blue(
@@ -204,9 +215,13 @@ def test_an_unreadable_state_at_install_fails_open_to_blue(
     install({**rollout_config(green, schedule=SCHEDULE, analysis=ANALYSIS),
              "state": f"file://{tmp_path}/state.json"})
     assert "reading the state store failed" in caplog.text
+    assert openai_bluegreen.status()["installed"] and openai_bluegreen._state.watcher is not None
     client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
-    assert _drive(client, 0.5) > 5
-    assert not green.requests
+    _drive(client, 0.5)
+    assert blue.requests and not green.requests  # on blue meanwhile
+    monkeypatch.undo()  # the store reads again: the installed watcher starts the rollout
+    _drive(client, 10.0, until=lambda: bool(green.requests))
+    assert green.requests
 
 
 def test_a_redis_never_reached_keeps_every_call_on_blue_until_it_comes(
