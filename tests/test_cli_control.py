@@ -250,6 +250,53 @@ def test_status_shows_an_unreadable_stored_state_for_what_it_is(tmp_path: Path) 
     assert "fix or delete it" in row["unreadable"]
 
 
+def test_a_rollback_replaces_a_stored_value_that_is_not_a_state(tmp_path: Path) -> None:
+    """In an incident the way back to blue must not wait for someone to repair the store: a
+    rollback writes over an invalid value; every other action leaves it alone."""
+    config = _write_config(tmp_path)
+    for weight in ("10", "25"):
+        assert cli(config, "set-weight", "chat-upgrade", weight, "--reason", "eval"
+                   ).returncode == 0
+    state = tmp_path / "state.json"
+    data = json.loads(state.read_text())
+    data["rollouts"]["chat-upgrade"]["weight"] = 150.0  # no writer of ours stores that
+    state.write_text(json.dumps(data))
+    for action in (("pause",), ("resume",), ("promote",), ("set-weight", "chat-upgrade", "5")):
+        done = cli(config, action[0], *(action[1:] or ("chat-upgrade",)), "--reason", "x")
+        assert done.returncode == 1, done
+        assert "weight must be a finite number from 0 to 100 (got 150.0)" in done.stderr
+        assert "or roll the rollout back (which replaces it)" in done.stderr
+        assert json.loads(state.read_text()) == data  # left as it was
+    done = cli(config, "rollback", "chat-upgrade", "--reason", "incident 42", actor="carol")
+    assert done.returncode == 0, done.stderr
+    assert "rolled_back, green 0% (version 3)" in done.stdout  # past the bad value's 2
+    assert "the stored value was not a valid state; it was replaced" in done.stdout
+    row = _status(config)
+    assert (row["phase"], row["weight"], row["unreadable"]) == ("rolled_back", 0.0, None)
+    assert [(h["action"], h["actor"], h["reason"]) for h in row["history"]] == [
+        ("rollback", "carol",
+         "incident 42 (replaced a stored value that was not a valid state)")]
+    done = cli(config, "rollback", "chat-upgrade", "--reason", "again")
+    assert done.returncode == 1 and "it is already rolled back" in done.stderr, done
+
+
+def test_pause_and_resume_refuse_a_state_past_its_schedule(tmp_path: Path) -> None:
+    config = _write_config(tmp_path)
+    assert cli(config, "set-weight", "chat-upgrade", "50", "--reason", "eval").returncode == 0
+    state = tmp_path / "state.json"
+    data = json.loads(state.read_text())
+    data["rollouts"]["chat-upgrade"]["step"] = 7  # the schedule has 3 steps
+    state.write_text(json.dumps(data))
+    for action in ("resume", "pause"):
+        done = cli(config, action, "chat-upgrade", "--reason", "x")
+        assert done.returncode == 1, done
+        assert f"cannot {action}: rollout 'chat-upgrade': the stored state is at step 8" in \
+            done.stderr
+    assert json.loads(state.read_text()) == data
+    assert cli(config, "rollback", "chat-upgrade", "--reason", "x").returncode == 0
+    assert _status(config)["phase"] == "rolled_back"
+
+
 def test_status_shows_a_state_past_its_schedule_as_unreadable(tmp_path: Path) -> None:
     config = _write_config(tmp_path)
     assert cli(config, "set-weight", "chat-upgrade", "50", "--reason", "eval").returncode == 0

@@ -20,7 +20,7 @@ from openai_bluegreen import load_config
 from openai_bluegreen._control import apply_action
 from openai_bluegreen._rollout import Action, Phase, RolloutState, initial_state
 from openai_bluegreen._watcher import Watcher
-from openai_bluegreen.stores import StoreUnavailable, open_store
+from openai_bluegreen.stores import InvalidState, StoreUnavailable, open_store
 from openai_bluegreen.stores.redis import RedisStore
 from tests.services import RedisServer, redis_server
 
@@ -373,6 +373,51 @@ def test_a_bad_value_for_one_rollout_leaves_the_others_following(server: RedisSe
     assert watcher.problem is not None
     assert "'openai-bluegreen:state:a' is not a valid rollout state" in watcher.problem
     assert raw.get("openai-bluegreen:state:a") == b"{not json"  # left for a person to fix
+    watcher.stop()
+    _close(operator, watcher.store)
+    raw.close()
+
+
+def test_a_rollback_replaces_a_bad_value_and_every_app_follows(server: RedisServer) -> None:
+    """Getting the apps back to blue must not wait for someone to repair the key: a rollback
+    writes over a value that is not a state (a string or a key of another type), past the
+    version it names, only while the key still holds what was read."""
+    import redis
+
+    config, watcher, weights = _two_rollouts(server.url)
+    operator = open_store(server.url)
+    raw = redis.Redis.from_url(server.url)
+    key = "openai-bluegreen:state:a"
+    data = json.loads(raw.get(key) or b"")
+    raw.set(key, json.dumps({**data, "weight": 150.0, "version": 7}))
+    watcher.sync()
+    assert weights["a"] == 10.0 and watcher.problem is not None  # kept, and said why
+    with pytest.raises(InvalidState) as caught:
+        apply_action(operator, config.rollouts[0], Action.PAUSE, actor="oncall", reason="x")
+    assert "or roll the rollout back (which replaces it)" in str(caught.value)
+    seen = caught.value.seen
+    raw.set(key, raw.get(key) + b" ")  # changed since it was read: nothing is overwritten
+    assert not operator.replace_invalid(RolloutState("a", version=99), seen)
+    assert raw.get(key) == (seen + " ").encode()
+    state = apply_action(operator, config.rollouts[0], Action.ROLLBACK, actor="oncall",
+                         reason="incident")
+    assert (state.phase, state.weight, state.version) == (Phase.ROLLED_BACK, 0.0, 8)
+    assert state.history[-1].reason.startswith("incident (replaced a stored value")
+    watcher.sync()
+    assert weights == {"a": 0.0, "b": 10.0} and watcher.problem is None
+    assert operator.load("a") == state
+
+    raw.delete(key)
+    raw.hset(key, "weight", "25")  # a key of another type
+    with pytest.raises(InvalidState, match="it holds a hash, not a string"):
+        operator.load("a")
+    assert not operator.replace_invalid(RolloutState("a", version=1), "\0type:list")
+    assert raw.type(key) == b"hash"
+    state = apply_action(operator, config.rollouts[0], Action.ROLLBACK, actor="oncall",
+                         reason="incident")
+    assert (state.phase, state.version) == (Phase.ROLLED_BACK, 1)
+    assert operator.load("a") == state
+    assert not operator.replace_invalid(state, json.dumps(state.to_dict()))  # valid: refused
     watcher.stop()
     _close(operator, watcher.store)
     raw.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from openai_bluegreen._rollout import (
     RolloutState,
     initial_state,
 )
-from openai_bluegreen.stores import StateStore, StoreUnavailable, open_store
+from openai_bluegreen.stores import InvalidState, StateStore, StoreUnavailable, open_store
 from tests.services import redis_server
 
 CONFIG = {"rollouts": [{"name": "chat", "match": {"model": "m"}, "blue": {"model": "a"},
@@ -95,6 +96,35 @@ def test_file_store_never_overwrites_a_file_it_cannot_parse(tmp_path: Path) -> N
     with pytest.raises(StoreUnavailable, match=r"is not a valid state file.*left untouched"):
         apply_action(store, rollout, Action.PAUSE, actor="a", reason="")
     assert path.read_text(encoding="utf-8") == "{not json"
+
+
+def test_file_store_replaces_a_bad_entry_only_while_it_is_what_was_read(
+        tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    store = open_store(f"file://{path}")
+    rollout = load_config(CONFIG).rollouts[0]
+    apply_action(store, rollout, Action.PAUSE, actor="a", reason="x")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["rollouts"]["chat"]["weight"] = -1.0
+    data["rollouts"]["other"] = {"kept": True}
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(InvalidState) as caught:
+        store.load("chat")
+    assert caught.value.version == 1 and caught.value.rollout == "chat"
+    data["rollouts"]["chat"]["weight"] = -2.0  # someone else edited it since
+    path.write_text(json.dumps(data), encoding="utf-8")
+    assert not store.replace_invalid(RolloutState("chat", version=5), caught.value.seen)
+    assert json.loads(path.read_text(encoding="utf-8")) == data
+    state = apply_action(store, rollout, Action.ROLLBACK, actor="a", reason="incident")
+    assert state.version == 2 and store.load("chat") == state
+    assert json.loads(path.read_text(encoding="utf-8"))["rollouts"]["other"] == {"kept": True}
+
+
+def test_file_store_refuses_a_file_nested_past_the_parser(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text('{"rollouts": {}, "x": ' + "[" * 100_000, encoding="utf-8")
+    with pytest.raises(StoreUnavailable, match=r"nested too deeply.*left untouched"):
+        open_store(f"file://{path}").load_all()
 
 
 def test_file_store_reports_an_unwritable_location(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._config import Config, load_config, mask_url
-from ._control import apply_action, default_actor, find_rollout
+from ._control import REPLACED_NOTE, apply_action, default_actor, find_rollout
 from ._errors import BlueGreenError, ConfigError
 from ._exporters import ExporterError
 from ._rollout import (
@@ -299,6 +299,9 @@ def _act(action: Action) -> Callable[[argparse.Namespace], int]:
         else:
             print(f"{rollout.name}: {state.phase.value}, green {state.weight:g}% "
                   f"(version {state.version})")
+            if state.last is not None and state.last.reason.endswith(REPLACED_NOTE):
+                print(f"{rollout.name}: the stored value was not a valid state; it was "
+                      "replaced (its history is gone; the new entry says so)")
         return EXIT_OK
     return run
 

@@ -23,12 +23,15 @@ from ._rollout import (
     restarted,
     revision_of,
     transition,
+    unusable,
 )
-from .stores import StateStore, StoreUnavailable, store_time
+from .stores import InvalidState, StateStore, StoreUnavailable, store_time
 
 __all__ = ["apply_action", "default_actor", "find_rollout"]
 
 _ATTEMPTS = 50
+REPLACED_NOTE = " (replaced a stored value that was not a valid state)"
+"""Ends the reason of a rollback that wrote over an invalid stored value."""
 
 
 def default_actor(prefix: str = "") -> str:
@@ -63,6 +66,12 @@ def apply_action(store: StateStore, rollout: Rollout, action: Action, *, actor: 
     config's rollout starts over first (apps on the other config send that rollout to blue
     meanwhile).
 
+    A stored value that is not a valid state of the rollout (hand-edited, or written by
+    something else) is left as it is, except by a rollback: that writes a rolled-back state of
+    this config over it (past the version it names, if any), so getting the apps back to blue
+    never waits for a repair. Pause and resume are refused on a state whose step is past the
+    schedule (the watcher ignores it); promote and set-weight replace it like a rollback.
+
     Raises:
         InvalidTransition: The action does not apply to the rollout's phase.
         StoreUnavailable: The store cannot be read or written, or too many concurrent writers
@@ -79,9 +88,23 @@ def apply_action(store: StateStore, rollout: Rollout, action: Action, *, actor: 
     for attempt in range(_ATTEMPTS):
         if attempt:  # someone else wrote first: back off with jitter, then re-read
             time.sleep(random.uniform(0.0, min(0.2, 0.002 * 2 ** min(attempt, 7))))
-        stored = store.load(rollout.name)
+        try:
+            stored = store.load(rollout.name)
+        except InvalidState as exc:
+            if action is not Action.ROLLBACK:
+                raise
+            at = store_time(store) if now is None else now
+            new = transition(rollout, replace(initial_state(rollout), version=exc.version or 0),
+                             action, at, actor=actor,
+                             reason=f"{reason}{REPLACED_NOTE}")
+            if store.replace_invalid(new, exc.seen):
+                return new
+            continue
         at = store_time(store) if now is None else now
         base = stored if stored is not None else initial_state(rollout)
+        why = None if stored is None else unusable(rollout, stored)
+        if why and action in (Action.PAUSE, Action.RESUME):
+            raise InvalidTransition(f"cannot {action.value}: {why}")
         if stored is not None and stored.revision and stored.revision != revision:
             if action is Action.ROLLBACK:
                 pass  # roll back what the apps run, under its own revision, always

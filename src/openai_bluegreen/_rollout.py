@@ -171,13 +171,17 @@ def _integer(value: Any, name: str, low: int) -> int:
     return value
 
 
+REPAIR_HINT = "fix or delete it, or roll the rollout back (which replaces it)"
+"""What an operator can do about a stored value that is not a usable state."""
+
+
 def unusable(rollout: Rollout, state: RolloutState) -> str | None:
     """Why a stored state that parsed cannot be this rollout's (a step past its schedule), or
     ``None``. The watcher decides nothing on such a state; ``status`` shows it unreadable."""
     steps = rollout.schedule.steps if rollout.schedule is not None else []
     if state.step is not None and state.step >= len(steps):
         return (f"rollout {rollout.name!r}: the stored state is at step {state.step + 1}, but "
-                f"the schedule has {len(steps)}; fix or delete it")
+                f"the schedule has {len(steps)}; {REPAIR_HINT}")
     return None
 
 

@@ -19,8 +19,8 @@ from typing import Any, Protocol, runtime_checkable
 from .._errors import BlueGreenError
 from .._rollout import RolloutState
 
-__all__ = ["StateStore", "StoreUnavailable", "StoreUnsupported", "StoredStates", "invalid_of",
-           "open_store", "parse_stored", "store_time"]
+__all__ = ["InvalidState", "StateStore", "StoreUnavailable", "StoreUnsupported", "StoredStates",
+           "invalid_of", "open_store", "parse_stored", "store_time"]
 
 
 class StoreUnavailable(BlueGreenError):
@@ -30,6 +30,34 @@ class StoreUnavailable(BlueGreenError):
 class StoreUnsupported(StoreUnavailable):
     """The state store cannot be used here at all (a missing package, an unknown scheme): a
     configuration problem, not an outage."""
+
+
+class InvalidState(StoreUnavailable):
+    """A rollout's stored value is not a valid state of it (``load()``). The value is left as
+    it is; only :meth:`StateStore.replace_invalid` with :attr:`seen` overwrites it, and only
+    while it is still that value.
+
+    Attributes:
+        rollout: The rollout whose value it is.
+        seen: The stored value as the store found it (its text; for a Redis key of another
+            type, that type's name), for ``replace_invalid``.
+        version: The ``version`` the value names, where it names an integer one, else ``None``:
+            a replacement is written past it, so readers holding that version follow it.
+    """
+
+    def __init__(self, message: str, *, rollout: str, seen: str) -> None:
+        super().__init__(message)
+        self.rollout = rollout
+        self.seen = seen
+        self.version = _version_in(seen)
+
+
+def _version_in(seen: str) -> int | None:
+    try:
+        version = json.loads(seen).get("version")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return version if type(version) is int and version >= 0 else None
 
 
 class StoredStates(dict[str, RolloutState]):
@@ -108,6 +136,19 @@ class StateStore(Protocol):
 
         Returns:
             Whether the write happened (``False``: someone else wrote first; re-read).
+
+        Raises:
+            StoreUnavailable: The store cannot be written.
+        """
+        ...
+
+    def replace_invalid(self, state: RolloutState, seen: str) -> bool:
+        """Store ``state`` over its rollout's invalid value, if the stored value is still
+        ``seen`` (:attr:`InvalidState.seen`). A rollback uses it: getting every app back to
+        blue never waits for someone to repair the stored value.
+
+        Returns:
+            Whether the write happened (``False``: the value changed since it was read).
 
         Raises:
             StoreUnavailable: The store cannot be written.

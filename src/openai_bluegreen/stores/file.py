@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .._rollout import RolloutState
-from . import StoredStates, StoreUnavailable, parse_stored
+from .._rollout import REPAIR_HINT, RolloutState
+from . import InvalidState, StoredStates, StoreUnavailable, parse_stored
 
 __all__ = ["LOCK_TIMEOUT", "FileStore"]
 
@@ -64,6 +64,10 @@ class FileStore:
             data = json.loads(text)
             if not isinstance(data, dict) or not isinstance(data.get("rollouts"), dict):
                 raise ValueError("no 'rollouts' mapping")
+        except RecursionError:
+            raise StoreUnavailable(
+                f"state file {str(self.path)!r} is not a valid state file (nested too deeply); "
+                "it is left untouched: fix or move it") from None
         except ValueError as exc:
             raise StoreUnavailable(
                 f"state file {str(self.path)!r} is not a valid state file ({exc}); it is left "
@@ -72,13 +76,13 @@ class FileStore:
 
     def _invalid(self, name: str, why: object) -> str:
         return (f"state file {str(self.path)!r}: rollout {name!r} is not a valid state ({why}); "
-                "it is left untouched: fix or delete it")
+                f"it is left untouched: {REPAIR_HINT}")
 
     def _parse(self, name: str, raw: Any) -> RolloutState:
         try:
             return parse_stored(name, raw)
         except ValueError as exc:
-            raise StoreUnavailable(self._invalid(name, exc)) from None
+            raise InvalidState(self._invalid(name, exc), rollout=name, seen=_text(raw)) from None
 
     def load(self, rollout: str) -> RolloutState | None:
         raw = self._read()["rollouts"].get(rollout)
@@ -145,6 +149,17 @@ class FileStore:
             self._write(data)
             return True
 
+    def replace_invalid(self, state: RolloutState, seen: str) -> bool:
+        with self._locked():
+            data = self._read()
+            current = data["rollouts"].get(state.rollout)
+            if current is None or _text(current) != seen:
+                return False
+            data["rollouts"][state.rollout] = state.to_dict()
+            data["format"] = _FORMAT
+            self._write(data)
+            return True
+
     def _write(self, data: dict[str, Any]) -> None:
         try:
             fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp",
@@ -190,3 +205,8 @@ class FileStore:
 
     def close(self) -> None:
         """Nothing held between calls."""
+
+
+def _text(raw: Any) -> str:
+    """A rollout's entry in the file as text, the same for the same entry on every read."""
+    return json.dumps(raw, sort_keys=True, separators=(",", ":"))

@@ -33,6 +33,10 @@ class MemoryStore:
             self._states[state.rollout] = state
             return True
 
+    def replace_invalid(self, state: RolloutState, seen: str) -> bool:
+        """A memory store holds only states this package made: never an invalid one."""
+        return False
+
     def acquire_lease(self, holder: str, ttl: float) -> bool:
         """One process: the lease is always this process's."""
         return True

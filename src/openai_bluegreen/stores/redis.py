@@ -32,8 +32,8 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.retry import Retry
 
 from .._config import mask_url
-from .._rollout import RolloutState
-from . import StoredStates, StoreUnavailable, parse_stored
+from .._rollout import REPAIR_HINT, RolloutState
+from . import InvalidState, StoredStates, StoreUnavailable, parse_stored
 
 __all__ = ["RedisStore"]
 
@@ -60,6 +60,25 @@ redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[3])
 return 1
 """
+
+# KEYS: state key, rollout-name set. ARGV: the invalid value seen (its text, or for a key of
+# another type _OTHER_TYPE + the type's name), JSON, rollout, channel. Returns 1 written, 0 the
+# key holds something else now.
+_REPLACE = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'string' then
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+elseif kind == 'none' or ARGV[1] ~= '\\0type:' .. kind then
+  return 0
+else
+  redis.call('DEL', KEYS[1])
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[3])
+return 1
+"""
+_OTHER_TYPE = "\0type:"
 
 # KEYS: lease key. ARGV: holder, ttl in ms.
 _ACQUIRE = """
@@ -212,6 +231,7 @@ class RedisStore:
         self._index_key = f"{namespace}:rollouts"
         self._channel = f"{namespace}:changes"
         self._cas = self._client.register_script(_CAS)
+        self._replace = self._client.register_script(_REPLACE)
         self._acquire = self._client.register_script(_ACQUIRE)
         self._release = self._client.register_script(_RELEASE)
         self._lock = threading.Lock()
@@ -246,21 +266,33 @@ class RedisStore:
 
     def _invalid(self, rollout: str, why: object) -> str:
         return (f"Redis at {self.url}: key {self._key(rollout)!r} is not a valid rollout state "
-                f"({why}); it is left untouched: fix or delete it")
+                f"({why}); it is left untouched: {REPAIR_HINT}")
 
-    def _parse(self, rollout: str, raw: str) -> RolloutState:
-        try:
-            return parse_stored(rollout, raw)
-        except ValueError as exc:
-            raise StoreUnavailable(self._invalid(rollout, exc)) from None
+    def _other_type(self, rollout: str, kind: str) -> InvalidState:
+        return InvalidState(self._invalid(rollout, f"it holds a {kind}, not a string"),
+                            rollout=rollout, seen=_OTHER_TYPE + kind)
 
     # -- StateStore ----------------------------------------------------------------------
     def load(self, rollout: str) -> RolloutState | None:
+        key = self._key(rollout)
         try:
-            raw = cast("str | None", self._client.get(self._key(rollout)))
+            raw = cast("str | None", self._client.get(key))
+        except ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise self._unavailable(exc, f"reading rollout {rollout!r}") from None
+            try:
+                kind = cast("str", self._client.type(key))
+            except RedisError as again:
+                raise self._unavailable(again, f"reading rollout {rollout!r}") from None
+            raise self._other_type(rollout, kind) from None
         except RedisError as exc:
             raise self._unavailable(exc, f"reading rollout {rollout!r}") from None
-        return None if raw is None else self._parse(rollout, raw)
+        if raw is None:
+            return None
+        try:
+            return parse_stored(rollout, raw)
+        except ValueError as exc:
+            raise InvalidState(self._invalid(rollout, exc), rollout=rollout, seen=raw) from None
 
     def load_all(self) -> StoredStates:
         try:
@@ -277,7 +309,7 @@ class RedisStore:
         out = StoredStates()
         for name, kind in zip(absent, types, strict=True):
             if kind != "none":
-                out.invalid[name] = self._invalid(name, f"it holds a {kind}, not a string")
+                out.invalid[name] = str(self._other_type(name, kind))
         for name, raw in zip(names, raws, strict=True):
             if raw is None:
                 continue
@@ -298,7 +330,16 @@ class RedisStore:
         if int(result) < 0:
             raise StoreUnavailable(
                 f"Redis at {self.url}: key {self._key(state.rollout)!r} is not a valid rollout "
-                "state; it is left untouched: fix or delete it")
+                f"state; it is left untouched: {REPAIR_HINT}")
+        return int(result) == 1
+
+    def replace_invalid(self, state: RolloutState, seen: str) -> bool:
+        data = json.dumps(state.to_dict(), separators=(",", ":"), sort_keys=True)
+        try:
+            result = self._replace(keys=[self._key(state.rollout), self._index_key],
+                                   args=[seen, data, state.rollout, self._channel])
+        except RedisError as exc:
+            raise self._unavailable(exc, f"writing rollout {state.rollout!r}") from None
         return int(result) == 1
 
     def server_time(self) -> float:
