@@ -10,6 +10,7 @@ import openai
 import pytest
 from openai.types.responses import Response
 
+import openai_bluegreen
 from openai_bluegreen._router import infer_provider
 from openai_bluegreen._telemetry import describe_response
 from openai_bluegreen.testing import SimulatedUpstream
@@ -300,6 +301,60 @@ def test_responses_api_service_tier_is_on_the_span(
     assert plain["openai.request.service_tier"] == "priority"
     assert streamed["openai.response.service_tier"] == "default"
     assert "openai.response.system_fingerprint" not in plain  # Responses have none
+
+
+CACHE_READ = "gen_ai.usage.cache_read.input_tokens"
+REASONING = "gen_ai.usage.reasoning.output_tokens"
+
+
+def test_cached_and_reasoning_tokens_are_on_the_span_as_the_provider_reported_them(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    """What a blue/green comparison of cost needs: prompt-cache hits and reasoning tokens, from
+    chat's and the Responses API's usage details, streamed or not, sync or async."""
+    import asyncio
+
+    green.configure(input_tokens=40, cached_tokens=32, output_tokens=8, reasoning_tokens=5)
+    blue.configure(input_tokens=40)  # no cache hit, no reasoning: zeros, as OpenAI reports
+    install(rollout_config(green, weight=0))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    usage = {"stream_options": {"include_usage": True}}
+
+    def calls() -> None:
+        with openai_bluegreen.force("green"):
+            client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+            for _ in client.chat.completions.create(model="gpt-4.1", messages=MSGS,
+                                                    stream=True, **usage):
+                pass
+            client.responses.create(model="gpt-4.1", input="hi")
+            for _ in client.responses.create(model="gpt-4.1", input="hi", stream=True):
+                pass
+            client.completions.create(model="gpt-4.1", prompt="hi")
+            client.embeddings.create(model="gpt-4.1", input="hi")
+        client.chat.completions.create(model="gpt-4.1", messages=MSGS)  # blue
+        for _ in client.chat.completions.create(model="gpt-4.1", messages=MSGS, stream=True):
+            pass  # no include_usage: no usage at all
+
+    async def async_calls() -> None:
+        aclient = openai.AsyncOpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+        with openai_bluegreen.force("green"):
+            await aclient.chat.completions.create(model="gpt-4.1", messages=MSGS)
+            async for _ in await aclient.responses.create(model="gpt-4.1", input="hi",
+                                                          stream=True):
+                pass
+        await aclient.close()
+
+    calls()
+    asyncio.run(async_calls())
+    got = [(s.name, (s.attributes or {}).get(CACHE_READ), (s.attributes or {}).get(REASONING))
+           for s in telemetry.spans()]
+    assert got == [
+        ("chat green-model", 32, 5), ("chat green-model", 32, 5),
+        ("chat green-model", 32, 5), ("chat green-model", 32, 5),
+        ("text_completion green-model", None, None), ("embeddings green-model", None, None),
+        ("chat blue-model", 0, 0), ("chat blue-model", None, None),
+        ("chat green-model", 32, 5), ("chat green-model", 32, 5),
+    ]
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -190,27 +190,27 @@ class Call:
         """The call is over for the caller: queue its telemetry for the worker."""
         attrs = self.lane.request_attrs(self.kwargs, self.api_type)  # as the answering lane sent
         self.kwargs = _DONE  # the request (messages and all) need not outlive the call
-        response_id, response_model, reasons, in_tokens, out_tokens, tier, fingerprint = \
-            described
+        (response_id, response_model, reasons, in_tokens, out_tokens, tier, fingerprint,
+         details) = described
         if response_id is not None and self.api_type == "responses" and etype is None:
             self.rollout.remember_response(response_id, self.lane.env)
         content = None if self.text is None and self.output is None else (
             *(self.text or (None, None)), self.output)
         # 16 arguments: a record stays within _worker.MAX_RECORD items (see there).
-        _worker.submit(_emit, self.router, self.lane, self.parent, self.span_start_ns,
+        _worker.submit(_emit, self.lane, self.parent, self.span_start_ns,
                        self.start_ns, end - self.start, etype, self.fallback,
                        response_id, response_model, T.shared((reasons, tier, fingerprint)),
-                       in_tokens, out_tokens, attrs, self.ttfc, content)
+                       in_tokens, out_tokens, details, attrs, self.ttfc, content)
 
 
-def _emit(router: Router, lane: Lane, parent: context.Context, span_start_ns: int,
+def _emit(lane: Lane, parent: context.Context, span_start_ns: int,
           start_ns: int, elapsed: float, etype: str | None,
           fallback: tuple[str, str, float, int] | None,
           response_id: str | None, response_model: str | None,
           outcome: tuple[tuple[str, ...], str | None, str | None],
-          in_tokens: int | None, out_tokens: int | None, base_attrs: dict[str, Any],
-          ttfc: float | None, content: tuple[str | None, str | None, str | None] | None
-          ) -> None:
+          in_tokens: int | None, out_tokens: int | None, details: T.Details | None,
+          base_attrs: dict[str, Any], ttfc: float | None,
+          content: tuple[str | None, str | None, str | None] | None) -> None:
     """Run by the worker: record duration and usage; emit the span.
 
     The span is started and ended here, with every attribute given at start (samplers see them
@@ -219,6 +219,7 @@ def _emit(router: Router, lane: Lane, parent: context.Context, span_start_ns: in
     the answering attempt's (``start_ns`` is when that attempt began). ``outcome`` is the
     shared tuple of finish reasons, service tier and system fingerprint.
     """
+    router = lane.router
     instruments = router.instruments
     reasons, tier, fingerprint = outcome
     duration_attrs, in_attrs, out_attrs = lane.response_attrs(response_model)
@@ -246,6 +247,12 @@ def _emit(router: Router, lane: Lane, parent: context.Context, span_start_ns: in
     if out_tokens is not None:
         attrs[T.OUTPUT_TOKENS] = out_tokens
         instruments.tokens.record(out_tokens, out_attrs)
+    if details is not None:
+        cached, reasoning = details
+        if cached is not None:
+            attrs[T.CACHE_READ_TOKENS] = cached
+        if reasoning is not None:
+            attrs[T.REASONING_TOKENS] = reasoning
     if ttfc is not None:
         attrs[T.RESPONSE_TTFC] = ttfc
     messages: dict[str, Any] = {}

@@ -226,11 +226,14 @@ class Lane:
 
     __slots__ = ("_models_seen", "_omit", "_request_attrs", "_response_attrs", "_sent_headers",
                  "client", "env", "error_attrs", "headers", "metric_attrs", "model", "omit_auth",
-                 "params", "resources", "rollout", "span_attrs", "span_name", "token_attrs")
+                 "params", "resources", "rollout", "router", "span_attrs", "span_name",
+                 "token_attrs")
 
-    def __init__(self, rollout: RolloutRuntime, env: Environment, operation: str,
-                 requested_model: str, caller_client: Any, own_client: Any | None) -> None:
+    def __init__(self, router: Router, rollout: RolloutRuntime, env: Environment,
+                 operation: str, requested_model: str, caller_client: Any,
+                 own_client: Any | None) -> None:
         target = rollout.green if env == "green" else rollout.blue
+        self.router = router  # whose instruments and tracer record the lane's calls
         self.rollout = rollout
         self.env = env
         self.model = target.model
@@ -478,7 +481,7 @@ class Router:
             per_client = self._lanes.setdefault(client, {})
             lane = per_client.get(key)
             if lane is None:
-                lane = Lane(rollout, env, operation, requested_model, client,
+                lane = Lane(self, rollout, env, operation, requested_model, client,
                             self._own_client(client, rollout, env, pinned))
                 per_client[key] = lane
             return lane

@@ -71,8 +71,8 @@ def in_band_failure(item: Any) -> StreamFailed | None:
 class _Accumulated:
     """What the chunks seen so far say about the response."""
 
-    __slots__ = ("fingerprint", "in_tokens", "model", "out_tokens", "output", "reasons",
-                 "response_id", "texts", "tier")
+    __slots__ = ("details", "fingerprint", "in_tokens", "model", "out_tokens", "output",
+                 "reasons", "response_id", "texts", "tier")
 
     def __init__(self) -> None:
         # opt-in capture: choice -> [text pieces, finish reason, {call index: [id, name, args]}]
@@ -85,11 +85,12 @@ class _Accumulated:
         self.out_tokens: int | None = None
         self.tier: str | None = None
         self.fingerprint: str | None = None
+        self.details: T.Details | None = None
 
     def observe(self, item: Any) -> None:
         response = getattr(item, "response", None)
         source = response if response is not None and hasattr(item, "type") else item
-        response_id, model, reasons, in_tokens, out_tokens, tier, fingerprint = \
+        response_id, model, reasons, in_tokens, out_tokens, tier, fingerprint, details = \
             T.describe_response(source)
         if response_id is not None:
             self.response_id = response_id
@@ -106,6 +107,8 @@ class _Accumulated:
             self.tier = tier
         if fingerprint is not None:
             self.fingerprint = fingerprint
+        if details is not None:
+            self.details = details
 
     def capture(self, item: Any) -> None:
         """Opt-in content capture: keep the answer's text as it streams."""
@@ -153,7 +156,7 @@ class _Accumulated:
 
     def described(self) -> T.Described:
         return (self.response_id, self.model, self.reasons, self.in_tokens, self.out_tokens,
-                self.tier, self.fingerprint)
+                self.tier, self.fingerprint, self.details)
 
 
 def _escaped(exc: BaseException | None) -> BaseException | None:

@@ -32,6 +32,8 @@ RESPONSE_ID = "gen_ai.response.id"
 FINISH_REASONS = "gen_ai.response.finish_reasons"
 INPUT_TOKENS = "gen_ai.usage.input_tokens"
 OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+CACHE_READ_TOKENS = "gen_ai.usage.cache_read.input_tokens"
+REASONING_TOKENS = "gen_ai.usage.reasoning.output_tokens"
 TOKEN_TYPE = "gen_ai.token.type"
 INPUT_MESSAGES = "gen_ai.input.messages"
 OUTPUT_MESSAGES = "gen_ai.output.messages"
@@ -212,11 +214,13 @@ def _first_not_none(obj: Any, *names: str) -> Any:
     return None
 
 
+Details = tuple[int | None, int | None]
+"""``(cache_read_input_tokens, reasoning_output_tokens)`` of a response's usage."""
 Described = tuple[str | None, str | None, tuple[str, ...], int | None, int | None, str | None,
-                  str | None]
+                  str | None, Details | None]
 """``(id, model, finish_reasons, input_tokens, output_tokens, service_tier,
-system_fingerprint)`` of a response."""
-NOTHING: Described = (None, None, (), None, None, None, None)
+system_fingerprint, details)`` of a response; ``details`` is ``None`` when its usage has none."""
+NOTHING: Described = (None, None, (), None, None, None, None, None)
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -241,10 +245,11 @@ def describe_response(obj: Any) -> Described:
         if isinstance(status, str):
             reasons = _responses_finish_reasons(obj, status)
     usage = getattr(obj, "usage", None)
-    in_tokens = out_tokens = None
+    in_tokens = out_tokens = details = None
     if usage is not None:
         in_tokens = _first_not_none(usage, "prompt_tokens", "input_tokens")
         out_tokens = _first_not_none(usage, "completion_tokens", "output_tokens")
+        details = _details(usage)
     return (
         _str_or_none(response_id),
         _str_or_none(model),
@@ -253,7 +258,38 @@ def describe_response(obj: Any) -> Described:
         out_tokens if isinstance(out_tokens, int) else None,
         _str_or_none(getattr(obj, "service_tier", None)),
         _str_or_none(getattr(obj, "system_fingerprint", None)),
+        details,
     )
+
+
+_NO_DETAILS: dict[Details, Details] = {
+    (a, b): (a, b) for a in (None, 0) for b in (None, 0)}
+
+
+def _details(usage: Any) -> Details | None:
+    """Cached input and reasoning output tokens: chat's ``prompt_tokens_details`` /
+    ``completion_tokens_details``, the Responses API's ``input_tokens_details`` /
+    ``output_tokens_details``. Read from the model's fields (``__dict__``): a usage without
+    them (embeddings, legacy completions) costs no failed attribute lookup."""
+    fields = getattr(usage, "__dict__", None)
+    if not fields:
+        return None
+    inputs = fields.get("prompt_tokens_details") or fields.get("input_tokens_details")
+    outputs = fields.get("completion_tokens_details") or fields.get("output_tokens_details")
+    if inputs is None and outputs is None:
+        return None
+    cached, reasoning = _count(inputs, "cached_tokens"), _count(outputs, "reasoning_tokens")
+    if cached is None and reasoning is None:
+        return None
+    details = (cached, reasoning)
+    # The usual answer (no cache hit, no reasoning): one shared tuple, not one per call
+    # waiting in the telemetry queue.
+    return _NO_DETAILS.get(details, details)
+
+
+def _count(details: Any, name: str) -> int | None:
+    found = None if details is None else getattr(details, name, None)
+    return found if type(found) is int else None
 
 
 # Responses API: why an ``incomplete`` response stopped, as a chat-style finish reason.

@@ -365,8 +365,7 @@ class SimulatedUpstream:
                     "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
                                  "message": {"role": "assistant", "content": text,
                                              "refusal": None}}],
-                    "usage": {"prompt_tokens": n_in, "completion_tokens": n_out,
-                              "total_tokens": n_in + n_out}}
+                    "usage": _chat_usage(settings, n_in, n_out)}
         if route == "/completions":
             return {"id": f"cmpl-{ident}", "object": "text_completion", "created": now,
                     "model": model, "choices": [{"index": 0, "text": text, "logprobs": None,
@@ -389,7 +388,7 @@ class SimulatedUpstream:
             return {"object": "list", "data": data, "model": model,
                     "usage": {"prompt_tokens": n_in, "total_tokens": n_in}}
         return self._response_object(self._response_id(ident), model, text, n_in, n_out,
-                                     "completed", now, _service_tier(body))
+                                     "completed", now, _service_tier(body), settings)
 
     def _response_id(self, ident: int) -> str:
         rid = f"resp_{self._id_prefix}{ident:06d}"
@@ -400,7 +399,8 @@ class SimulatedUpstream:
 
     @staticmethod
     def _response_object(ident: str, model: str, text: str | None, n_in: int, n_out: int,
-                         status: str, now: int, tier: str) -> dict[str, Any]:
+                         status: str, now: int, tier: str, settings: UpstreamSettings
+                         ) -> dict[str, Any]:
         output = [] if text is None else [{
             "type": "message", "id": f"msg_{ident}", "status": "completed", "role": "assistant",
             "content": [{"type": "output_text", "text": text, "annotations": []}]}]
@@ -411,8 +411,10 @@ class SimulatedUpstream:
                 "usage": None if text is None else {
                     "input_tokens": n_in, "output_tokens": n_out,
                     "total_tokens": n_in + n_out,
-                    "input_tokens_details": {"cached_tokens": 0},
-                    "output_tokens_details": {"reasoning_tokens": 0}}}
+                    "input_tokens_details": {
+                        "cached_tokens": min(settings.cached_tokens, n_in)},
+                    "output_tokens_details": {
+                        "reasoning_tokens": min(settings.reasoning_tokens, n_out)}}}
 
     def _events(self, route: str, body: dict[str, Any], settings: UpstreamSettings,
                 fail: bool = False) -> Iterator[dict[str, Any] | str]:
@@ -437,7 +439,7 @@ class SimulatedUpstream:
                                             "logprobs": None}]}
             yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop",
                                         "logprobs": None}]}
-            yield from _usage_chunk(body, base, n_in, n_out)
+            yield from _usage_chunk(body, base, _chat_usage(settings, n_in, n_out))
             yield "[DONE]"
         elif route == "/completions":
             base = {"id": f"cmpl-{ident}", "object": "text_completion", "created": now,
@@ -447,14 +449,15 @@ class SimulatedUpstream:
                                             "finish_reason": None}]}
             yield {**base, "choices": [{"index": 0, "text": "", "logprobs": None,
                                         "finish_reason": "stop"}]}
-            yield from _usage_chunk(body, base, n_in, n_out)
+            yield from _usage_chunk(body, base, {"prompt_tokens": n_in, "completion_tokens": n_out,
+                                                 "total_tokens": n_in + n_out})
             yield "[DONE]"
         else:
             rid = self._response_id(ident)
             mid = f"msg_{rid}"
             seq = itertools.count()
             pending = self._response_object(rid, model, None, n_in, n_out, "in_progress", now,
-                                            _service_tier(body))
+                                            _service_tier(body), settings)
             yield {"type": "response.created", "sequence_number": next(seq), "response": pending}
             yield {"type": "response.in_progress", "sequence_number": next(seq),
                    "response": pending}
@@ -485,7 +488,7 @@ class SimulatedUpstream:
             yield {"type": "response.output_item.done", "sequence_number": next(seq),
                    "output_index": 0, "item": {**item, "status": "completed", "content": [part]}}
             done = self._response_object(rid, model, text, n_in, n_out, "completed", now,
-                                         _service_tier(body))
+                                         _service_tier(body), settings)
             yield {"type": "response.completed", "sequence_number": next(seq), "response": done}
 
     async def _stream(self, route: str, body: dict[str, Any], settings: UpstreamSettings,
@@ -515,14 +518,23 @@ class SimulatedUpstream:
         return True
 
 
-def _usage_chunk(body: dict[str, Any], base: dict[str, Any], n_in: int, n_out: int
+def _chat_usage(settings: UpstreamSettings, n_in: int, n_out: int) -> dict[str, Any]:
+    """A chat completion's usage, with its details as OpenAI reports them."""
+    return {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out,
+            "prompt_tokens_details": {"cached_tokens": min(settings.cached_tokens, n_in),
+                                      "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": min(settings.reasoning_tokens, n_out), "audio_tokens": 0,
+                "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+
+
+def _usage_chunk(body: dict[str, Any], base: dict[str, Any], usage: dict[str, Any]
                  ) -> Iterator[dict[str, Any]]:
     """The last chunk of a chat or legacy completion stream, with the usage, when the request
     asked for it (``stream_options.include_usage``)."""
     options = body.get("stream_options") or {}
     if isinstance(options, dict) and options.get("include_usage"):
-        yield {**base, "choices": [], "usage": {
-            "prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}}
+        yield {**base, "choices": [], "usage": usage}
 
 
 def _service_tier(body: dict[str, Any]) -> str:

@@ -22,6 +22,10 @@ class UpstreamSettings:
         output_tokens: Completion tokens per answer (streamed answers send one chunk per token,
             up to ``max_stream_chunks``).
         input_tokens: Prompt tokens reported; ``None`` estimates them from the request size.
+        cached_tokens: Of the prompt tokens, how many came from the provider's prompt cache
+            (``cached_tokens`` in chat and Responses usage details; at most the prompt's).
+        reasoning_tokens: Of the completion tokens, how many were reasoning (``reasoning_tokens``
+            in chat and Responses usage details; at most ``output_tokens``).
         error_rates: Probability of answering with each HTTP status, e.g. ``{503: 0.05}``.
         stall_rate: Probability of never answering in time (holds the request ``stall_seconds``),
             which a client with a shorter timeout sees as a timeout.
@@ -45,6 +49,8 @@ class UpstreamSettings:
     chunk_interval: float = 0.0
     output_tokens: int = 8
     input_tokens: int | None = None
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
     error_rates: Mapping[int, float] = field(default_factory=dict)
     stall_rate: float = 0.0
     stall_seconds: float = 30.0
@@ -74,6 +80,9 @@ class UpstreamSettings:
             problems.append("error_rates must add up to at most 1")
         if self.rate_limit_rps is not None and self.rate_limit_rps <= 0:
             problems.append(f"rate_limit_rps must be > 0 (got {self.rate_limit_rps!r})")
+        for name in ("cached_tokens", "reasoning_tokens"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0 (got {getattr(self, name)!r})")
         if self.output_tokens < 1 or self.embedding_dimensions < 1 or self.max_stream_chunks < 1:
             problems.append("output_tokens, embedding_dimensions, max_stream_chunks must be >= 1")
         if problems:
