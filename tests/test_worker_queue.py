@@ -39,7 +39,10 @@ def parked_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def _containers_queued() -> set[int]:
-    return {id(item) for item in _worker._tasks if gc.is_tracked(item)}
+    """Every queued object but numbers, strings and None. Not ``gc.is_tracked``: a young pass
+    untracks a tuple of strings (a shared finish-reasons tuple), which would then seem gone."""
+    return {id(item) for item in _worker._tasks
+            if not isinstance(item, (int, float, str, type(None)))}
 
 
 def test_queued_telemetry_holds_no_object_per_call(
@@ -58,10 +61,12 @@ def test_queued_telemetry_holds_no_object_per_call(
                 client.chat.completions.create(model="gpt-4.1", messages=MSGS, user=f"b{i}")
             after_60 = _containers_queued()
             queued_items = len(_worker._tasks)
-    # Only shared objects (router, lanes, the caller's context, the task function, the shared
-    # finish-reasons tuple) are referenced; their number does not grow with the calls.
+    # Only shared objects are referenced: the record marker, the task function, the two
+    # lanes and their request attributes, the caller's context, each lane's shared outcome
+    # tuple (finish reasons, tier, fingerprint) and the shared usage details (no cache hit, no
+    # reasoning). Their number does not grow with the calls.
     assert after_60 == after_20
-    assert len(after_20) <= 8
+    assert len(after_20) <= 10
     assert queued_items > 60
     spans = [s for s in telemetry.spans() if s.name.startswith("chat ")]
     assert len(spans) == 70
