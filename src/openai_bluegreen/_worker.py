@@ -3,11 +3,11 @@
 The request path only appends a record to a deque: a marker, the task to run and its arguments,
 laid out flat (``RECORD, task, n, arg1 … argn``) in one atomic ``extend``. A read cut short
 (an exception raised by a signal handler in ``flush()``) loses that one record: the next read
-skips to the next marker. A daemon thread drains it every
-250 ms, in one burst. ``flush()`` drains it in the caller, e.g. before reading an in-memory
-exporter in a test; the in-process metric source flushes before each look, and ``flush()`` runs
-at interpreter exit, so nothing recorded is lost or judged late. A task that raises is logged and
-dropped: telemetry faults never reach the caller.
+skips to the next marker. A daemon thread drains it every 250 ms, in one burst, with the
+garbage collector paused for the burst (see ``_drain``). ``flush()`` drains it in the caller,
+e.g. before reading an in-memory exporter in a test; the in-process metric source flushes
+before each look, and ``flush()`` runs at interpreter exit, so nothing recorded is lost or
+judged late. A task that raises is logged and dropped: telemetry faults never reach the caller.
 
 Why flat: whatever the queue holds lives until the next burst. A tuple or an object per record
 is a garbage-collector object that outlives the call, and in an asyncio app with many calls in
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import gc
 import logging
 import os
 import sys
@@ -37,13 +38,13 @@ MAX_PENDING = 4_000_000  # queued items (a task and its arguments are one item e
 # One burst per interval: the worker takes the GIL once per burst instead of contending with
 # request threads after every call (GIL hand-offs cost more than the records themselves).
 # Why 250 ms and not less: the spans a burst hands to the batch span processor push the garbage
-# collector into a young pass, and the first pass of each burst also walks every young object
-# of the app's in-flight calls (a few ms with 64 async calls in flight); the passes that follow
-# within the same burst are cheap. Fewer, larger bursts pay that first pass less often: with 64
-# async calls in flight, 50 ms bursts cost 24-44 µs of collector CPU per call in the worker,
-# 250 ms ones 9-18 (benchmarks/worker_interval.py, BENCHMARKS.md). The price is a longer hold
-# of the GIL per burst (the interpreter still hands it over every switch interval, 5 ms): a
-# sync caller answered mid-burst can wait for several of them.
+# collector into a young pass, which also walks every young object of the app's in-flight
+# calls (a few ms with 64 async calls in flight). Fewer, larger bursts pay that pass less
+# often: with 64 async calls in flight, 50 ms bursts cost 24-44 µs of collector CPU per call in
+# the worker, 250 ms ones 9-18 (benchmarks/worker_interval.py, BENCHMARKS.md; measured before
+# the collector was paused during bursts, which leaves one pass per burst). The price is a
+# longer hold of the GIL per burst (the interpreter still hands it over every switch interval,
+# 5 ms): a sync caller answered mid-burst can wait for several of them.
 _INTERVAL = 0.25
 _sleep = time.sleep
 
@@ -76,20 +77,52 @@ def submit(task: Callable[..., None], *args: Any) -> None:
 def _drain() -> int:
     done = 0
     with _drain_lock:
-        pop = _tasks.popleft
         while True:
+            # The collector is paused while a chunk of records runs: the spans a burst hands to
+            # the batch span processor stay alive until its next export, and each 700 of
+            # them would otherwise set off a young pass that also walks every young object of
+            # the app's calls in flight. Paused, the burst costs one pass, after it; fewer
+            # survivors of young passes also bring fewer full collections, which took 55-66 ms
+            # each with an openai app's heap (BENCHMARKS.md). Resumed between chunks, so a long
+            # backlog never holds the collector off for more than one chunk. An app that
+            # disabled the collector itself keeps it disabled.
+            paused = _gc_isenabled()
+            if paused:
+                _gc_disable()
             try:
-                if pop() is not RECORD:
-                    continue  # the rest of a record whose reading was cut short
-                task = pop()
-                args = [pop() for _ in range(pop())]
-            except IndexError:
-                return done
-            try:
-                task(*args)
-            except Exception:
-                logger.debug("openai-bluegreen: telemetry task failed", exc_info=True)
-            done += 1
+                count = _run_records(_CHUNK)
+            finally:
+                if paused:
+                    _gc_enable()
+            done += count
+            if count < _CHUNK:
+                return done  # the young pass held off comes with the next allocation
+            if paused:
+                gc.collect(0)  # a backlog: the young pass held off, before the next chunk
+
+
+_CHUNK = 1000  # records per pause of the collector: about 50-60 ms of the worker's time
+_gc_isenabled, _gc_disable, _gc_enable = gc.isenabled, gc.disable, gc.enable
+
+
+def _run_records(limit: int) -> int:
+    """Run up to ``limit`` queued records; fewer only when the queue ran empty."""
+    pop = _tasks.popleft
+    done = 0
+    while done < limit:
+        try:
+            if pop() is not RECORD:
+                continue  # the rest of a record whose reading was cut short
+            task = pop()
+            args = [pop() for _ in range(pop())]
+        except IndexError:
+            return done
+        try:
+            task(*args)
+        except Exception:
+            logger.debug("openai-bluegreen: telemetry task failed", exc_info=True)
+        done += 1
+    return done
 
 
 def flush() -> None:
