@@ -176,18 +176,23 @@ class GcMeter:
 
     def __init__(self) -> None:
         self.passes = 0
+        self.full = 0  # passes over the oldest generation: the whole heap
+        self.longest = 0.0  # the longest single pass, in seconds: the app stalls that long
         self.seconds = {"main": 0.0, "worker": 0.0}
         self._t0 = 0.0
 
-    def __call__(self, phase: str, _info: dict[str, int]) -> None:
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._t0 = time.thread_time()
             return
         from openai_bluegreen import _worker
 
+        took = time.thread_time() - self._t0
         self.passes += 1
+        self.full += info.get("generation") == 2
+        self.longest = max(self.longest, took)
         who = "worker" if threading.current_thread() is _worker._thread else "main"
-        self.seconds[who] += time.thread_time() - self._t0
+        self.seconds[who] += took
 
 
 Block = Callable[[str, float, float, GcMeter], None]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 import time
 from collections.abc import Callable
@@ -41,10 +42,11 @@ from _common import (
     upstream_process,
     write_section,
 )
+from openai_bluegreen import _worker
 from openai_bluegreen.cli import _at_least_one
 
-ARMS = ("plain", "plain-again", "bluegreen", "bluegreen-noop-telemetry", "sdk-telemetry-inline",
-        "sdk-bare-span-inline", "otel-openai")
+ARMS = ("plain", "plain-again", "bluegreen", "bluegreen-gc-unpaused",
+        "bluegreen-noop-telemetry", "sdk-telemetry-inline", "sdk-bare-span-inline", "otel-openai")
 
 # What one routed call emits (benchmarks/hotpath.py measures the same sets): the span's
 # attributes, and the metric attributes of the duration and token-usage histograms.
@@ -157,6 +159,17 @@ def make_arms(base_url: str) -> dict[str, tuple[Callable[[], None], Callable[[],
     def nothing() -> None:
         return None
 
+    def install_unpaused() -> None:
+        # The worker as it was before it paused the garbage collector during its bursts: it
+        # sees the collector as turned off by the app, so it leaves it alone.
+        _worker._gc_isenabled = lambda: False
+        openai_bluegreen.install(config, tracer_provider=tracer_provider,
+                                 meter_provider=meter_provider)
+
+    def uninstall_unpaused() -> None:
+        openai_bluegreen.uninstall()
+        _worker._gc_isenabled = gc.isenabled
+
     return {
         "plain": (nothing, nothing),
         "plain-again": (nothing, nothing),
@@ -165,6 +178,7 @@ def make_arms(base_url: str) -> dict[str, tuple[Callable[[], None], Callable[[],
                                              meter_provider=meter_provider),
             openai_bluegreen.uninstall,
         ),
+        "bluegreen-gc-unpaused": (install_unpaused, uninstall_unpaused),
         # Routing alone: the same plugin with no-op providers (what telemetry costs = the gap).
         "bluegreen-noop-telemetry": (
             lambda: openai_bluegreen.install(config, tracer_provider=NoOpTracerProvider(),
@@ -199,13 +213,16 @@ async def run_async(base_url: str, rounds: int, block: int, concurrency: int
     region: the worker drains in bursts, and what it has not done yet is owed by the block."""
     client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
     out: dict[str, dict[str, list[float]]] = {
-        key: {arm: [] for arm in ARMS} for key in ("throughput", "cpu", "gc_passes", "gc_seconds")
+        key: {arm: [] for arm in ARMS}
+        for key in ("throughput", "cpu", "gc_passes", "gc_seconds", "gc_full", "gc_longest")
     }
 
     def record(arm: str, seconds: float, cpu: float, meter: GcMeter) -> None:
         out["throughput"][arm].append(block / seconds)
         out["cpu"][arm].append(cpu / block)
         out["gc_passes"][arm].append(meter.passes / block)
+        out["gc_full"][arm].append(meter.full)
+        out["gc_longest"][arm].append(meter.longest)
         out["gc_seconds"][arm].append(sum(meter.seconds.values()) / block)
 
     await timed_async_rounds(client, make_arms(base_url), rounds, block, concurrency, 1000,
@@ -260,8 +277,9 @@ def report(sync: dict[str, list[float]], flushes: dict[str, list[float]],
         f"### Async, {concurrency} calls in flight ({len(async_['plain'])} blocks per arm)",
         "",
         "| arm | median throughput | vs plain (medians) | vs plain (median of per-round "
-        "ratios) | process CPU per call | GC passes per 1,000 calls | GC time per call |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "ratios) | process CPU per call | GC passes per 1,000 calls | GC time per call | "
+        "full collections, all blocks | longest GC pass |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     abase = median(async_["plain"])
     for arm in ARMS:
@@ -270,16 +288,21 @@ def report(sync: dict[str, list[float]], flushes: dict[str, list[float]],
         lines.append(f"| {arm} | {m:.0f} calls/s | {m / abase:.1%} | {paired:.1%} | "
                      f"{median(cpu[arm]) * 1e6:.0f} µs | "
                      f"{median(measured['gc_passes'][arm]) * 1000:.1f} | "
-                     f"{median(measured['gc_seconds'][arm]) * 1e6:.1f} µs |")
+                     f"{median(measured['gc_seconds'][arm]) * 1e6:.1f} µs | "
+                     f"{sum(measured['gc_full'][arm])} | "
+                     f"{max(measured['gc_longest'][arm]) * 1e3:.1f} ms |")
     plain_cpu = median(cpu["plain"])
     lines += [
         "",
         "Each round runs every arm once, in a shuffled order; the per-round ratio compares arms "
         "that ran seconds apart, which cancels the machine's slow drift. plain-again shows the "
         "noise floor of each statistic. GC columns: the garbage collector's passes during the "
-        "block and the time spent in them. With 64 calls in flight every young pass walks the "
+        "block and the time spent in them (CPU of the thread that ran each pass), the passes "
+        "over the whole heap summed over the arm's blocks, and the longest single pass (the "
+        "app stands still that long). With 64 calls in flight every young pass walks the "
         "thousands of objects those calls hold, so anything kept alive across passes (spans "
-        "waiting in the batch span processor, queued telemetry) costs the whole process.",
+        "waiting in the batch span processor, queued telemetry) costs the whole process, and "
+        "what survives a few passes brings on full collections.",
         "",
         f"Ceiling, same run: the client is CPU-bound ({plain_cpu * 1e6:.0f} µs of process CPU per "
         f"plain call), and opentelemetry-sdk needs {sdk_cost * 1e6:.1f} µs of CPU per call for "
@@ -293,8 +316,9 @@ def report(sync: dict[str, list[float]], flushes: dict[str, list[float]],
         f"metrics, started and ended inline: less than the contract asks for) ran at "
         f"{paired_ratio(async_, 'sdk-bare-span-inline'):.1%} of plain; routing alone at "
         f"{paired_ratio(async_, 'bluegreen-noop-telemetry'):.1%}; openai-bluegreen with all of "
-        f"the contract's telemetry at {paired_ratio(async_, 'bluegreen'):.1%} (per-round "
-        "ratios).",
+        f"the contract's telemetry at {paired_ratio(async_, 'bluegreen'):.1%}, and at "
+        f"{paired_ratio(async_, 'bluegreen-gc-unpaused'):.1%} with the collector left running "
+        "during the worker's bursts (per-round ratios).",
     ]
     return "\n".join(lines)
 

@@ -149,13 +149,13 @@ def report(measured: dict[str, dict[str, list[float]]], calls: dict[str, list[fl
                      f"{percentile(times, 0.999) * 1e6:.0f} µs |")
     lines += [
         "",
-        "A burst records every call since the last one. The spans it hands to the batch span "
-        "processor push the garbage collector into young passes; the first pass of a burst also "
-        "walks the young objects of the app's in-flight calls, the later ones mostly the "
-        "burst's own spans. Fewer, larger bursts pay that first pass less often (worker GC "
-        "column). The price is in the sync tail: a request thread whose answer arrives during "
-        "a burst waits for the GIL, which the interpreter hands over every switch interval "
-        "(5 ms), so a long burst can delay a call by several of them (p99.9).",
+        "A burst records every call since the last one, with the garbage collector paused; "
+        "the spans it hands to the batch span processor then set off one young pass after it, "
+        "which also walks the young objects of the app's in-flight calls. Fewer, larger "
+        "bursts pay that pass less often (worker GC column), and their spans' survivors bring "
+        "fewer full collections. The price is in the sync tail: a request thread whose answer "
+        "arrives during a burst waits for the GIL, which the interpreter hands over every "
+        "switch interval (5 ms), so a long burst can delay a call by several of them (p99.9).",
     ]
     return "\n".join(lines)
 

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(("script", "rows"), [
-    ("overhead.py", ["| plain |", "| bluegreen |", "| bluegreen-noop-telemetry |",
+    ("overhead.py", ["| plain |", "| bluegreen |", "| bluegreen-gc-unpaused |",
+                     "| bluegreen-noop-telemetry |",
                      "| sdk-telemetry-inline |", "| sdk-bare-span-inline |", "| otel-openai |",
                      "Ceiling, same run", "one bare CLIENT span per call"]),
     ("worker_interval.py", ["| plain |", "| bluegreen, every 50 ms |",
