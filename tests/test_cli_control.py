@@ -275,7 +275,8 @@ def test_a_rollback_replaces_a_stored_value_that_is_not_a_state(tmp_path: Path) 
     assert (row["phase"], row["weight"], row["unreadable"]) == ("rolled_back", 0.0, None)
     assert [(h["action"], h["actor"], h["reason"]) for h in row["history"]] == [
         ("rollback", "carol",
-         "incident 42 (replaced a stored value that was not a valid state)")]
+         "incident 42 (replaced a stored value that was not a valid state: weight must be a "
+         "finite number from 0 to 100 (got 150.0))")]
     done = cli(config, "rollback", "chat-upgrade", "--reason", "again")
     assert done.returncode == 1 and "it is already rolled back" in done.stderr, done
 

@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from openai_bluegreen import load_config
 from openai_bluegreen._control import apply_action
 from openai_bluegreen._rollout import Action, Phase, RolloutState, initial_state
 from openai_bluegreen._watcher import Watcher
-from openai_bluegreen.stores import InvalidState, StoreUnavailable, open_store
+from openai_bluegreen.stores import InvalidState, StoreUnavailable, invalid_of, open_store
 from openai_bluegreen.stores.redis import RedisStore
 from tests.services import RedisServer, redis_server
 
@@ -210,7 +211,8 @@ def test_one_bad_stored_value_never_hides_the_others(server: RedisServer) -> Non
     assert dict(stored) == {"good": good}
     assert set(stored.invalid) == {*bad, "hashed"}
     assert "weight must be a finite number from 0 to 100 (got 150.0)" in stored.invalid["too-much"]
-    assert "version must be an integer >= 0 (got 1.5)" in stored.invalid["half-version"]
+    assert "version must be an integer from 0 to 9007199254740990 (got 1.5)" in \
+        stored.invalid["half-version"]
     assert "it is rollout 'good'" in stored.invalid["elsewhere"]
     assert "it holds a hash, not a string" in stored.invalid["hashed"]
     assert "nested too deeply" in stored.invalid["deep"]
@@ -418,6 +420,57 @@ def test_a_rollback_replaces_a_bad_value_and_every_app_follows(server: RedisServ
     assert (state.phase, state.version) == (Phase.ROLLED_BACK, 1)
     assert operator.load("a") == state
     assert not operator.replace_invalid(state, json.dumps(state.to_dict()))  # valid: refused
+    watcher.stop()
+    _close(operator, watcher.store)
+    raw.close()
+
+
+def test_bytes_that_are_not_text_are_an_invalid_state_not_a_crash(server: RedisServer) -> None:
+    """A key holding bytes that are not UTF-8 raised UnicodeDecodeError out of the Redis client
+    (neither StoreUnavailable nor InvalidState): the watcher's sync and the CLI's rollback and
+    status crashed. It is now one more invalid value, which a rollback replaces."""
+    import redis
+
+    config, watcher, weights = _two_rollouts(server.url)
+    operator = open_store(server.url)
+    raw = redis.Redis.from_url(server.url)
+    raw.set("openai-bluegreen:state:a", b"\xff\xfe{not text")
+    raw.sadd("openai-bluegreen:rollouts", b"\xff-not-a-name")
+    stored = operator.load_all()
+    assert set(stored) == {"b"} and "not UTF-8 text" in invalid_of(stored)["a"]
+    with pytest.raises(InvalidState, match="not UTF-8 text"):
+        operator.load("a")
+    watcher.sync()
+    assert weights == {"a": 10.0, "b": 10.0} and watcher.problem is not None
+    state = apply_action(operator, config.rollouts[0], Action.ROLLBACK, actor="oncall",
+                         reason="incident")
+    assert state.version == 1 and operator.load("a") == state
+    watcher.sync()
+    assert weights == {"a": 0.0, "b": 10.0}
+    watcher.stop()
+    _close(operator, watcher.store)
+    raw.close()
+
+
+def test_a_version_past_what_lua_compares_exactly_is_invalid(server: RedisServer) -> None:
+    """The compare-and-set script compares versions as doubles: above 2**53 a stale writer's
+    write would land. Such a version is refused on read, and a rollback does not adopt it."""
+    import redis
+
+    config, watcher, _ = _two_rollouts(server.url)
+    operator = open_store(server.url)
+    raw = redis.Redis.from_url(server.url)
+    data = json.loads(raw.get("openai-bluegreen:state:a") or b"")
+    raw.set("openai-bluegreen:state:a", json.dumps({**data, "version": 2**53}))
+    with pytest.raises(InvalidState, match="version must be an integer from 0 to"):
+        operator.load("a")
+    state = apply_action(operator, config.rollouts[0], Action.ROLLBACK, actor="oncall",
+                         reason="incident")
+    assert state.version == 1
+    stale = operator.load("a")
+    assert stale is not None
+    assert operator.compare_and_set(replace(stale, version=2), 1)
+    assert not operator.compare_and_set(replace(stale, version=2), 1)  # stale: refused
     watcher.stop()
     _close(operator, watcher.store)
     raw.close()

@@ -503,7 +503,8 @@ def test_empty_strings_from_a_provider_are_missing_values() -> None:
     chunk = ChatCompletionChunk.model_validate({
         "id": "", "object": "chat.completion.chunk", "created": 0, "model": "", "choices": [],
         "system_fingerprint": ""})
-    response_id, model, *_, fingerprint = describe_response(chunk)
+    described = describe_response(chunk)
+    response_id, model, fingerprint = described[0], described[1], described[6]
     assert (response_id, model, fingerprint) == (None, None, None)
 
 

@@ -6,6 +6,7 @@ import json
 import multiprocessing
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,6 +119,64 @@ def test_file_store_replaces_a_bad_entry_only_while_it_is_what_was_read(
     state = apply_action(store, rollout, Action.ROLLBACK, actor="a", reason="incident")
     assert state.version == 2 and store.load("chat") == state
     assert json.loads(path.read_text(encoding="utf-8"))["rollouts"]["other"] == {"kept": True}
+
+
+def test_a_rollback_over_a_bad_value_stays_rolled_back_whatever_config_the_apps_run(
+        tmp_path: Path) -> None:
+    """The operator's config may differ from the apps' (a param). A replacement written under
+    the operator's revision was restarted by the apps' leader (green again); written under no
+    revision, the leader adopts it as its own, rolled back."""
+    from openai_bluegreen._watcher import Watcher
+    from openai_bluegreen.sources import Snapshot
+
+    class NoData:
+        def snapshot(self, now: float) -> Snapshot:
+            return Snapshot(now, {})
+
+        def close(self) -> None:
+            return None
+
+    path = tmp_path / "state.json"
+    store = open_store(f"file://{path}")
+    apps = load_config({"state": f"file://{path}", "rollouts": CONFIG["rollouts"]})
+    operator = load_config({"rollouts": [{**CONFIG["rollouts"][0], "green": {
+        "model": "b", "params": {"temperature": 0.2}}}]}).rollouts[0]
+    apply_action(store, apps.rollouts[0], Action.SET_WEIGHT, weight=5.0, actor="a", reason="x",
+                 now=1.0)
+    weights: list[float] = []
+    leader = Watcher(apps, store, NoData(), apply_weight=lambda _name, w: weights.append(w))
+    leader.look(now=1.5)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["rollouts"]["chat"]["weight"] = 150.0
+    path.write_text(json.dumps(data), encoding="utf-8")
+    done = apply_action(store, operator, Action.ROLLBACK, actor="op", reason="incident", now=2.0)
+    assert (done.phase, done.revision) == (Phase.ROLLED_BACK, "")
+    for now in (3.0, 4.0, 5.0):
+        leader.look(now=now)
+    stored = store.load("chat")
+    assert stored is not None and (stored.phase, stored.weight) == (Phase.ROLLED_BACK, 0.0)
+    assert [h.action for h in stored.history] == ["rollback"]
+    assert weights[-1] == 0.0 and 5.0 not in weights[weights.index(0.0):]
+    leader.stop()
+
+
+def test_pause_with_restart_is_judged_by_this_configs_schedule(tmp_path: Path) -> None:
+    """A state at step 4 of the apps' five-step schedule is not 'past' a new two-step one: it
+    is another candidate's, and --restart starts this config's rollout over."""
+    from openai_bluegreen._rollout import revision_of
+
+    def rollout(steps: list[int], green: str) -> Any:
+        return load_config({"rollouts": [{**CONFIG["rollouts"][0], "green": {"model": green},
+                                          "schedule": {"steps": steps,
+                                                       "min_step_duration": 1}}]}).rollouts[0]
+
+    apps, new = rollout([1, 5, 25, 50, 75], "b"), rollout([10, 50], "c")
+    store = open_store(f"file://{tmp_path}/state.json")
+    apply_action(store, apps, Action.SET_WEIGHT, weight=60, actor="a", reason="x")
+    with pytest.raises(InvalidTransition, match="the apps run another config"):
+        apply_action(store, new, Action.PAUSE, actor="op", reason="x")
+    paused = apply_action(store, new, Action.PAUSE, actor="op", reason="x", restart=True)
+    assert (paused.phase, paused.revision) == (Phase.PAUSED, revision_of(new))
 
 
 def test_file_store_refuses_a_file_nested_past_the_parser(tmp_path: Path) -> None:

@@ -174,6 +174,68 @@ def test_a_backlog_gives_the_collector_a_pass_between_chunks(
     assert passes[:2] == [100, 200] and set(passes[2:]) <= {250}, passes
 
 
+def test_a_chunk_ends_after_its_time_and_a_blocking_task_ends_the_pausing(
+        parked_worker: None, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A synchronous exporter can make a task block: the collector must not stay off that
+    long. A chunk ends after _CHUNK_SECONDS; a task that alone takes that long ends the
+    pausing for the rest of the process, with a warning."""
+    import time
+
+    monkeypatch.setattr(_worker, "_CHUNK_SECONDS", 0.1)
+    monkeypatch.setattr(_worker, "_pause_gc", True)
+    states: list[bool] = []
+    passes: list[int] = []
+
+    def on_pass(phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            passes.append(len(states))
+
+    def work(seconds: float) -> None:
+        states.append(gc.isenabled())
+        time.sleep(seconds)
+
+    for _ in range(4):
+        _worker.submit(work, 0.06)  # two of them fill a chunk's time
+    gc.callbacks.append(on_pass)
+    try:
+        openai_bluegreen.flush()
+    finally:
+        gc.callbacks.remove(on_pass)
+    assert states == [False] * 4
+    assert 2 in passes  # the young pass between the two chunks
+    assert _worker._pause_gc and gc.isenabled()
+    _worker.submit(work, 0.15)  # one task longer than a chunk's time
+    _worker.submit(work, 0.0)
+    with caplog.at_level("WARNING", logger="openai_bluegreen"):
+        openai_bluegreen.flush()
+    assert states[4:] == [False, True]  # the next chunk ran with the collector on
+    assert not _worker._pause_gc and gc.isenabled()
+    assert "no longer pauses the garbage collector" in caplog.text
+
+
+def test_a_process_forked_during_a_burst_has_its_collector_on(parked_worker: None) -> None:
+    """os.fork() while a burst runs (multiprocessing, a task queue) copies the collector's
+    switch, off; the child has no burst to end, so the worker's fork hook turns it back on."""
+    import os
+
+    read, write = os.pipe()
+
+    def fork() -> None:
+        pid = os.fork()
+        if pid == 0:  # the child
+            os.write(write, b"1" if gc.isenabled() else b"0")
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+    _worker.submit(fork)
+    openai_bluegreen.flush()
+    os.close(write)
+    assert os.read(read, 1) == b"1"
+    os.close(read)
+    assert gc.isenabled()
+
+
 def test_the_worker_outlives_a_task_that_raises_system_exit() -> None:
     def leave() -> None:
         raise SystemExit(3)

@@ -299,7 +299,7 @@ def _act(action: Action) -> Callable[[argparse.Namespace], int]:
         else:
             print(f"{rollout.name}: {state.phase.value}, green {state.weight:g}% "
                   f"(version {state.version})")
-            if state.last is not None and state.last.reason.endswith(REPLACED_NOTE):
+            if state.last is not None and f"({REPLACED_NOTE}: " in state.last.reason:
                 print(f"{rollout.name}: the stored value was not a valid state; it was "
                       "replaced (its history is gone; the new entry says so)")
         return EXIT_OK

@@ -30,8 +30,9 @@ from .stores import InvalidState, StateStore, StoreUnavailable, store_time
 __all__ = ["apply_action", "default_actor", "find_rollout"]
 
 _ATTEMPTS = 50
-REPLACED_NOTE = " (replaced a stored value that was not a valid state)"
-"""Ends the reason of a rollback that wrote over an invalid stored value."""
+REPLACED_NOTE = "replaced a stored value that was not a valid state"
+"""In the reason of a rollback that wrote over an invalid stored value, with what was wrong."""
+_WHY_LIMIT = 300
 
 
 def default_actor(prefix: str = "") -> str:
@@ -94,17 +95,18 @@ def apply_action(store: StateStore, rollout: Rollout, action: Action, *, actor: 
             if action is not Action.ROLLBACK:
                 raise
             at = store_time(store) if now is None else now
-            new = transition(rollout, replace(initial_state(rollout), version=exc.version or 0),
-                             action, at, actor=actor,
-                             reason=f"{reason}{REPLACED_NOTE}")
+            # Past the version the bad value names; about no blue/green in particular, so the
+            # apps' watcher adopts it as its own config's whatever that config is, rolled back,
+            # instead of restarting the rollout over another config's state.
+            base = replace(initial_state(rollout), version=exc.version or 0, revision="")
+            wrong = exc.why if len(exc.why) <= _WHY_LIMIT else exc.why[:_WHY_LIMIT] + "…"
+            new = transition(rollout, base, action, at, actor=actor,
+                             reason=f"{reason} ({REPLACED_NOTE}: {wrong})")
             if store.replace_invalid(new, exc.seen):
                 return new
             continue
         at = store_time(store) if now is None else now
         base = stored if stored is not None else initial_state(rollout)
-        why = None if stored is None else unusable(rollout, stored)
-        if why and action in (Action.PAUSE, Action.RESUME):
-            raise InvalidTransition(f"cannot {action.value}: {why}")
         if stored is not None and stored.revision and stored.revision != revision:
             if action is Action.ROLLBACK:
                 pass  # roll back what the apps run, under its own revision, always
@@ -118,6 +120,9 @@ def apply_action(store: StateStore, rollout: Rollout, action: Action, *, actor: 
                     "with the apps' config, or restart this config's rollout first (CLI: "
                     "--restart; apps on the other config then send it to blue). A rollback "
                     "works with any config.")
+        why = unusable(rollout, base) if base is stored else None
+        if why and action in (Action.PAUSE, Action.RESUME):
+            raise InvalidTransition(f"cannot {action.value}: {why}")
         new = transition(rollout, base, action, at, actor=actor, reason=reason, weight=weight)
         if not new.revision:  # stored before revisions existed: now this config's
             new = replace(new, revision=revision)

@@ -133,7 +133,7 @@ class RolloutState:
             step_started_at=(None if data.get("step_started_at") is None
                              else _number(data["step_started_at"], "step_started_at")),
             updated_at=_number(data.get("updated_at", 0.0), "updated_at"),
-            version=_integer(data["version"], "version", 0),
+            version=_integer(data["version"], "version", 0, MAX_VERSION),
             history=_history(data.get("history") or ()),
             revision=str(data.get("revision") or ""),
             superseded=tuple(str(r) for r in data.get("superseded") or ()),
@@ -165,9 +165,15 @@ def _number(value: Any, name: str, low: float = float("-inf"), high: float = flo
     return float(value)
 
 
-def _integer(value: Any, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low} (got {value!r})")
+MAX_VERSION = 2**53 - 2
+"""The highest stored version: Redis's Lua scripts compare versions as doubles, exact to 2**53."""
+
+
+def _integer(value: Any, name: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low \
+            or (high is not None and value > high):
+        within = f">= {low}" if high is None else f"from {low} to {high}"
+        raise ValueError(f"{name} must be an integer {within} (got {value!r})")
     return value
 
 

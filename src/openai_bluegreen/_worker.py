@@ -75,6 +75,7 @@ def submit(task: Callable[..., None], *args: Any) -> None:
 
 
 def _drain() -> int:
+    global _gc_paused, _pause_gc  # noqa: PLW0603 - one worker per process
     done = 0
     with _drain_lock:
         while True:
@@ -82,47 +83,70 @@ def _drain() -> int:
             # the batch span processor stay alive until its next export, and each 700 of
             # them would otherwise set off a young pass that also walks every young object of
             # the app's calls in flight. Paused, the burst costs one pass, after it; fewer
-            # survivors of young passes also bring fewer full collections, which took 55-66 ms
-            # each with an openai app's heap (BENCHMARKS.md). Resumed between chunks, so a long
-            # backlog never holds the collector off for more than one chunk. An app that
-            # disabled the collector itself keeps it disabled.
-            paused = _gc_isenabled()
+            # survivors of young passes also bring fewer full collections (about 70 ms each
+            # with an openai app's heap; BENCHMARKS.md). A chunk ends after _CHUNK records or
+            # _CHUNK_SECONDS, whichever comes first, so a backlog never holds the collector
+            # off for longer; a task that blocks that long (a synchronous exporter) ends the
+            # pausing for good. An app that turned the collector off before a burst keeps it
+            # off; one that turns it off during a burst gets it back on at the burst's end (the
+            # switch is the process's, and nothing tells who turned it off).
+            paused = _pause_gc and _gc_isenabled()
             if paused:
                 _gc_disable()
+                _gc_paused = True
             try:
-                count = _run_records(_CHUNK)
+                count, more, blocked = _run_records(_CHUNK, _CHUNK_SECONDS)
             finally:
                 if paused:
+                    _gc_paused = False
                     _gc_enable()
             done += count
-            if count < _CHUNK:
+            if blocked and _pause_gc:
+                _pause_gc = False
+                logger.warning(
+                    "openai-bluegreen: a telemetry task blocked for %.0f ms (a synchronous "
+                    "span or metric exporter?); the telemetry worker no longer pauses the "
+                    "garbage collector while it records", blocked * 1000)
+            if not more:
                 return done  # the young pass held off comes with the next allocation
             if paused:
                 gc.collect(0)  # a backlog: the young pass held off, before the next chunk
 
 
-_CHUNK = 1000  # records per pause of the collector: about 50-60 ms of the worker's time
+_CHUNK = 1000  # records per pause of the collector: about 50 ms of the worker's time
+_CHUNK_SECONDS = 0.05  # and at most this long
+_pause_gc = True  # False once a task blocked for a whole chunk's time
+_gc_paused = False  # the collector is off because a burst turned it off (see fork below)
 _gc_isenabled, _gc_disable, _gc_enable = gc.isenabled, gc.disable, gc.enable
+_clock = time.perf_counter
 
 
-def _run_records(limit: int) -> int:
-    """Run up to ``limit`` queued records; fewer only when the queue ran empty."""
+def _run_records(limit: int, seconds: float) -> tuple[int, bool, float]:
+    """Run queued records until ``limit`` of them ran, ``seconds`` passed or the queue ran
+    empty. Returns how many ran, whether the queue may hold more, and how long the slowest
+    took if that was ``seconds`` or more (else 0)."""
     pop = _tasks.popleft
     done = 0
-    while done < limit:
+    slowest = 0.0
+    deadline = _clock() + seconds
+    while True:
         try:
             if pop() is not RECORD:
                 continue  # the rest of a record whose reading was cut short
             task = pop()
             args = [pop() for _ in range(pop())]
         except IndexError:
-            return done
+            return done, False, slowest if slowest >= seconds else 0.0
+        began = _clock()
         try:
             task(*args)
         except Exception:
             logger.debug("openai-bluegreen: telemetry task failed", exc_info=True)
         done += 1
-    return done
+        now = _clock()
+        slowest = max(slowest, now - began)
+        if done >= limit or now >= deadline:
+            return done, True, slowest if slowest >= seconds else 0.0
 
 
 def flush() -> None:
@@ -158,7 +182,10 @@ def _after_fork_in_child() -> None:
     copies of the locks may be held by a thread that does not exist in it: start afresh (the
     thread starts with the child's first record). The records copied from the parent are the
     parent's to record."""
-    global _thread, _drain_lock, _start_lock  # noqa: PLW0603 - module-level worker state
+    global _thread, _drain_lock, _start_lock, _gc_paused  # noqa: PLW0603 - worker state
+    if _gc_paused:  # forked mid-burst: the child has no burst to end, so none turns it on
+        _gc_paused = False
+        _gc_enable()
     _thread = None
     _drain_lock = threading.Lock()
     _start_lock = threading.Lock()

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from .._errors import BlueGreenError
-from .._rollout import RolloutState
+from .._rollout import MAX_VERSION, RolloutState
 
 __all__ = ["InvalidState", "StateStore", "StoreUnavailable", "StoreUnsupported", "StoredStates",
            "invalid_of", "open_store", "parse_stored", "store_time"]
@@ -39,25 +39,29 @@ class InvalidState(StoreUnavailable):
 
     Attributes:
         rollout: The rollout whose value it is.
-        seen: The stored value as the store found it (its text; for a Redis key of another
-            type, that type's name), for ``replace_invalid``.
-        version: The ``version`` the value names, where it names an integer one, else ``None``:
+        why: What is wrong with it (no store address: for a history entry).
+        seen: The stored value as the store found it (its text, or its bytes when they are not
+            UTF-8; for a Redis key of another type, that type's name), for
+            ``replace_invalid``.
+        version: The ``version`` the value names, where it names a usable one, else ``None``:
             a replacement is written past it, so readers holding that version follow it.
     """
 
-    def __init__(self, message: str, *, rollout: str, seen: str) -> None:
+    def __init__(self, message: str, *, rollout: str, why: str, seen: str | bytes) -> None:
         super().__init__(message)
         self.rollout = rollout
+        self.why = why
         self.seen = seen
-        self.version = _version_in(seen)
+        version = _decoded(seen).get("version")
+        self.version = version if type(version) is int and 0 <= version < MAX_VERSION else None
 
 
-def _version_in(seen: str) -> int | None:
+def _decoded(seen: str | bytes) -> dict[str, Any]:
     try:
-        version = json.loads(seen).get("version")
-    except (ValueError, AttributeError, RecursionError):
-        return None
-    return version if type(version) is int and version >= 0 else None
+        decoded = json.loads(seen)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return {}
+    return decoded if isinstance(decoded, dict) else {}
 
 
 class StoredStates(dict[str, RolloutState]):
@@ -142,7 +146,7 @@ class StateStore(Protocol):
         """
         ...
 
-    def replace_invalid(self, state: RolloutState, seen: str) -> bool:
+    def replace_invalid(self, state: RolloutState, seen: str | bytes) -> bool:
         """Store ``state`` over its rollout's invalid value, if the stored value is still
         ``seen`` (:attr:`InvalidState.seen`). A rollback uses it: getting every app back to
         blue never waits for someone to repair the stored value.

@@ -60,6 +60,10 @@ class FileStore:
         except OSError as exc:
             raise StoreUnavailable(f"cannot read state file {str(self.path)!r}: "
                                    f"{exc.strerror}") from exc
+        except UnicodeDecodeError:
+            raise StoreUnavailable(
+                f"state file {str(self.path)!r} is not a valid state file (not UTF-8 text); it "
+                "is left untouched: fix or move it") from None
         try:
             data = json.loads(text)
             if not isinstance(data, dict) or not isinstance(data.get("rollouts"), dict):
@@ -82,7 +86,8 @@ class FileStore:
         try:
             return parse_stored(name, raw)
         except ValueError as exc:
-            raise InvalidState(self._invalid(name, exc), rollout=name, seen=_text(raw)) from None
+            raise InvalidState(self._invalid(name, exc), rollout=name, why=str(exc),
+                               seen=_text(raw)) from None
 
     def load(self, rollout: str) -> RolloutState | None:
         raw = self._read()["rollouts"].get(rollout)
@@ -149,7 +154,7 @@ class FileStore:
             self._write(data)
             return True
 
-    def replace_invalid(self, state: RolloutState, seen: str) -> bool:
+    def replace_invalid(self, state: RolloutState, seen: str | bytes) -> bool:
         with self._locked():
             data = self._read()
             current = data["rollouts"].get(state.rollout)

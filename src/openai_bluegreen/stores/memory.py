@@ -33,7 +33,7 @@ class MemoryStore:
             self._states[state.rollout] = state
             return True
 
-    def replace_invalid(self, state: RolloutState, seen: str) -> bool:
+    def replace_invalid(self, state: RolloutState, seen: str | bytes) -> bool:
         """A memory store holds only states this package made: never an invalid one."""
         return False
 

@@ -269,14 +269,35 @@ class RedisStore:
                 f"({why}); it is left untouched: {REPAIR_HINT}")
 
     def _other_type(self, rollout: str, kind: str) -> InvalidState:
-        return InvalidState(self._invalid(rollout, f"it holds a {kind}, not a string"),
-                            rollout=rollout, seen=_OTHER_TYPE + kind)
+        why = f"it holds a {kind}, not a string"
+        return InvalidState(self._invalid(rollout, why), rollout=rollout, why=why,
+                            seen=_OTHER_TYPE + kind)
+
+    def _state_of(self, rollout: str, raw: bytes) -> RolloutState:
+        """A stored value, read as bytes (a value that is not UTF-8 must not break the read
+        of every other rollout), as a state; raises :class:`InvalidState`."""
+        try:
+            return parse_stored(rollout, raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            why = "not UTF-8 text"
+        except ValueError as exc:
+            why = str(exc)
+        try:
+            seen: str | bytes = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            seen = raw
+        raise InvalidState(self._invalid(rollout, why), rollout=rollout, why=why, seen=seen)
+
+    def _raw(self, *command: Any) -> Any:
+        """A command whose answer is not decoded: stored values are read as bytes."""
+        return self._client.execute_command(  # type: ignore[no-untyped-call]
+            *command, NEVER_DECODE=[])
 
     # -- StateStore ----------------------------------------------------------------------
     def load(self, rollout: str) -> RolloutState | None:
         key = self._key(rollout)
         try:
-            raw = cast("str | None", self._client.get(key))
+            raw = cast("bytes | None", self._raw("GET", key))
         except ResponseError as exc:
             if not str(exc).startswith("WRONGTYPE"):
                 raise self._unavailable(exc, f"reading rollout {rollout!r}") from None
@@ -287,17 +308,14 @@ class RedisStore:
             raise self._other_type(rollout, kind) from None
         except RedisError as exc:
             raise self._unavailable(exc, f"reading rollout {rollout!r}") from None
-        if raw is None:
-            return None
-        try:
-            return parse_stored(rollout, raw)
-        except ValueError as exc:
-            raise InvalidState(self._invalid(rollout, exc), rollout=rollout, seen=raw) from None
+        return None if raw is None else self._state_of(rollout, raw)
 
     def load_all(self) -> StoredStates:
         try:
-            names = sorted(cast("set[str]", self._client.smembers(self._index_key)))
-            raws = (cast("list[str | None]", self._client.mget([self._key(n) for n in names]))
+            members = cast("set[bytes]", self._raw("SMEMBERS", self._index_key))
+            # A name that is not UTF-8 was not written by us and names no configured rollout.
+            names = sorted(m.decode("utf-8") for m in members if _is_utf8(m))
+            raws = (cast("list[bytes | None]", self._raw("MGET", *[self._key(n) for n in names]))
                     if names else [])
             # MGET answers nil for a key that holds another type than a string, as for a
             # missing one: ask those which they are (rare: only for keys that read as nil).
@@ -314,9 +332,9 @@ class RedisStore:
             if raw is None:
                 continue
             try:
-                out[name] = parse_stored(name, raw)
-            except ValueError as exc:
-                out.invalid[name] = self._invalid(name, exc)
+                out[name] = self._state_of(name, raw)
+            except InvalidState as exc:
+                out.invalid[name] = str(exc)
         return out
 
     def compare_and_set(self, state: RolloutState, expected_version: int | None) -> bool:
@@ -333,7 +351,7 @@ class RedisStore:
                 f"state; it is left untouched: {REPAIR_HINT}")
         return int(result) == 1
 
-    def replace_invalid(self, state: RolloutState, seen: str) -> bool:
+    def replace_invalid(self, state: RolloutState, seen: str | bytes) -> bool:
         data = json.dumps(state.to_dict(), separators=(",", ":"), sort_keys=True)
         try:
             result = self._replace(keys=[self._key(state.rollout), self._index_key],
@@ -406,3 +424,11 @@ class RedisStore:
             subscriptions = list(self._subscriptions)
         return all(s.subscribed.wait(max(0.0, deadline - time.monotonic()))
                    for s in subscriptions)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
