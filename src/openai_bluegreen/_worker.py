@@ -86,27 +86,30 @@ def _drain() -> int:
             # survivors of young passes also bring fewer full collections (about 70 ms each
             # with an openai app's heap; BENCHMARKS.md). A chunk ends after _CHUNK records or
             # _CHUNK_SECONDS, whichever comes first, so a backlog never holds the collector
-            # off for longer; a task that blocks that long (a synchronous exporter) ends the
-            # pausing for good. An app that turned the collector off before a burst keeps it
-            # off; one that turns it off during a burst gets it back on at the burst's end (the
-            # switch is the process's, and nothing tells who turned it off).
+            # off for longer. Tasks that keep blocking that long (a synchronous exporter) end
+            # the pausing for good; one slow task does not (a first call's imports, or the
+            # worker waiting for the GIL under load: seen at 67 ms in benchmarks/overhead.py).
+            # An app that turned the collector off before a burst keeps it off; one that turns
+            # it off during a burst gets it back on at the burst's end (the switch is the
+            # process's, and nothing tells who turned it off).
             paused = _pause_gc and _gc_isenabled()
             if paused:
                 _gc_disable()
                 _gc_paused = True
             try:
-                count, more, blocked = _run_records(_CHUNK, _CHUNK_SECONDS)
+                count, more = _run_records(_CHUNK, _CHUNK_SECONDS)
             finally:
                 if paused:
                     _gc_paused = False
                     _gc_enable()
             done += count
-            if blocked and _pause_gc:
+            if _slow_streak >= _SLOW_STREAK and _pause_gc:
                 _pause_gc = False
                 logger.warning(
-                    "openai-bluegreen: a telemetry task blocked for %.0f ms (a synchronous "
-                    "span or metric exporter?); the telemetry worker no longer pauses the "
-                    "garbage collector while it records", blocked * 1000)
+                    "openai-bluegreen: %d telemetry tasks in a row blocked for %.0f ms or more "
+                    "(a synchronous span or metric exporter?); the telemetry worker no longer "
+                    "pauses the garbage collector while it records", _slow_streak,
+                    _CHUNK_SECONDS * 1000)
             if not more:
                 return done  # the young pass held off comes with the next allocation
             if paused:
@@ -115,19 +118,21 @@ def _drain() -> int:
 
 _CHUNK = 1000  # records per pause of the collector: about 50 ms of the worker's time
 _CHUNK_SECONDS = 0.05  # and at most this long
-_pause_gc = True  # False once a task blocked for a whole chunk's time
+_SLOW_STREAK = 3  # tasks in a row that each took _CHUNK_SECONDS: pausing ends for good
+_slow_streak = 0
+_pause_gc = True  # False once tasks kept blocking (see _drain)
 _gc_paused = False  # the collector is off because a burst turned it off (see fork below)
 _gc_isenabled, _gc_disable, _gc_enable = gc.isenabled, gc.disable, gc.enable
 _clock = time.perf_counter
 
 
-def _run_records(limit: int, seconds: float) -> tuple[int, bool, float]:
+def _run_records(limit: int, seconds: float) -> tuple[int, bool]:
     """Run queued records until ``limit`` of them ran, ``seconds`` passed or the queue ran
-    empty. Returns how many ran, whether the queue may hold more, and how long the slowest
-    took if that was ``seconds`` or more (else 0)."""
+    empty. Returns how many ran and whether the queue may hold more; counts in
+    ``_slow_streak`` the tasks in a row that each took ``seconds`` or more."""
+    global _slow_streak  # noqa: PLW0603 - one worker per process
     pop = _tasks.popleft
     done = 0
-    slowest = 0.0
     deadline = _clock() + seconds
     while True:
         try:
@@ -136,7 +141,7 @@ def _run_records(limit: int, seconds: float) -> tuple[int, bool, float]:
             task = pop()
             args = [pop() for _ in range(pop())]
         except IndexError:
-            return done, False, slowest if slowest >= seconds else 0.0
+            return done, False
         began = _clock()
         try:
             task(*args)
@@ -144,9 +149,9 @@ def _run_records(limit: int, seconds: float) -> tuple[int, bool, float]:
             logger.debug("openai-bluegreen: telemetry task failed", exc_info=True)
         done += 1
         now = _clock()
-        slowest = max(slowest, now - began)
+        _slow_streak = _slow_streak + 1 if now - began >= seconds else 0
         if done >= limit or now >= deadline:
-            return done, True, slowest if slowest >= seconds else 0.0
+            return done, True
 
 
 def flush() -> None:
