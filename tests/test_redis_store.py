@@ -211,7 +211,7 @@ def test_one_bad_stored_value_never_hides_the_others(server: RedisServer) -> Non
     assert dict(stored) == {"good": good}
     assert set(stored.invalid) == {*bad, "hashed"}
     assert "weight must be a finite number from 0 to 100 (got 150.0)" in stored.invalid["too-much"]
-    assert "version must be an integer from 0 to 9007199254740990 (got 1.5)" in \
+    assert "version must be an integer from 0 to 9007199254740991 (got 1.5)" in \
         stored.invalid["half-version"]
     assert "it is rollout 'good'" in stored.invalid["elsewhere"]
     assert "it holds a hash, not a string" in stored.invalid["hashed"]

@@ -160,6 +160,49 @@ def test_a_rollback_over_a_bad_value_stays_rolled_back_whatever_config_the_apps_
     leader.stop()
 
 
+def test_no_action_but_a_rollback_stamps_an_unadopted_replacement_with_its_config(
+        tmp_path: Path) -> None:
+    """Until the apps' watcher adopts a rollback written over an invalid value, it is about no
+    config: a set-weight from another config would stamp that config's revision, and the apps'
+    leader would restart the rollout (green again). Refused unless --restart."""
+    from openai_bluegreen._rollout import revision_of
+
+    path = tmp_path / "state.json"
+    store = open_store(f"file://{path}")
+    apps = load_config(CONFIG).rollouts[0]
+    other = load_config({"rollouts": [{**CONFIG["rollouts"][0], "green": {"model": "c"}}]}
+                        ).rollouts[0]
+    apply_action(store, apps, Action.SET_WEIGHT, weight=5.0, actor="a", reason="x", now=1.0)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["rollouts"]["chat"]["weight"] = 150.0
+    path.write_text(json.dumps(data), encoding="utf-8")
+    replaced = apply_action(store, other, Action.ROLLBACK, actor="op", reason="x", now=2.0)
+    for rollout in (other, apps):
+        with pytest.raises(InvalidTransition, match="no watcher has adopted it"):
+            apply_action(store, rollout, Action.SET_WEIGHT, weight=0.0, actor="op", reason="x")
+    assert store.load("chat") == replaced
+    restarted = apply_action(store, other, Action.PAUSE, actor="op", reason="x", restart=True)
+    assert (restarted.phase, restarted.revision) == (Phase.PAUSED, revision_of(other))
+    assert restarted.superseded == ()
+
+
+def test_a_version_at_its_limit_is_never_written_past(tmp_path: Path) -> None:
+    from openai_bluegreen._rollout import MAX_VERSION
+
+    path = tmp_path / "state.json"
+    store = open_store(f"file://{path}")
+    rollout = load_config(CONFIG).rollouts[0]
+    apply_action(store, rollout, Action.PAUSE, actor="a", reason="x")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["rollouts"]["chat"]["version"] = MAX_VERSION
+    path.write_text(json.dumps(data), encoding="utf-8")
+    at_limit = store.load("chat")
+    assert at_limit is not None and at_limit.version == MAX_VERSION
+    with pytest.raises(StoreUnavailable, match="the stored version is at its limit"):
+        apply_action(store, rollout, Action.ROLLBACK, actor="a", reason="x")
+    assert store.load("chat") == at_limit
+
+
 def test_pause_with_restart_is_judged_by_this_configs_schedule(tmp_path: Path) -> None:
     """A state at step 4 of the apps' five-step schedule is not 'past' a new two-step one: it
     is another candidate's, and --restart starts this config's rollout over."""

@@ -241,6 +241,27 @@ def test_a_process_forked_during_a_burst_has_its_collector_on(parked_worker: Non
     assert gc.isenabled()
 
 
+def test_a_fork_the_moment_the_collector_goes_off_still_turns_it_on_in_the_child(
+        parked_worker: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flag the fork hook reads is set before the collector is switched off: a thread that
+    forks right after the switch finds it set."""
+    import os
+
+    codes: list[int] = []
+
+    def disable_then_fork() -> None:
+        gc.disable()
+        pid = os.fork()  # what another thread could do the moment this one switched it off
+        if pid == 0:
+            os._exit(0 if gc.isenabled() else 3)
+        codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+
+    monkeypatch.setattr(_worker, "_gc_disable", disable_then_fork)
+    _worker.submit(lambda: None)
+    openai_bluegreen.flush()
+    assert codes == [0] and gc.isenabled()
+
+
 def test_the_worker_outlives_a_task_that_raises_system_exit() -> None:
     def leave() -> None:
         raise SystemExit(3)

@@ -107,11 +107,22 @@ def apply_action(store: StateStore, rollout: Rollout, action: Action, *, actor: 
             continue
         at = store_time(store) if now is None else now
         base = stored if stored is not None else initial_state(rollout)
-        if stored is not None and stored.revision and stored.revision != revision:
+        # A rollback written over an invalid value is about no config until the apps' watcher
+        # adopts it: acting on it with this config would stamp this config's revision, and a
+        # leader on another config would then restart the rollout (green again).
+        unadopted = (stored is not None and not stored.revision and stored.last is not None
+                     and f"({REPLACED_NOTE}: " in stored.last.reason)
+        if stored is not None and (unadopted or (stored.revision and stored.revision != revision)):
             if action is Action.ROLLBACK:
                 pass  # roll back what the apps run, under its own revision, always
             elif restart:
                 base = restarted(rollout, stored, at, actor=actor)  # another candidate: anew
+            elif unadopted:
+                raise InvalidTransition(
+                    f"cannot {action.value.replace('_', '-')} rollout {rollout.name!r} yet: "
+                    "its state was written over an invalid value and no watcher has adopted "
+                    "it as its config's; wait for the apps' watcher (one analysis interval), "
+                    "or restart this config's rollout (CLI: --restart)")
             else:
                 raise InvalidTransition(
                     f"cannot {action.value.replace('_', '-')} rollout {rollout.name!r}: the "

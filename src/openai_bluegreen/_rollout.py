@@ -165,8 +165,9 @@ def _number(value: Any, name: str, low: float = float("-inf"), high: float = flo
     return float(value)
 
 
-MAX_VERSION = 2**53 - 2
-"""The highest stored version: Redis's Lua scripts compare versions as doubles, exact to 2**53."""
+MAX_VERSION = 2**53 - 1
+"""The highest version a state is stored or read with: Redis's Lua scripts compare versions as
+doubles, exact up to here."""
 
 
 def _integer(value: Any, name: str, low: int, high: int | None = None) -> int:
@@ -216,13 +217,14 @@ def restarted(rollout: Rollout, stored: RolloutState, now: float, *, actor: str
     """The rollout started over because its blue/green changed: a fresh state for this
     revision, keeping the history and noting the revision it replaces."""
     fresh = initial_state(rollout)
-    reason = (f"blue/green changed (revision {stored.revision} -> {fresh.revision}): "
-              "starting over")
+    reason = (f"blue/green changed (revision {stored.revision or 'none'} -> "
+              f"{fresh.revision}): starting over")
     entry = HistoryEntry(now, "restart", actor, reason, fresh.phase.value, fresh.step,
                          fresh.weight)
     return replace(fresh, updated_at=now, version=stored.version + 1,
                    history=(*stored.history, entry)[-HISTORY_LIMIT:],
-                   superseded=(*stored.superseded, stored.revision)[-SUPERSEDED_LIMIT:])
+                   superseded=(*stored.superseded, *([stored.revision] if stored.revision
+                                                     else []))[-SUPERSEDED_LIMIT:])
 
 
 def _step_below(rollout: Rollout, weight: float) -> int:

@@ -93,15 +93,17 @@ def _drain() -> int:
             # it off during a burst gets it back on at the burst's end (the switch is the
             # process's, and nothing tells who turned it off).
             paused = _pause_gc and _gc_isenabled()
-            if paused:
-                _gc_disable()
-                _gc_paused = True
             try:
+                if paused:
+                    # The flag first: a fork (from another thread) or a signal right after the
+                    # switch must find the flag set, or the collector stays off in the child.
+                    _gc_paused = True
+                    _gc_disable()
                 count, more = _run_records(_CHUNK, _CHUNK_SECONDS)
             finally:
                 if paused:
-                    _gc_paused = False
                     _gc_enable()
+                    _gc_paused = False
             done += count
             if _slow_streak >= _SLOW_STREAK and _pause_gc:
                 _pause_gc = False

@@ -20,7 +20,7 @@ from .._errors import BlueGreenError
 from .._rollout import MAX_VERSION, RolloutState
 
 __all__ = ["InvalidState", "StateStore", "StoreUnavailable", "StoreUnsupported", "StoredStates",
-           "invalid_of", "open_store", "parse_stored", "store_time"]
+           "check_version", "invalid_of", "open_store", "parse_stored", "store_time"]
 
 
 class StoreUnavailable(BlueGreenError):
@@ -54,6 +54,16 @@ class InvalidState(StoreUnavailable):
         self.seen = seen
         version = _decoded(seen).get("version")
         self.version = version if type(version) is int and 0 <= version < MAX_VERSION else None
+
+
+def check_version(state: RolloutState) -> None:
+    """Refuse to write a state past :data:`MAX_VERSION` (only a hand-edited version gets near):
+    no reader would accept it, and Redis could no longer compare it exactly."""
+    if state.version > MAX_VERSION:
+        raise StoreUnavailable(
+            f"rollout {state.rollout!r}: the stored version is at its limit ({MAX_VERSION}), "
+            "so nothing more can be written over it; delete the rollout's stored value to "
+            "start its state afresh")
 
 
 def _decoded(seen: str | bytes) -> dict[str, Any]:

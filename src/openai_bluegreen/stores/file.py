@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .._rollout import REPAIR_HINT, RolloutState
-from . import InvalidState, StoredStates, StoreUnavailable, parse_stored
+from . import InvalidState, StoredStates, StoreUnavailable, check_version, parse_stored
 
 __all__ = ["LOCK_TIMEOUT", "FileStore"]
 
@@ -143,6 +143,7 @@ class FileStore:
                                        f"{exc.strerror}") from exc
 
     def compare_and_set(self, state: RolloutState, expected_version: int | None) -> bool:
+        check_version(state)
         with self._locked():
             data = self._read()
             current = data["rollouts"].get(state.rollout)
@@ -155,6 +156,7 @@ class FileStore:
             return True
 
     def replace_invalid(self, state: RolloutState, seen: str | bytes) -> bool:
+        check_version(state)
         with self._locked():
             data = self._read()
             current = data["rollouts"].get(state.rollout)

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Mapping
 
 from .._rollout import RolloutState
+from . import check_version
 
 __all__ = ["MemoryStore"]
 
@@ -26,6 +27,7 @@ class MemoryStore:
         return dict(self._states)
 
     def compare_and_set(self, state: RolloutState, expected_version: int | None) -> bool:
+        check_version(state)
         with self._lock:
             current = self._states.get(state.rollout)
             if (None if current is None else current.version) != expected_version:

@@ -33,7 +33,7 @@ from redis.retry import Retry
 
 from .._config import mask_url
 from .._rollout import REPAIR_HINT, RolloutState
-from . import InvalidState, StoredStates, StoreUnavailable, parse_stored
+from . import InvalidState, StoredStates, StoreUnavailable, check_version, parse_stored
 
 __all__ = ["RedisStore"]
 
@@ -338,6 +338,7 @@ class RedisStore:
         return out
 
     def compare_and_set(self, state: RolloutState, expected_version: int | None) -> bool:
+        check_version(state)
         data = json.dumps(state.to_dict(), separators=(",", ":"), sort_keys=True)
         try:
             result = self._cas(keys=[self._key(state.rollout), self._index_key],
@@ -352,6 +353,7 @@ class RedisStore:
         return int(result) == 1
 
     def replace_invalid(self, state: RolloutState, seen: str | bytes) -> bool:
+        check_version(state)
         data = json.dumps(state.to_dict(), separators=(",", ":"), sort_keys=True)
         try:
             result = self._replace(keys=[self._key(state.rollout), self._index_key],
