@@ -53,6 +53,17 @@ def _status(config: Path) -> dict[str, Any]:
     return dict(json.loads(done.stdout)["rollouts"][0])
 
 
+def _edited(tmp_path: Path, config: Path, **fields: Any) -> tuple[Path, dict[str, Any]]:
+    """Set a weight through the CLI, then edit the stored state by hand as given (no writer of
+    ours stores such values); returns the state file and what it now holds."""
+    assert cli(config, "set-weight", "chat-upgrade", "50", "--reason", "eval").returncode == 0
+    state = tmp_path / "state.json"
+    data = json.loads(state.read_text())
+    data["rollouts"]["chat-upgrade"].update(fields)
+    state.write_text(json.dumps(data))
+    return state, data
+
+
 def test_pause_resume_rollback_are_recorded_with_actor_reason_and_time(tmp_path: Path) -> None:
     config = _write_config(tmp_path)
     assert _status(config)["phase"] == "pending"
@@ -234,11 +245,7 @@ def test_a_store_that_cannot_be_used_here_is_a_config_error(tmp_path: Path) -> N
 
 def test_status_shows_an_unreadable_stored_state_for_what_it_is(tmp_path: Path) -> None:
     config = _write_config(tmp_path)
-    assert cli(config, "set-weight", "chat-upgrade", "25", "--reason", "eval").returncode == 0
-    state = tmp_path / "state.json"
-    data = json.loads(state.read_text())
-    data["rollouts"]["chat-upgrade"]["weight"] = 150.0  # no writer of ours stores that
-    state.write_text(json.dumps(data))
+    _edited(tmp_path, config, weight=150.0)
     for plain in (True, False):
         done = cli(config, "status", plain=plain)
         assert done.returncode == 0, done.stderr
@@ -254,13 +261,8 @@ def test_a_rollback_replaces_a_stored_value_that_is_not_a_state(tmp_path: Path) 
     """In an incident the way back to blue must not wait for someone to repair the store: a
     rollback writes over an invalid value; every other action leaves it alone."""
     config = _write_config(tmp_path)
-    for weight in ("10", "25"):
-        assert cli(config, "set-weight", "chat-upgrade", weight, "--reason", "eval"
-                   ).returncode == 0
-    state = tmp_path / "state.json"
-    data = json.loads(state.read_text())
-    data["rollouts"]["chat-upgrade"]["weight"] = 150.0  # no writer of ours stores that
-    state.write_text(json.dumps(data))
+    assert cli(config, "set-weight", "chat-upgrade", "10", "--reason", "eval").returncode == 0
+    state, data = _edited(tmp_path, config, weight=150.0)
     for action in (("pause",), ("resume",), ("promote",), ("set-weight", "chat-upgrade", "5")):
         done = cli(config, action[0], *(action[1:] or ("chat-upgrade",)), "--reason", "x")
         assert done.returncode == 1, done
@@ -283,11 +285,7 @@ def test_a_rollback_replaces_a_stored_value_that_is_not_a_state(tmp_path: Path) 
 
 def test_pause_and_resume_refuse_a_state_past_its_schedule(tmp_path: Path) -> None:
     config = _write_config(tmp_path)
-    assert cli(config, "set-weight", "chat-upgrade", "50", "--reason", "eval").returncode == 0
-    state = tmp_path / "state.json"
-    data = json.loads(state.read_text())
-    data["rollouts"]["chat-upgrade"]["step"] = 7  # the schedule has 3 steps
-    state.write_text(json.dumps(data))
+    state, data = _edited(tmp_path, config, step=7)  # the schedule has 3 steps
     for action in ("resume", "pause"):
         done = cli(config, action, "chat-upgrade", "--reason", "x")
         assert done.returncode == 1, done
@@ -300,11 +298,7 @@ def test_pause_and_resume_refuse_a_state_past_its_schedule(tmp_path: Path) -> No
 
 def test_status_shows_a_state_past_its_schedule_as_unreadable(tmp_path: Path) -> None:
     config = _write_config(tmp_path)
-    assert cli(config, "set-weight", "chat-upgrade", "50", "--reason", "eval").returncode == 0
-    state = tmp_path / "state.json"
-    data = json.loads(state.read_text())
-    data["rollouts"]["chat-upgrade"]["step"] = 7  # the schedule has 3 steps
-    state.write_text(json.dumps(data))
+    _edited(tmp_path, config, step=7)  # the schedule has 3 steps
     row = _status(config)
     assert row["phase"] == "unreadable" and row["weight"] is None
     assert "at step 8, but the schedule has 3" in row["unreadable"]
