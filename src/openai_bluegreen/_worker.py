@@ -86,14 +86,12 @@ def _drain() -> int:
             # survivors of young passes also bring fewer full collections (the longest single
             # pass in an openai app's heap: 50-78 ms; BENCHMARKS.md). A chunk ends after
             # _CHUNK records or _CHUNK_SECONDS, whichever comes first, so a backlog never holds
-            # the collector
-            # off for longer. Tasks that keep blocking that long (a synchronous exporter) end
-            # the pausing for good; one slow task does not (a first call's imports, or the
-            # worker waiting for the GIL under load: a task took 67 ms once during a run of
-            # benchmarks/overhead.py).
-            # An app that turned the collector off before a burst keeps it off; one that turns
-            # it off during a burst gets it back on at the burst's end (the switch is the
-            # process's, and nothing tells who turned it off).
+            # the collector off for longer. Tasks that keep blocking that long (a synchronous
+            # exporter) end the pausing for good; one slow task does not (a first call's
+            # imports, or the worker waiting for the GIL under load: a task took 67 ms once
+            # during a run of benchmarks/overhead.py). An app that turned the collector off
+            # before a burst keeps it off; one that turns it off during a burst gets it back on
+            # at the burst's end (the switch is the process's; nothing tells who turned it off).
             paused = _pause_gc and _gc_isenabled()
             try:
                 if paused:
