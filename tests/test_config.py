@@ -433,10 +433,23 @@ def test_credentials_in_base_urls_query_are_refused_and_masked(query: str) -> No
     assert "rollouts[0].green.base_url" in message and "must not hold credentials" in message
     assert SECRET not in message and "hunter2" not in message and "AIzaSy" not in message
     assert "=***'" in message
-    # A plain query (an Azure api-version) is no credential.
-    url = "https://h/openai/v1?api-version=2024-10-21"
-    assert openai_bluegreen.load_config(with_change("green.base_url", url)) \
-        .rollouts[0].green.base_url == url
+    # A plain query (an Azure api-version) is no credential, nor a name that merely contains
+    # "key" (it was refused as "looks like a key").
+    for url in ("https://h/openai/v1?api-version=2024-10-21", "https://h/v1?monkey=1&keys=2"):
+        assert openai_bluegreen.load_config(with_change("green.base_url", url)) \
+            .rollouts[0].green.base_url == url
+    with pytest.raises(ConfigError, match="query parameter 'apiKey' looks like a key"):
+        openai_bluegreen.load_config(with_change("green.base_url", "https://h/v1?apiKey=x"))
+
+
+def test_a_metrics_source_with_a_token_in_its_query_is_refused_without_echoing_it() -> None:
+    """status and errors show the metrics source's URL: a token in it would be shown."""
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config({**good(), "metrics_source":
+                                      "http://prom:9090/?access_token=hunter2"})
+    message = str(caught.value)
+    assert "metrics_source: must not hold credentials" in message and "hunter2" not in message
+    assert "http://user:password@host" in message
 
 
 def test_every_url_problem_is_named_without_echoing_a_key() -> None:
@@ -481,6 +494,11 @@ def test_key_pasted_into_api_key_env_is_refused_without_echoing_it(pasted: str) 
     assert "looks like a key, not a variable name" in message
     assert "rollouts[0].green.api_key_env" in message
     assert pasted not in message and pasted[8:] not in message
+    # install() also names unset key variables in the same error: never this one, whole.
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config(with_change("green.api_key_env", pasted),
+                                     require_keys=True)
+    assert pasted not in str(caught.value) and pasted[8:] not in str(caught.value)
 
 
 def test_plausible_variable_names_stay_accepted_in_api_key_env() -> None:

@@ -207,14 +207,7 @@ class EnvironmentTarget(_Strict):
             raise ValueError(f"must not hold credentials (user:password@): name the key's "
                              f"variable in api_key_env (got {mask_url(value)!r})")
         # Before any other check: no error below may echo a key from the query.
-        query = value.split("?", 1)[1].split("#", 1)[0] if "?" in value else ""
-        for name, item in urllib.parse.parse_qsl(query, keep_blank_values=True):
-            if looks_like_secret(item) or _SECRET_HINT.search(name) \
-                    or name.lower() in ("sig", "signature"):
-                raise ValueError(
-                    f"must not hold credentials (query parameter {name!r} looks like a key): "
-                    f"name the key's variable in api_key_env "
-                    f"(got {value.split('?', 1)[0] + '?' + name + '=***'!r})")
+        _refuse_query_secret(value, "name the key's variable in api_key_env")
         if not _URL_RE.match(value):
             raise ValueError("must be an http:// or https:// URL with a host (an IPv6 host "
                              "in brackets: http://[::1]:8000/v1)")
@@ -524,6 +517,8 @@ class Config(_Strict):
     def _check_source(cls, value: str) -> str:
         if value == "local":
             return value
+        # status and errors show this URL: a token in its query would be shown with it.
+        _refuse_query_secret(value, "give Prometheus credentials as http://user:password@host")
         if _SOURCE_URL_RE.match(value):
             problem = _url_problem(value)
             if problem is not None:
@@ -558,6 +553,23 @@ class Config(_Strict):
 _URL_FIELDS = frozenset({"state", "metrics_source", "base_url"})
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SECRET_HINT = re.compile(r"(key|token|secret|authorization|password)", re.IGNORECASE)
+# Query parameter names that carry a credential, word by word (``api_key``, ``X-Api-Key``,
+# ``subscription-key``, ``access_token``, ``sig``): not any name that merely contains "key"
+# (``monkey``). A value that looks like a key is refused whatever its name.
+_SECRET_WORDS = frozenset({"key", "apikey", "token", "accesstoken", "authtoken", "secret",
+                           "authorization", "auth", "password", "passwd", "pwd", "sig",
+                           "signature", "credential", "credentials"})
+
+
+def _refuse_query_secret(url: str, fix: str) -> None:
+    """Refuse a URL whose query holds a credential, without echoing it."""
+    query = url.split("?", 1)[1].split("#", 1)[0] if "?" in url else ""
+    for name, item in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower())
+        if looks_like_secret(item) or _SECRET_WORDS.intersection(words):
+            raise ValueError(
+                f"must not hold credentials (query parameter {name!r} looks like a key): "
+                f"{fix} (got {url.split('?', 1)[0] + '?' + name + '=***'!r})")
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:
@@ -805,7 +817,10 @@ def missing_keys(rollouts: Any) -> list[tuple[str, str]]:
                       else getattr(rollout, env, None))
             name = (target.get("api_key_env") if isinstance(target, Mapping)
                     else getattr(target, "api_key_env", None))
-            if isinstance(name, str) and name and not os.environ.get(name):
+            # A key pasted where its variable's name belongs is validation's to refuse, masked:
+            # named here it would be echoed whole.
+            if isinstance(name, str) and name and not looks_like_secret(name) \
+                    and not os.environ.get(name):
                 out.append((f"rollouts[{i}].{env}.api_key_env",
                             f"environment variable {name} is not set or empty"))
     return out
