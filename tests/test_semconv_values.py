@@ -553,9 +553,13 @@ def test_request_values_follow_the_semconv_types_and_rules(
     client.chat.completions.parse(model="gpt-4.1", messages=MSGS, response_format=Answer)
     client.chat.completions.create(model="gpt-4.1", messages=MSGS,
                                    response_format={"type": "json_object"})
+    # The same parameters but no output format: the lane's shared attribute sets must tell
+    # the two apart.
+    client.chat.completions.create(model="gpt-4.1", messages=MSGS)
     client.responses.create(model="gpt-4.1", input="hi",
                             text={"format": {"type": "text"}})
-    plain, parsed, json_mode, text = (dict(s.attributes or {}) for s in telemetry.spans())
+    plain, parsed, json_mode, bare, text = (dict(s.attributes or {}) for s in telemetry.spans())
+    assert "gen_ai.output.type" not in bare
     for name in ("temperature", "top_p", "presence_penalty"):  # doubles, though given as 0/1
         assert type(plain[f"gen_ai.request.{name}"]) is float
     assert "openai.request.service_tier" not in plain  # not when "auto"

@@ -262,10 +262,6 @@ def describe_response(obj: Any) -> Described:
     )
 
 
-_NO_DETAILS: dict[Details, Details] = {
-    (a, b): (a, b) for a in (None, 0) for b in (None, 0)}
-
-
 def _details(usage: Any) -> Details | None:
     """Cached input and reasoning output tokens: chat's ``prompt_tokens_details`` /
     ``completion_tokens_details``, the Responses API's ``input_tokens_details`` /
@@ -281,10 +277,12 @@ def _details(usage: Any) -> Details | None:
     cached, reasoning = _count(inputs, "cached_tokens"), _count(outputs, "reasoning_tokens")
     if cached is None and reasoning is None:
         return None
-    details = (cached, reasoning)
     # The usual answer (no cache hit, no reasoning): one shared tuple, not one per call
-    # waiting in the telemetry queue.
-    return _NO_DETAILS.get(details, details)
+    # waiting in the telemetry queue. Counts that vary stay the call's own: shared() would
+    # churn through them.
+    if not cached and not reasoning:
+        return shared((cached, reasoning))
+    return cached, reasoning
 
 
 def _count(details: Any, name: str) -> int | None:
