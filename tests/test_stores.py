@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,13 @@ from openai_bluegreen._rollout import (
     RolloutState,
     initial_state,
 )
-from openai_bluegreen.stores import InvalidState, StateStore, StoreUnavailable, open_store
+from openai_bluegreen.stores import (
+    InvalidState,
+    StateStore,
+    StoreUnavailable,
+    invalid_of,
+    open_store,
+)
 from tests.services import redis_server
 
 CONFIG = {"rollouts": [{"name": "chat", "match": {"model": "m"}, "blue": {"model": "a"},
@@ -220,6 +228,69 @@ def test_pause_with_restart_is_judged_by_this_configs_schedule(tmp_path: Path) -
         apply_action(store, new, Action.PAUSE, actor="op", reason="x")
     paused = apply_action(store, new, Action.PAUSE, actor="op", reason="x", restart=True)
     assert (paused.phase, paused.revision) == (Phase.PAUSED, revision_of(new))
+
+
+@pytest.mark.parametrize(("fields", "why"), [
+    ({"phase": "rolled_back", "weight": 50.0}, "a rolled_back state has weight 0 (got 50)"),
+    ({"phase": "promoted", "weight": 10.0}, "a promoted state has weight 100 (got 10)"),
+    ({"phase": "bogus"}, "phase must be one of pending, progressing"),
+    ({"superseded": 5}, "superseded must be a list of revisions (got 5)"),
+    ({"superseded": "abc"}, "superseded must be a list of revisions (got 'abc')"),
+    ({"history": {}}, "history must be a list (got dict)"),
+])
+def test_a_hand_edited_state_that_contradicts_itself_is_invalid_and_named(
+        tmp_path: Path, fields: dict[str, Any], why: str) -> None:
+    """A rolled-back state at 50% would route half the calls to green while status says
+    rolled back; a bad field is named, not a Python type error."""
+    path = tmp_path / "state.json"
+    store = open_store(f"file://{path}")
+    rollout = load_config(CONFIG).rollouts[0]
+    apply_action(store, rollout, Action.PAUSE, actor="a", reason="x")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["rollouts"]["chat"].update(fields)
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(InvalidState, match=re.escape(why)):
+        store.load("chat")
+
+
+def test_a_null_entry_is_a_bad_value_for_every_reader_and_a_valid_one_is_never_replaced(
+        tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    store = open_store(f"file://{path}")
+    rollout = load_config(CONFIG).rollouts[0]
+    paused = apply_action(store, rollout, Action.PAUSE, actor="a", reason="x")
+    entry = json.loads(path.read_text(encoding="utf-8"))["rollouts"]["chat"]
+    text = json.dumps(entry, sort_keys=True, separators=(",", ":"))
+    assert not store.replace_invalid(replace(paused, version=0), text)  # valid: left alone
+    assert store.load("chat") == paused
+    path.write_text(json.dumps({"format": 1, "rollouts": {"chat": None}}), encoding="utf-8")
+    assert "chat" in invalid_of(store.load_all())
+    with pytest.raises(InvalidState, match="not a JSON object"):
+        store.load("chat")  # before: None, so a pause wrote a fresh state over it
+    with pytest.raises(InvalidState):
+        apply_action(store, rollout, Action.PAUSE, actor="a", reason="x")
+
+
+def test_a_long_reason_for_a_bad_value_is_cut_in_the_history(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    store = open_store(f"file://{path}")
+    rollout = load_config(CONFIG).rollouts[0]
+    apply_action(store, rollout, Action.PAUSE, actor="a", reason="x")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["rollouts"]["chat"]["weight"] = "w" * 5000
+    path.write_text(json.dumps(data), encoding="utf-8")
+    state = apply_action(store, rollout, Action.ROLLBACK, actor="a", reason="incident")
+    reason = state.history[-1].reason
+    assert reason.startswith("incident (replaced a stored value that was not a valid state: ")
+    assert reason.endswith("…)") and len(reason) < 400
+
+
+def test_file_store_refuses_a_file_that_is_not_text(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_bytes(b"\xff\xfe{not text")
+    with pytest.raises(StoreUnavailable, match=r"not a valid state file \(not UTF-8 text\)"):
+        open_store(f"file://{path}").load_all()
+    assert path.read_bytes() == b"\xff\xfe{not text"
 
 
 def test_file_store_refuses_a_file_nested_past_the_parser(tmp_path: Path) -> None:

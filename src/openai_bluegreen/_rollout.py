@@ -125,18 +125,32 @@ class RolloutState:
     def from_dict(cls, data: Mapping[str, Any]) -> RolloutState:
         """A state read back from a store; raises ``ValueError`` (naming the field) for one no
         writer of ours could have stored, rather than route by it."""
+        try:
+            phase = Phase(data["phase"])
+        except ValueError:
+            raise ValueError(f"phase must be one of {', '.join(p.value for p in Phase)} "
+                             f"(got {data['phase']!r})") from None
+        weight = _number(data["weight"], "weight", 0.0, 100.0)
+        # What routing follows must agree with what status says: rolled back is 0% green,
+        # promoted 100% (DESIGN.md).
+        for done, whole in ((Phase.ROLLED_BACK, 0.0), (Phase.PROMOTED, 100.0)):
+            if phase is done and weight != whole:
+                raise ValueError(f"a {phase.value} state has weight {whole:g} (got {weight:g})")
+        superseded = data.get("superseded", [])
+        if not isinstance(superseded, list) or not all(isinstance(r, str) for r in superseded):
+            raise ValueError(f"superseded must be a list of revisions (got {superseded!r})")
         return cls(
             rollout=str(data["rollout"]),
-            phase=Phase(data["phase"]),
+            phase=phase,
             step=None if data.get("step") is None else _integer(data["step"], "step", -1),
-            weight=_number(data["weight"], "weight", 0.0, 100.0),
+            weight=weight,
             step_started_at=(None if data.get("step_started_at") is None
                              else _number(data["step_started_at"], "step_started_at")),
             updated_at=_number(data.get("updated_at", 0.0), "updated_at"),
             version=_integer(data["version"], "version", 0, MAX_VERSION),
-            history=_history(data.get("history") or ()),
+            history=_history(data.get("history", [])),
             revision=str(data.get("revision") or ""),
-            superseded=tuple(str(r) for r in data.get("superseded") or ()),
+            superseded=tuple(superseded),
         )
 
 

@@ -158,8 +158,8 @@ class StateStore(Protocol):
 
     def replace_invalid(self, state: RolloutState, seen: str | bytes) -> bool:
         """Store ``state`` over its rollout's invalid value, if the stored value is still
-        ``seen`` (:attr:`InvalidState.seen`). A rollback uses it: getting every app back to
-        blue never waits for someone to repair the stored value.
+        ``seen`` (:attr:`InvalidState.seen`) and still not a valid state. A rollback uses it:
+        getting every app back to blue never waits for someone to repair the stored value.
 
         Returns:
             Whether the write happened (``False``: the value changed since it was read).

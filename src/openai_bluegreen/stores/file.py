@@ -90,8 +90,9 @@ class FileStore:
                                seen=_text(raw)) from None
 
     def load(self, rollout: str) -> RolloutState | None:
-        raw = self._read()["rollouts"].get(rollout)
-        return None if raw is None else self._parse(rollout, raw)
+        rollouts = self._read()["rollouts"]
+        # A rollout stored as null is a bad value (load_all says so too), not a missing one.
+        return self._parse(rollout, rollouts[rollout]) if rollout in rollouts else None
 
     def load_all(self) -> StoredStates:
         out = StoredStates()
@@ -159,9 +160,11 @@ class FileStore:
         check_version(state)
         with self._locked():
             data = self._read()
-            current = data["rollouts"].get(state.rollout)
-            if current is None or _text(current) != seen:
+            if state.rollout not in data["rollouts"]:
                 return False
+            current = data["rollouts"][state.rollout]
+            if _text(current) != seen or _is_state(state.rollout, current):
+                return False  # changed since it was read, or a valid state: not ours to replace
             data["rollouts"][state.rollout] = state.to_dict()
             data["format"] = _FORMAT
             self._write(data)
@@ -217,3 +220,11 @@ class FileStore:
 def _text(raw: Any) -> str:
     """A rollout's entry in the file as text, the same for the same entry on every read."""
     return json.dumps(raw, sort_keys=True, separators=(",", ":"))
+
+
+def _is_state(name: str, raw: Any) -> bool:
+    try:
+        parse_stored(name, raw)
+    except ValueError:
+        return False
+    return True

@@ -354,6 +354,12 @@ class RedisStore:
 
     def replace_invalid(self, state: RolloutState, seen: str | bytes) -> bool:
         check_version(state)
+        try:
+            self.load(state.rollout)
+        except InvalidState:
+            pass  # still a bad value: the script below checks it is still this one
+        else:
+            return False  # absent or a valid state now: not ours to replace
         data = json.dumps(state.to_dict(), separators=(",", ":"), sort_keys=True)
         try:
             result = self._replace(keys=[self._key(state.rollout), self._index_key],
