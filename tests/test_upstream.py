@@ -102,6 +102,27 @@ def test_settings_are_validated_and_changeable_at_run_time() -> None:
         assert out.usage is not None and out.usage.completion_tokens == 3
 
 
+def test_cached_and_reasoning_tokens_are_counts_within_the_usage() -> None:
+    for value in (-1, 1.5, float("nan"), True, "5", None):
+        with pytest.raises(ValueError, match=r"cached_tokens must be a whole number >= 0"):
+            UpstreamSettings(cached_tokens=value)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"reasoning_tokens must be a whole number >= 0"):
+            UpstreamSettings(reasoning_tokens=value)  # type: ignore[arg-type]
+    # Never more than the prompt or the completion holds, as a provider reports them.
+    with SimulatedUpstream("u", input_tokens=10, cached_tokens=50, output_tokens=3,
+                           reasoning_tokens=9) as up, \
+            openai.OpenAI(base_url=up.base_url, api_key="k", max_retries=0) as client:
+        chat = client.chat.completions.create(model="m", messages=MSGS).usage
+        answer = client.responses.create(model="m", input="hi").usage
+    assert chat is not None and chat.prompt_tokens_details is not None
+    assert chat.completion_tokens_details is not None
+    assert (chat.prompt_tokens_details.cached_tokens,
+            chat.completion_tokens_details.reasoning_tokens) == (10, 3)
+    assert answer is not None
+    assert (answer.input_tokens_details.cached_tokens,
+            answer.output_tokens_details.reasoning_tokens) == (10, 3)
+
+
 def test_the_command_line_refuses_bad_values_by_name() -> None:
     import socket
     import subprocess

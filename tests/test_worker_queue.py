@@ -217,6 +217,19 @@ def test_a_chunk_ends_after_its_time_and_tasks_that_keep_blocking_end_the_pausin
     assert states[7:] == [False, False, False, True]  # the last ran with the collector on
     assert not _worker._pause_gc and gc.isenabled()
     assert "3 telemetry tasks in a row blocked" in caplog.text
+    # With the app's collector off nothing is paused, so slow tasks end nothing.
+    monkeypatch.setattr(_worker, "_pause_gc", True)
+    monkeypatch.setattr(_worker, "_slow_streak", 0)
+    caplog.clear()
+    gc.disable()
+    try:
+        for _ in range(3):
+            _worker.submit(work, 0.15)
+        with caplog.at_level("WARNING", logger="openai_bluegreen"):
+            openai_bluegreen.flush()
+    finally:
+        gc.enable()
+    assert _worker._pause_gc and "no longer pauses" not in caplog.text
 
 
 def test_a_process_forked_during_a_burst_has_its_collector_on(parked_worker: None) -> None:

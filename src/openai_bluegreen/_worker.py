@@ -105,7 +105,7 @@ def _drain() -> int:
                     _gc_enable()
                     _gc_paused = False
             done += count
-            if _slow_streak >= _SLOW_STREAK and _pause_gc:
+            if _slow_streak >= _SLOW_STREAK and paused and _pause_gc:
                 _pause_gc = False
                 logger.warning(
                     "openai-bluegreen: %d telemetry tasks in a row blocked for %.0f ms or more "
@@ -115,7 +115,7 @@ def _drain() -> int:
             if not more:
                 return done  # the young pass held off comes with the next allocation
             if paused:
-                gc.collect(0)  # a backlog: the young pass held off, before the next chunk
+                _gc_collect(0)  # a backlog: the young pass held off, before the next chunk
 
 
 _CHUNK = 1000  # records per pause of the collector: about 50 ms of the worker's time
@@ -124,7 +124,8 @@ _SLOW_STREAK = 3  # tasks in a row that each took _CHUNK_SECONDS: pausing ends f
 _slow_streak = 0
 _pause_gc = True  # False once tasks kept blocking (see _drain)
 _gc_paused = False  # the collector is off because a burst turned it off (see fork below)
-_gc_isenabled, _gc_disable, _gc_enable = gc.isenabled, gc.disable, gc.enable
+_gc_isenabled, _gc_disable, _gc_enable, _gc_collect = gc.isenabled, gc.disable, gc.enable, \
+    gc.collect
 _clock = time.perf_counter
 
 

@@ -81,8 +81,9 @@ class UpstreamSettings:
         if self.rate_limit_rps is not None and self.rate_limit_rps <= 0:
             problems.append(f"rate_limit_rps must be > 0 (got {self.rate_limit_rps!r})")
         for name in ("cached_tokens", "reasoning_tokens"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0 (got {getattr(self, name)!r})")
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:  # a count: not a bool, float or string
+                problems.append(f"{name} must be a whole number >= 0 (got {value!r})")
         if self.output_tokens < 1 or self.embedding_dimensions < 1 or self.max_stream_chunks < 1:
             problems.append("output_tokens, embedding_dimensions, max_stream_chunks must be >= 1")
         if problems:
