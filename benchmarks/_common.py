@@ -231,6 +231,11 @@ def per_round(values: list[float], rounds: int) -> list[list[float]]:
     return [values[i * size:(i + 1) * size] for i in range(rounds)]
 
 
+def paired_ratio(throughput: dict[str, list[float]], arm: str) -> float:
+    """Median over rounds of the arm's throughput / plain's in the same round."""
+    return median([a / p for a, p in zip(throughput[arm], throughput["plain"], strict=True)])
+
+
 def paired_added(sync: dict[str, list[float]], arm: str, rounds: int) -> float:
     """Median over rounds of (arm's block median - plain's block median in the same round).
 

@@ -35,6 +35,7 @@ from _common import (
     median,
     paired_added,
     paired_mean_added,
+    paired_ratio,
     percentile,
     providers,
     timed_async_rounds,
@@ -214,10 +215,30 @@ async def run_async(base_url: str, rounds: int, block: int, concurrency: int
     client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
     out: dict[str, dict[str, list[float]]] = {
         key: {arm: [] for arm in ARMS}
-        for key in ("throughput", "cpu", "gc_passes", "gc_seconds", "gc_full", "gc_longest")
+        for key in ("throughput", "cpu", "gc_passes", "gc_seconds", "gc_full", "gc_longest",
+                    "gc_pauses")
     }
+    # How often the worker paused the collector in each block: the arms must differ in that,
+    # and nothing may have ended the pausing for the run (see _worker._drain).
+    pauses = [0]
+    real_disable = _worker._gc_disable
+
+    def counting_disable() -> None:
+        pauses[0] += 1
+        real_disable()
+
+    def counted(setup: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            pauses[0] = 0
+            setup()
+        return run
+
+    _worker._gc_disable = counting_disable
+    arms = {name: (counted(setup), teardown)
+            for name, (setup, teardown) in make_arms(base_url).items()}
 
     def record(arm: str, seconds: float, cpu: float, meter: GcMeter) -> None:
+        out["gc_pauses"][arm].append(pauses[0])
         out["throughput"][arm].append(block / seconds)
         out["cpu"][arm].append(cpu / block)
         out["gc_passes"][arm].append(meter.passes / block)
@@ -225,8 +246,10 @@ async def run_async(base_url: str, rounds: int, block: int, concurrency: int
         out["gc_longest"][arm].append(meter.longest)
         out["gc_seconds"][arm].append(sum(meter.seconds.values()) / block)
 
-    await timed_async_rounds(client, make_arms(base_url), rounds, block, concurrency, 1000,
-                             record)
+    try:
+        await timed_async_rounds(client, arms, rounds, block, concurrency, 1000, record)
+    finally:
+        _worker._gc_disable = real_disable
     await client.close()
     return out
 
@@ -319,13 +342,13 @@ def report(sync: dict[str, list[float]], flushes: dict[str, list[float]],
         f"the contract's telemetry at {paired_ratio(async_, 'bluegreen'):.1%}, and at "
         f"{paired_ratio(async_, 'bluegreen-gc-unpaused'):.1%} with the collector left running "
         "during the worker's bursts (per-round ratios).",
+        "",
+        f"Collector pauses by the telemetry worker, all blocks: bluegreen "
+        f"{sum(measured['gc_pauses']['bluegreen'])}, bluegreen-gc-unpaused "
+        f"{sum(measured['gc_pauses']['bluegreen-gc-unpaused'])}; pausing still on at the end "
+        f"of the run: {'yes' if _worker._pause_gc else 'no'}.",
     ]
     return "\n".join(lines)
-
-
-def paired_ratio(throughput: dict[str, list[float]], arm: str) -> float:
-    """Median over rounds of the arm's throughput / plain's in the same round."""
-    return median([a / p for a, p in zip(throughput[arm], throughput["plain"], strict=True)])
 
 
 def main() -> int:

@@ -32,6 +32,7 @@ from _common import (
     median,
     paired_added,
     paired_mean_added,
+    paired_ratio,
     percentile,
     providers,
     timed_async_rounds,
@@ -129,8 +130,7 @@ def report(measured: dict[str, dict[str, list[float]]], calls: dict[str, list[fl
         "|---|---:|---:|---:|",
     ]
     for arm in throughput:
-        ratio = median([a / p for a, p in zip(throughput[arm], throughput["plain"],
-                                              strict=True)])
+        ratio = paired_ratio(throughput, arm)
         lines.append(f"| {arm} | {ratio:.1%} | {median(measured['gc_main'][arm]) * 1e6:.1f} µs | "
                      f"{median(measured['gc_worker'][arm]) * 1e6:.1f} µs |")
     lines += [
