@@ -121,10 +121,10 @@ def test_an_interrupt_inside_a_task_reaches_the_caller_and_the_queue_goes_on(
 
 
 def test_the_collector_is_paused_while_records_run(parked_worker: None) -> None:
-    """Spans handed to the batch span processor live until its next export: the collector is
-    paused while a burst runs, so the burst costs one young pass instead of one per 700 of
-    them (each walking the app's calls in flight), and resumed after, even when a task raises
-    through ``flush()``."""
+    """Spans handed to the batch span processor live until its next export: the collector is paused
+    while a burst runs, so the burst costs one young pass instead of one per ~58 of them (700
+    tracked objects; each pass walking the app's calls in flight), and resumed after, even when a
+    task raises through ``flush()``."""
     states: list[bool] = []
 
     def interrupted() -> None:

@@ -79,19 +79,19 @@ def _drain() -> int:
     done = 0
     with _drain_lock:
         while True:
-            # The collector is paused while a chunk of records runs: the spans a burst hands to
-            # the batch span processor stay alive until its next export, and each 700 of
-            # them would otherwise set off a young pass that also walks every young object of
-            # the app's calls in flight. Paused, the burst costs one pass, after it; fewer
-            # survivors of young passes also bring fewer full collections (the longest single
-            # pass in an openai app's heap: 50-78 ms; BENCHMARKS.md). A chunk ends after
-            # _CHUNK records or _CHUNK_SECONDS, whichever comes first, so a backlog never holds
-            # the collector off for longer. Tasks that keep blocking that long (a synchronous
-            # exporter) end the pausing for good; one slow task does not (a first call's
-            # imports, or the worker waiting for the GIL under load: a task took 67 ms once
-            # during a run of benchmarks/overhead.py). An app that turned the collector off
-            # before a burst keeps it off; one that turns it off during a burst gets it back on
-            # at the burst's end (the switch is the process's; nothing tells who turned it off).
+            # The collector is paused while a chunk of records runs: the spans a burst hands to the
+            # batch span processor stay alive until its next export, and each ~58 of them (700
+            # tracked objects) would otherwise set off a young pass that also walks every young
+            # object of the app's calls in flight. Paused, the burst costs one pass, after it; fewer
+            # survivors of young passes also bring fewer full collections (the longest single pass
+            # in an openai app's heap: 50-78 ms; BENCHMARKS.md). A chunk ends after _CHUNK records
+            # or _CHUNK_SECONDS, whichever comes first, so a backlog never holds the collector off
+            # for longer. Tasks that keep blocking that long (a synchronous exporter) end the
+            # pausing for good; one slow task does not (a first call's imports, or the worker
+            # waiting for the GIL under load: a task took 67 ms once during a run of
+            # benchmarks/overhead.py). An app that turned the collector off before a burst keeps it
+            # off; one that turns it off during a burst gets it back on at the burst's end (the
+            # switch is the process's; nothing tells who turned it off).
             paused = _pause_gc and _gc_isenabled()
             try:
                 if paused:
