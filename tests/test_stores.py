@@ -107,14 +107,28 @@ def test_file_store_never_overwrites_a_file_it_cannot_parse(tmp_path: Path) -> N
     assert path.read_text(encoding="utf-8") == "{not json"
 
 
-def test_file_store_replaces_a_bad_entry_only_while_it_is_what_was_read(
-        tmp_path: Path) -> None:
+def _edit(path: Path, **fields: Any) -> dict[str, Any]:
+    """Edit rollout chat's entry in a state file by hand, as given; returns the file's data."""
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    data["rollouts"]["chat"].update(fields)
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return data
+
+
+def _paused_file_store(tmp_path: Path) -> tuple[Path, StateStore, Any]:
+    """A file store holding rollout chat, paused: its file, the store and the rollout."""
     path = tmp_path / "state.json"
     store = open_store(f"file://{path}")
     rollout = load_config(CONFIG).rollouts[0]
     apply_action(store, rollout, Action.PAUSE, actor="a", reason="x")
+    return path, store, rollout
+
+
+def test_file_store_replaces_a_bad_entry_only_while_it_is_what_was_read(
+        tmp_path: Path) -> None:
+    path, store, rollout = _paused_file_store(tmp_path)
+    _edit(path, weight=-1.0)
     data = json.loads(path.read_text(encoding="utf-8"))
-    data["rollouts"]["chat"]["weight"] = -1.0
     data["rollouts"]["other"] = {"kept": True}
     path.write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(InvalidState) as caught:
@@ -154,9 +168,7 @@ def test_a_rollback_over_a_bad_value_stays_rolled_back_whatever_config_the_apps_
     weights: list[float] = []
     leader = Watcher(apps, store, NoData(), apply_weight=lambda _name, w: weights.append(w))
     leader.look(now=1.5)
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data["rollouts"]["chat"]["weight"] = 150.0
-    path.write_text(json.dumps(data), encoding="utf-8")
+    _edit(path, weight=150.0)
     done = apply_action(store, operator, Action.ROLLBACK, actor="op", reason="incident", now=2.0)
     assert (done.phase, done.revision) == (Phase.ROLLED_BACK, "")
     for now in (3.0, 4.0, 5.0):
@@ -181,9 +193,7 @@ def test_no_action_but_a_rollback_stamps_an_unadopted_replacement_with_its_confi
     other = load_config({"rollouts": [{**CONFIG["rollouts"][0], "green": {"model": "c"}}]}
                         ).rollouts[0]
     apply_action(store, apps, Action.SET_WEIGHT, weight=5.0, actor="a", reason="x", now=1.0)
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data["rollouts"]["chat"]["weight"] = 150.0
-    path.write_text(json.dumps(data), encoding="utf-8")
+    _edit(path, weight=150.0)
     replaced = apply_action(store, other, Action.ROLLBACK, actor="op", reason="x", now=2.0)
     for rollout in (other, apps):
         with pytest.raises(InvalidTransition, match="no watcher has adopted it"):
@@ -197,13 +207,8 @@ def test_no_action_but_a_rollback_stamps_an_unadopted_replacement_with_its_confi
 def test_a_version_at_its_limit_is_never_written_past(tmp_path: Path) -> None:
     from openai_bluegreen._rollout import MAX_VERSION
 
-    path = tmp_path / "state.json"
-    store = open_store(f"file://{path}")
-    rollout = load_config(CONFIG).rollouts[0]
-    apply_action(store, rollout, Action.PAUSE, actor="a", reason="x")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data["rollouts"]["chat"]["version"] = MAX_VERSION
-    path.write_text(json.dumps(data), encoding="utf-8")
+    path, store, rollout = _paused_file_store(tmp_path)
+    _edit(path, version=MAX_VERSION)
     at_limit = store.load("chat")
     assert at_limit is not None and at_limit.version == MAX_VERSION
     with pytest.raises(StoreUnavailable, match="the stored version is at its limit"):
@@ -242,13 +247,8 @@ def test_a_hand_edited_state_that_contradicts_itself_is_invalid_and_named(
         tmp_path: Path, fields: dict[str, Any], why: str) -> None:
     """A rolled-back state at 50% would route half the calls to green while status says
     rolled back; a bad field is named, not a Python type error."""
-    path = tmp_path / "state.json"
-    store = open_store(f"file://{path}")
-    rollout = load_config(CONFIG).rollouts[0]
-    apply_action(store, rollout, Action.PAUSE, actor="a", reason="x")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data["rollouts"]["chat"].update(fields)
-    path.write_text(json.dumps(data), encoding="utf-8")
+    path, store, _ = _paused_file_store(tmp_path)
+    _edit(path, **fields)
     with pytest.raises(InvalidState, match=re.escape(why)):
         store.load("chat")
 
@@ -272,13 +272,8 @@ def test_a_null_entry_is_a_bad_value_for_every_reader_and_a_valid_one_is_never_r
 
 
 def test_a_long_reason_for_a_bad_value_is_cut_in_the_history(tmp_path: Path) -> None:
-    path = tmp_path / "state.json"
-    store = open_store(f"file://{path}")
-    rollout = load_config(CONFIG).rollouts[0]
-    apply_action(store, rollout, Action.PAUSE, actor="a", reason="x")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data["rollouts"]["chat"]["weight"] = "w" * 5000
-    path.write_text(json.dumps(data), encoding="utf-8")
+    path, store, rollout = _paused_file_store(tmp_path)
+    _edit(path, weight="w" * 5000)
     state = apply_action(store, rollout, Action.ROLLBACK, actor="a", reason="incident")
     reason = state.history[-1].reason
     assert reason.startswith("incident (replaced a stored value that was not a valid state: ")
