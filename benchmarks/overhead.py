@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import sys
 import time
 from collections.abc import Callable
@@ -43,11 +42,10 @@ from _common import (
     upstream_process,
     write_section,
 )
-from openai_bluegreen import _worker
 from openai_bluegreen.cli import _at_least_one
 
-ARMS = ("plain", "plain-again", "bluegreen", "bluegreen-gc-unpaused",
-        "bluegreen-noop-telemetry", "sdk-telemetry-inline", "sdk-bare-span-inline", "otel-openai")
+ARMS = ("plain", "plain-again", "bluegreen", "bluegreen-noop-telemetry", "sdk-telemetry-inline",
+        "sdk-bare-span-inline", "otel-openai")
 
 # What one routed call emits (benchmarks/hotpath.py measures the same sets): the span's
 # attributes, and the metric attributes of the duration and token-usage histograms.
@@ -160,17 +158,6 @@ def make_arms(base_url: str) -> dict[str, tuple[Callable[[], None], Callable[[],
     def nothing() -> None:
         return None
 
-    def install_unpaused() -> None:
-        # The worker as it was before it paused the garbage collector during its bursts: it
-        # sees the collector as turned off by the app, so it leaves it alone.
-        _worker._gc_isenabled = lambda: False
-        openai_bluegreen.install(config, tracer_provider=tracer_provider,
-                                 meter_provider=meter_provider)
-
-    def uninstall_unpaused() -> None:
-        openai_bluegreen.uninstall()
-        _worker._gc_isenabled = gc.isenabled
-
     return {
         "plain": (nothing, nothing),
         "plain-again": (nothing, nothing),
@@ -179,7 +166,6 @@ def make_arms(base_url: str) -> dict[str, tuple[Callable[[], None], Callable[[],
                                              meter_provider=meter_provider),
             openai_bluegreen.uninstall,
         ),
-        "bluegreen-gc-unpaused": (install_unpaused, uninstall_unpaused),
         # Routing alone: the same plugin with no-op providers (what telemetry costs = the gap).
         "bluegreen-noop-telemetry": (
             lambda: openai_bluegreen.install(config, tracer_provider=NoOpTracerProvider(),
@@ -215,30 +201,10 @@ async def run_async(base_url: str, rounds: int, block: int, concurrency: int
     client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
     out: dict[str, dict[str, list[float]]] = {
         key: {arm: [] for arm in ARMS}
-        for key in ("throughput", "cpu", "gc_passes", "gc_seconds", "gc_full", "gc_longest",
-                    "gc_pauses")
+        for key in ("throughput", "cpu", "gc_passes", "gc_seconds", "gc_full", "gc_longest")
     }
-    # How often the worker paused the collector in each block: the arms must differ in that,
-    # and nothing may have ended the pausing for the run (see _worker._drain).
-    pauses = [0]
-    real_disable = _worker._gc_disable
-
-    def counting_disable() -> None:
-        pauses[0] += 1
-        real_disable()
-
-    def counted(setup: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            pauses[0] = 0
-            setup()
-        return run
-
-    _worker._gc_disable = counting_disable
-    arms = {name: (counted(setup), teardown)
-            for name, (setup, teardown) in make_arms(base_url).items()}
 
     def record(arm: str, seconds: float, cpu: float, meter: GcMeter) -> None:
-        out["gc_pauses"][arm].append(pauses[0])
         out["throughput"][arm].append(block / seconds)
         out["cpu"][arm].append(cpu / block)
         out["gc_passes"][arm].append(meter.passes / block)
@@ -246,10 +212,8 @@ async def run_async(base_url: str, rounds: int, block: int, concurrency: int
         out["gc_longest"][arm].append(meter.longest)
         out["gc_seconds"][arm].append(sum(meter.seconds.values()) / block)
 
-    try:
-        await timed_async_rounds(client, arms, rounds, block, concurrency, 1000, record)
-    finally:
-        _worker._gc_disable = real_disable
+    await timed_async_rounds(client, make_arms(base_url), rounds, block, concurrency, 1000,
+                             record)
     await client.close()
     return out
 
@@ -339,14 +303,7 @@ def report(sync: dict[str, list[float]], flushes: dict[str, list[float]],
         f"metrics, started and ended inline: less than the contract asks for) ran at "
         f"{paired_ratio(async_, 'sdk-bare-span-inline'):.1%} of plain; routing alone at "
         f"{paired_ratio(async_, 'bluegreen-noop-telemetry'):.1%}; openai-bluegreen with all of "
-        f"the contract's telemetry at {paired_ratio(async_, 'bluegreen'):.1%}, and at "
-        f"{paired_ratio(async_, 'bluegreen-gc-unpaused'):.1%} with the collector left running "
-        "during the worker's bursts (per-round ratios).",
-        "",
-        f"Collector pauses by the telemetry worker, all blocks: bluegreen "
-        f"{sum(measured['gc_pauses']['bluegreen'])}, bluegreen-gc-unpaused "
-        f"{sum(measured['gc_pauses']['bluegreen-gc-unpaused'])}; pausing still on at the end "
-        f"of the run: {'yes' if _worker._pause_gc else 'no'}.",
+        f"the contract's telemetry at {paired_ratio(async_, 'bluegreen'):.1%} (per-round ratios).",
     ]
     return "\n".join(lines)
 

@@ -3,7 +3,6 @@ with its table, one row per arm, and leaves BENCHMARKS.md alone."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(("script", "rows"), [
-    ("overhead.py", ["| plain |", "| bluegreen |", "| bluegreen-gc-unpaused |",
-                     "| bluegreen-noop-telemetry |",
+    ("overhead.py", ["| plain |", "| bluegreen |", "| bluegreen-noop-telemetry |",
                      "| sdk-telemetry-inline |", "| sdk-bare-span-inline |", "| otel-openai |",
                      "Ceiling, same run", "one bare CLIENT span per call"]),
     ("worker_interval.py", ["| plain |", "| bluegreen, every 50 ms |",
@@ -30,18 +28,6 @@ def test_benchmark_quick_run_prints_every_arm(script: str, rows: list[str]) -> N
     for row in rows:
         assert done.stdout.count(row) >= 1, (row, done.stdout[-3000:])
     assert (ROOT / "BENCHMARKS.md").read_text() == before
-
-
-def test_the_overhead_arms_really_differ_in_the_collector_pause() -> None:
-    """The gc-unpaused arm is the comparison the pause is judged by: it must run with no
-    pause, the bluegreen arm with pauses, and nothing may end the pausing mid-run."""
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--quick"],
-                          check=False, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    found = re.search(r"all blocks: bluegreen (\d+), bluegreen-gc-unpaused (\d+); pausing "
-                      r"still on at the end of the run: (\w+)", done.stdout)
-    assert found, done.stdout[-3000:]
-    assert int(found[1]) > 0 and int(found[2]) == 0 and found[3] == "yes"
 
 
 def test_benchmark_refuses_bad_intervals() -> None:

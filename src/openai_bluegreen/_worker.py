@@ -3,11 +3,11 @@
 The request path only appends a record to a deque: a marker, the task to run and its arguments,
 laid out flat (``RECORD, task, n, arg1 … argn``) in one atomic ``extend``. A read cut short
 (an exception raised by a signal handler in ``flush()``) loses that one record: the next read
-skips to the next marker. A daemon thread drains it every 250 ms, in one burst, with the
-garbage collector paused for the burst (see ``_drain``). ``flush()`` drains it in the caller,
-e.g. before reading an in-memory exporter in a test; the in-process metric source flushes
-before each look, and ``flush()`` runs at interpreter exit, so nothing recorded is lost or
-judged late. A task that raises is logged and dropped: telemetry faults never reach the caller.
+skips to the next marker. A daemon thread drains it every 250 ms, in one burst. ``flush()``
+drains it in the caller, e.g. before reading an in-memory exporter in a test; the in-process
+metric source flushes before each look, and ``flush()`` runs at interpreter exit, so nothing
+recorded is lost or judged late. A task that raises is logged and dropped: telemetry faults
+never reach the caller.
 
 Why flat: whatever the queue holds lives until the next burst. A tuple or an object per record
 is a garbage-collector object that outlives the call, and in an asyncio app with many calls in
@@ -15,13 +15,17 @@ flight every such object pushes the collector into extra passes over all of thei
 (``BENCHMARKS.md``: routing alone cost 17 µs per call that way). Laid out flat, a record
 allocates no collector object that outlives the call: its arguments are numbers, strings and
 objects that exist anyway.
+
+The worker leaves the garbage collector alone. An earlier version paused it during bursts: that
+halved the collector's passes, but its effect on throughput stayed within the noise of four
+same-run comparisons, and a library that switches process-wide state from its own thread can
+turn the collector back on under an app that had just turned it off.
 """
 
 from __future__ import annotations
 
 import atexit
 import collections
-import gc
 import logging
 import os
 import sys
@@ -41,8 +45,7 @@ MAX_PENDING = 4_000_000  # queued items (a task and its arguments are one item e
 # collector into a young pass, which also walks every young object of the app's in-flight
 # calls (a few ms with 64 async calls in flight). Fewer, larger bursts pay that pass less
 # often: with 64 async calls in flight, 50 ms bursts cost 24-44 µs of collector CPU per call in
-# the worker, 250 ms ones 9-18 (benchmarks/worker_interval.py, BENCHMARKS.md; measured before
-# the collector was paused during bursts, which leaves one pass per burst). The price is a
+# the worker, 250 ms ones 9-18 (benchmarks/worker_interval.py, BENCHMARKS.md). The price is a
 # longer hold of the GIL per burst (the interpreter still hands it over every switch interval,
 # 5 ms): a sync caller answered mid-burst can wait for several of them.
 _INTERVAL = 0.25
@@ -74,87 +77,21 @@ def submit(task: Callable[..., None], *args: Any) -> None:
         _start()
 
 
-def _drain() -> int:
-    global _gc_paused, _pause_gc  # noqa: PLW0603 - one worker per process
-    done = 0
+def _drain() -> None:
+    pop = _tasks.popleft
     with _drain_lock:
         while True:
-            # The collector is paused while a chunk of records runs: the spans a burst hands to the
-            # batch span processor stay alive until its next export, and each ~58 of them (700
-            # tracked objects) would otherwise set off a young pass that also walks every young
-            # object of the app's calls in flight. Paused, the burst costs one pass, after it; fewer
-            # survivors of young passes also bring fewer full collections (the longest single pass
-            # in an openai app's heap: 50-78 ms; BENCHMARKS.md). A chunk ends after _CHUNK records
-            # or _CHUNK_SECONDS, whichever comes first, so a backlog never holds the collector off
-            # for longer. Tasks that keep blocking that long (a synchronous exporter) end the
-            # pausing for good; one slow task does not (a first call's imports, or the worker
-            # waiting for the GIL under load: a task took 67 ms once during a run of
-            # benchmarks/overhead.py). An app that turned the collector off before a burst keeps it
-            # off; one that turns it off during a burst gets it back on at the burst's end (the
-            # switch is the process's; nothing tells who turned it off).
-            paused = _pause_gc and _gc_isenabled()
             try:
-                if paused:
-                    # The flag first: a fork (from another thread) or a signal right after the
-                    # switch must find the flag set, or the collector stays off in the child.
-                    _gc_paused = True
-                    _gc_disable()
-                count, more = _run_records(_CHUNK, _CHUNK_SECONDS)
-            finally:
-                if paused:
-                    _gc_enable()
-                    _gc_paused = False
-            done += count
-            if _slow_streak >= _SLOW_STREAK and paused and _pause_gc:
-                _pause_gc = False
-                logger.warning(
-                    "openai-bluegreen: %d telemetry tasks in a row blocked for %.0f ms or more "
-                    "(a synchronous span or metric exporter?); the telemetry worker no longer "
-                    "pauses the garbage collector while it records", _slow_streak,
-                    _CHUNK_SECONDS * 1000)
-            if not more:
-                return done  # the young pass held off comes with the next allocation
-            if paused:
-                _gc_collect(0)  # a backlog: the young pass held off, before the next chunk
-
-
-_CHUNK = 1000  # records per pause of the collector: about 50 ms of the worker's time
-_CHUNK_SECONDS = 0.05  # and at most this long
-_SLOW_STREAK = 3  # tasks in a row that each took _CHUNK_SECONDS: pausing ends for good
-_slow_streak = 0
-_pause_gc = True  # False once tasks kept blocking (see _drain)
-_gc_paused = False  # the collector is off because a burst turned it off (see fork below)
-_gc_isenabled, _gc_disable, _gc_enable, _gc_collect = gc.isenabled, gc.disable, gc.enable, \
-    gc.collect
-_clock = time.perf_counter
-
-
-def _run_records(limit: int, seconds: float) -> tuple[int, bool]:
-    """Run queued records until ``limit`` of them ran, ``seconds`` passed or the queue ran
-    empty. Returns how many ran and whether the queue may hold more; counts in
-    ``_slow_streak`` the tasks in a row that each took ``seconds`` or more."""
-    global _slow_streak  # noqa: PLW0603 - one worker per process
-    pop = _tasks.popleft
-    done = 0
-    deadline = _clock() + seconds
-    while True:
-        try:
-            if pop() is not RECORD:
-                continue  # the rest of a record whose reading was cut short
-            task = pop()
-            args = [pop() for _ in range(pop())]
-        except IndexError:
-            return done, False
-        began = _clock()
-        try:
-            task(*args)
-        except Exception:
-            logger.debug("openai-bluegreen: telemetry task failed", exc_info=True)
-        done += 1
-        now = _clock()
-        _slow_streak = _slow_streak + 1 if now - began >= seconds else 0
-        if done >= limit or now >= deadline:
-            return done, True
+                if pop() is not RECORD:
+                    continue  # the rest of a record whose reading was cut short
+                task = pop()
+                args = [pop() for _ in range(pop())]
+            except IndexError:
+                return
+            try:
+                task(*args)
+            except Exception:
+                logger.debug("openai-bluegreen: telemetry task failed", exc_info=True)
 
 
 def flush() -> None:
@@ -190,10 +127,7 @@ def _after_fork_in_child() -> None:
     copies of the locks may be held by a thread that does not exist in it: start afresh (the
     thread starts with the child's first record). The records copied from the parent are the
     parent's to record."""
-    global _thread, _drain_lock, _start_lock, _gc_paused  # noqa: PLW0603 - worker state
-    if _gc_paused:  # forked mid-burst: the child has no burst to end, so none turns it on
-        _gc_paused = False
-        _gc_enable()
+    global _thread, _drain_lock, _start_lock  # noqa: PLW0603 - worker state
     _thread = None
     _drain_lock = threading.Lock()
     _start_lock = threading.Lock()
