@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,24 +44,6 @@ def providers() -> tuple[TracerProvider, MeterProvider, DiscardingExporter, InMe
     tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
     reader = InMemoryMetricReader()
     return tracer_provider, MeterProvider(metric_readers=[reader]), exporter, reader
-
-
-@contextmanager
-def upstream_process(*args: str) -> Iterator[str]:
-    """A simulated upstream in a separate process (so it does not share our GIL)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "openai_bluegreen.testing", "--port", "0", *args],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("simulated upstream did not start")
-        yield str(json.loads(line)["base_url"])
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def median(values: Sequence[float]) -> float:

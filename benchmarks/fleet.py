@@ -42,7 +42,6 @@ from _common import (
     percentile,
     providers,
     timed_sync_calls,
-    upstream_process,
     write_section,
 )
 from openai_bluegreen import load_config
@@ -50,6 +49,7 @@ from openai_bluegreen._control import apply_action
 from openai_bluegreen._rollout import Action
 from openai_bluegreen.cli import _at_least_one
 from openai_bluegreen.stores.redis import RedisStore
+from openai_bluegreen.testing import UpstreamProcess
 
 ARMS = ("plain", "plain-again", "memory", "redis", "redis-down")
 
@@ -260,7 +260,8 @@ def main() -> int:
         args.rounds, args.block, args.writes = 3, 20, 8
     logging.getLogger("openai_bluegreen").setLevel(logging.CRITICAL)  # the stopped-Redis arm
     started = time.monotonic()
-    with redis_running() as server, upstream_process("--name", "bench") as base_url:
+    with redis_running() as server, UpstreamProcess("bench") as upstream:
+        base_url = upstream.base_url
         calls = run_calls(base_url, server, args.rounds, args.block)
         propagation = run_propagation(server.url, args.writes, poll=1.0)
     command = "python benchmarks/fleet.py" + (" --quick" if args.quick else "")

@@ -4,11 +4,13 @@ Arms: the wrapper with no-op providers (routing only), the wrapper with SDK prov
 telemetry worker paused (what the request path pays), and the SDK operations the worker runs
 per call (one ``Histogram.record`` with our attribute set; one span with our attributes).
 
-    python benchmarks/hotpath.py     # writes its table to BENCHMARKS.md
+    python benchmarks/hotpath.py            # writes its table to BENCHMARKS.md
+    python benchmarks/hotpath.py --quick    # smoke run, prints only
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import sys
 import timeit
@@ -40,6 +42,12 @@ def per_call_us(fn: object) -> float:
 
 
 def main() -> int:
+    global N  # noqa: PLW0603 - the timing loops read it
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small run; do not write the file")
+    args = parser.parse_args()
+    if args.quick:
+        N = 500
     client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="x", max_retries=0)
     resource = client.chat.completions
     wrapper = _patch._sync_wrapper("chat", None, "chat_completions")
@@ -115,7 +123,10 @@ def main() -> int:
     lines += lines_extra
     text = "\n".join(lines)
     print(text)
-    write_section("Where the per-call cost goes (benchmarks/hotpath.py)", text)
+    if args.quick:
+        print("(--quick: BENCHMARKS.md not written)")
+    else:
+        write_section("Where the per-call cost goes (benchmarks/hotpath.py)", text)
     return 0
 
 

@@ -39,10 +39,10 @@ from _common import (
     providers,
     timed_async_rounds,
     timed_sync_calls,
-    upstream_process,
     write_section,
 )
 from openai_bluegreen.cli import _at_least_one
+from openai_bluegreen.testing import UpstreamProcess
 
 ARMS = ("plain", "plain-again", "bluegreen", "bluegreen-noop-telemetry", "sdk-telemetry-inline",
         "sdk-bare-span-inline", "otel-openai")
@@ -319,7 +319,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.block, args.async_rounds, args.async_block = 4, 30, 2, 300
-    with upstream_process("--name", "bench") as base_url:
+    with UpstreamProcess("bench") as upstream:
+        base_url = upstream.base_url
         sync, flushes = run_sync(base_url, args.rounds, args.block)
         measured = asyncio.run(run_async(base_url, args.async_rounds, args.async_block,
                                          args.concurrency))

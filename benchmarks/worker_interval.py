@@ -37,11 +37,11 @@ from _common import (
     providers,
     timed_async_rounds,
     timed_sync_calls,
-    upstream_process,
     write_section,
 )
 from openai_bluegreen import _worker
 from openai_bluegreen.cli import _at_least_one
+from openai_bluegreen.testing import UpstreamProcess
 
 CONFIG = {"rollouts": [{
     "name": "bench", "match": {"model": "bench-model"}, "weight": 50,
@@ -152,8 +152,9 @@ def report(measured: dict[str, dict[str, list[float]]], calls: dict[str, list[fl
         "A burst records every call since the last one; the spans it hands to the batch span "
         "processor stay alive until its next export and set off young passes of the garbage "
         "collector, each of which also walks the young objects of the app's in-flight calls. "
-        "Fewer, larger bursts pay those passes less often (worker GC column). The price is in the sync tail: a request thread whose answer "
-        "arrives during a burst waits for the GIL, which the interpreter hands over every "
+        "Fewer, larger bursts pay those passes less often (worker GC column). The price is in "
+        "the sync tail: a request thread whose answer arrives during a burst waits for the "
+        "GIL, which the interpreter hands over every "
         "switch interval (5 ms), so a long burst can delay a call by several of them (p99.9).",
     ]
     return "\n".join(lines)
@@ -180,7 +181,8 @@ def main() -> int:
     if args.quick:
         args.async_rounds, args.async_block, args.sync_rounds, args.sync_block = 2, 400, 2, 200
     arms = make_arms(intervals)
-    with upstream_process("--name", "bench") as base_url:
+    with UpstreamProcess("bench") as upstream:
+        base_url = upstream.base_url
         measured = asyncio.run(run_async(base_url, arms, args.async_rounds, args.async_block))
         calls, flushes = run_sync(base_url, arms, args.sync_rounds, args.sync_block)
     command = " ".join(["python benchmarks/worker_interval.py", *sys.argv[1:]])

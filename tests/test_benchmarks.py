@@ -18,6 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
                      "Ceiling, same run", "one bare CLIENT span per call"]),
     ("worker_interval.py", ["| plain |", "| bluegreen, every 50 ms |",
                             "| bluegreen, every 250 ms |", "| bluegreen, every 1000 ms |"]),
+    ("hotpath.py", ["| wrapper, SDK providers, worker paused (request path) |",
+                    "| worker tasks of one call, drained afterwards |",
+                    "| objects the collector tracks, left per finished span until export |"]),
+    ("detection.py", ["| A/A (green = blue) | ours |", "| green total outage | ours |",
+                      "|  | z-test |"]),
+    ("fleet.py", ["| bluegreen, state: redis:// |", "| pub/sub |", "| poll 1 s |",
+                  "| bluegreen, state: redis:// (server stopped) |"]),
 ])
 def test_benchmark_quick_run_prints_every_arm(script: str, rows: list[str]) -> None:
     before = (ROOT / "BENCHMARKS.md").read_text()

@@ -8,7 +8,7 @@ import time
 import openai
 import pytest
 
-from openai_bluegreen.testing import SimulatedUpstream, UpstreamSettings
+from openai_bluegreen.testing import SimulatedUpstream, UpstreamProcess, UpstreamSettings
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -146,3 +146,77 @@ def test_the_command_line_refuses_bad_values_by_name() -> None:
         done = run("--port", str(port))
     assert done.returncode == 1 and f"cannot serve on 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _status(client: openai.OpenAI) -> int:
+    try:
+        client.chat.completions.create(model="m", messages=MSGS)
+    except openai.APIStatusError as exc:
+        return exc.status_code
+    return 200
+
+
+def test_an_upstream_process_serves_and_is_steered_from_here() -> None:
+    """UpstreamProcess runs the server in a child (the demo's upstreams: their latency must not
+    depend on the app's process getting the GIL) and changes its behaviour on request."""
+    up = UpstreamProcess("child", error_rates={503: 1.0}, output_tokens=3)
+    with pytest.raises(RuntimeError, match="'child' is not started"):
+        up.base_url  # noqa: B018 - the property raises
+    with up, openai.OpenAI(base_url=up.base_url, api_key="k", max_retries=0) as client:
+        assert [_status(client) for _ in range(3)] == [503, 503, 503]
+        up.configure(error_rates={})
+        answer = client.chat.completions.with_raw_response.create(model="m", messages=MSGS)
+        assert answer.headers["x-upstream"] == "child"
+        assert answer.parse().usage.completion_tokens == 3  # type: ignore[union-attr]
+        # A bad value is refused by name, by the child's own validation, and changes nothing.
+        with pytest.raises(ValueError, match=r"error_rates\[503\] must be between 0 and 1"):
+            up.configure(error_rates={503: 2.0})
+        with pytest.raises(TypeError, match=r"unknown upstream setting.*: nope"):
+            up.configure(nope=1)
+        assert _status(client) == 200
+        pid, url = up._proc.pid, up.base_url  # type: ignore[union-attr]
+    assert up._proc is None and not _running(pid)
+    with openai.OpenAI(base_url=url, api_key="k", max_retries=0) as client, \
+            pytest.raises(openai.APIConnectionError):  # its port is closed
+        client.chat.completions.create(model="m", messages=MSGS)
+
+
+def test_an_upstream_process_refuses_bad_settings_before_starting_and_reports_its_death(
+        ) -> None:
+    with pytest.raises(ValueError, match="latency must be a finite number >= 0"):
+        UpstreamProcess("bad", latency=-1.0)
+    with pytest.raises(ValueError, match="loopback addresses only"):
+        UpstreamProcess("bad", host="0.0.0.0")
+    with UpstreamProcess("dies") as up:
+        up._proc.kill()  # type: ignore[union-attr]
+        up._proc.wait(5)  # type: ignore[union-attr]
+        with pytest.raises(RuntimeError, match=r"'dies' (has stopped|exited)"):
+            up.configure(latency=0.1)
+
+
+def test_an_upstream_process_stops_when_its_parent_goes() -> None:
+    """The child reads its commands from a pipe: when the process that started it dies
+    without stopping it, the pipe closes and the child exits (no orphan keeps the port)."""
+    import subprocess
+    import sys
+
+    code = ("from openai_bluegreen.testing import UpstreamProcess\n"
+            "up = UpstreamProcess('orphan').start()\n"
+            "print(up._proc.pid, flush=True)\n"
+            "import os; os._exit(0)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    pid = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while _running(pid):
+        assert time.monotonic() < deadline, f"the upstream child {pid} outlived its parent"
+        time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (a zombie has)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return not stat.read().split(") ", 1)[1].startswith("Z")
+    except FileNotFoundError:
+        return False

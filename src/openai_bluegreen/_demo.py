@@ -1,6 +1,7 @@
 """``openai-bluegreen demo``: a progressive rollout judged by the watcher, on this machine only.
 
-Two simulated OpenAI-compatible upstreams run on loopback: blue (``gpt-4.1``) and green
+Two simulated OpenAI-compatible upstreams run on loopback, each in its own process (so their
+latency does not depend on this process getting the GIL): blue (``gpt-4.1``) and green
 (``deepseek-v3.2``), both answering like a healthy provider (log-normal latency, about 1 % of
 503s). An unchanged-style app calls ``client.chat.completions.create(model="gpt-4.1", ...)``
 from several threads, 30 % of the calls streamed. openai-bluegreen is installed with a schedule
@@ -8,7 +9,7 @@ from several threads, 30 % of the calls streamed. openai-bluegreen is installed 
 advances, promotes or rolls back on its own. A scenario decides what green does:
 
 * ``healthy``: green stays like blue and is promoted to 100 %;
-* ``errors``: a few seconds in, green's error rate rises from 1 % to 8 %: rolled back;
+* ``errors``: a few seconds in, green's error rate rises from 1 % to 10 %: rolled back;
 * ``slow``: a few seconds in, green's latency and time to first chunk double: rolled back.
 
 The run shows a live view, prints a summary, and writes a self-contained HTML report with
@@ -42,7 +43,7 @@ from ._exporters import ExporterError, Exporters
 from ._install import flush, install, status, uninstall
 from .sources import EnvStats, RolloutStats
 from .sources.local import LocalSource
-from .testing import SimulatedUpstream
+from .testing import UpstreamProcess
 
 __all__ = ["SCENARIOS", "DemoError", "DemoRun", "Scenario", "ScenarioResult", "run_demo"]
 
@@ -548,7 +549,7 @@ def render_summary(result: ScenarioResult) -> str:
 # -- one scenario --------------------------------------------------------------------------
 
 
-def _config(blue: SimulatedUpstream, green: SimulatedUpstream, *, step_seconds: float,
+def _config(blue: UpstreamProcess, green: UpstreamProcess, *, step_seconds: float,
             min_requests: int, interval: float) -> dict[str, Any]:
     return {"rollouts": [{
         "name": ROLLOUT,
@@ -638,8 +639,8 @@ def run_scenario(scenario: Scenario | str, *, duration: float = 60.0, rate: floa
     tracer_provider = TracerProvider(shutdown_on_exit=False)
     for processor in exporters.span_processors() if exporters is not None else []:
         tracer_provider.add_span_processor(processor)
-    blue = SimulatedUpstream("blue", seed=seed, **HEALTHY)
-    green = SimulatedUpstream("green", seed=seed + 1, **HEALTHY)
+    blue = UpstreamProcess("blue", seed=seed, **HEALTHY)
+    green = UpstreamProcess("green", seed=seed + 1, **HEALTHY)
     # Enough calls per step that green's share of the first step gets there in ~60 % of it.
     min_requests = max(5, int(rate * STEPS[0] / 100 * step_seconds * 0.6))
     interval = max(0.05, min(0.5, step_seconds / 4))

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from ._process import decode
 from ._server import SimulatedUpstream
 
 
@@ -20,6 +21,23 @@ def _error_rate(text: str) -> tuple[int, float]:
             f"must be STATUS=P, e.g. 503=0.05 (got {text!r})") from None
 
 
+def _serve_commands(server: SimulatedUpstream) -> None:
+    """Answer one JSON command per line of standard input until it closes:
+    ``{"configure": {...}}`` -> ``{"ok": true}`` or ``{"error": "...", "kind": "ValueError"}``."""
+    for line in sys.stdin:
+        try:
+            command = json.loads(line)
+            if not isinstance(command, dict) or not isinstance(command.get("configure"), dict):
+                raise ValueError(f"unknown command {line.strip()[:200]!r}: expected "
+                                 '{"configure": {...}}')
+            server.configure(**decode(command["configure"]))
+        except (TypeError, ValueError) as exc:  # JSON errors are ValueErrors
+            answer: dict[str, object] = {"error": str(exc), "kind": type(exc).__name__}
+        else:
+            answer = {"ok": True}
+        print(json.dumps(answer), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m openai_bluegreen.testing",
                                      description="Serve a simulated OpenAI-compatible API.")
@@ -32,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-tokens", type=int, default=8)
     parser.add_argument("--error-rate", action="append", default=[], metavar="STATUS=P",
                         type=_error_rate, help="e.g. 503=0.05 (repeatable)")
+    parser.add_argument("--control", action="store_true",
+                        help="take JSON commands on standard input, one per line, and stop "
+                             "when it closes (used by UpstreamProcess)")
     args = parser.parse_args(argv)
     try:
         server = SimulatedUpstream(args.name, host=args.host, port=args.port,
@@ -46,7 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: error: cannot serve on {args.host}:{args.port}: "
               f"{exc.strerror or exc}", file=sys.stderr)
         return 1
-    print(json.dumps({"name": server.name, "base_url": server.base_url}), flush=True)
+    print(json.dumps({"name": server.name, "base_url": server.base_url, "port": server.port}),
+          flush=True)
+    if args.control:
+        try:
+            _serve_commands(server)
+        finally:
+            server.stop()
+        return 0
     try:
         assert server._thread is not None
         server._thread.join()
