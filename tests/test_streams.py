@@ -430,3 +430,154 @@ def test_an_in_band_error_code_outside_the_known_set_is_other() -> None:
     for code in typing.get_args(ResponseError.model_fields["code"].annotation):
         failure = in_band_failure(failed(code))
         assert failure is not None and failure.code == code
+
+
+def _only_span_attrs(telemetry: Telemetry) -> dict[str, Any]:
+    openai_bluegreen.flush()
+    spans = telemetry.spans()
+    assert len(spans) == 1, [s.name for s in spans]
+    return dict(spans[0].attributes or {})
+
+
+def test_an_exception_leaving_a_with_streaming_response_block_fails_the_call(
+        client: openai.OpenAI, telemetry: Telemetry) -> None:
+    """The SDK's manager closes the response without passing the exception on; it fails the
+    call as it does for ``with stream:`` and the ``stream()`` helpers."""
+    with pytest.raises(ValueError, match="chokes"), \
+            client.chat.completions.with_streaming_response.create(
+                model="gpt-4.1", messages=MSGS, stream=True) as response:
+        for _ in response.parse():
+            raise ValueError("the app chokes on a chunk")
+    assert _only_span_attrs(telemetry).get("error.type") == "ValueError"
+    assert telemetry.count("gen_ai.client.operation.duration", error__type="ValueError") == 1
+    # Never parsed: the exception is the call's failure too.
+    with pytest.raises(KeyError), client.chat.completions.with_streaming_response.create(
+            model="gpt-4.1", messages=MSGS):
+        raise KeyError("before reading")
+    assert telemetry.count("gen_ai.client.operation.duration", error__type="KeyError") == 1
+    # Parsed whole, then the app fails: the call itself succeeded.
+    with pytest.raises(KeyError), client.chat.completions.with_streaming_response.create(
+            model="gpt-4.1", messages=MSGS) as response:
+        response.parse()
+        raise KeyError("after the answer")
+    assert telemetry.count("gen_ai.client.operation.duration", error__type="KeyError") == 1
+
+
+async def test_an_exception_leaving_an_async_with_streaming_response_block_fails_the_call(
+        green_async_client: openai.AsyncOpenAI, telemetry: Telemetry) -> None:
+    with pytest.raises(ValueError, match="chokes"):
+        async with green_async_client.chat.completions.with_streaming_response.create(
+                model="gpt-4.1", messages=MSGS, stream=True) as response:
+            async for _ in await response.parse():
+                raise ValueError("the app chokes on a chunk")
+    assert _only_span_attrs(telemetry).get("error.type") == "ValueError"
+
+
+def _cut_body_client() -> openai.OpenAI:
+    import httpx2
+
+    class CutBody(httpx2.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            yield b'{"id": "chatcmpl-1", "object": "chat.completion", "model": "blue-mo'
+            raise httpx2.ReadError("connection reset mid-body")
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, headers={"content-type": "application/json"},
+                               stream=CutBody())
+
+    return openai.OpenAI(base_url="http://upstream.test/v1", api_key=BLUE_KEY, max_retries=0,
+                         http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))
+
+
+def test_a_streaming_response_whose_body_read_fails_is_a_failure(
+        install: Any, telemetry: Telemetry, green: SimulatedUpstream) -> None:
+    """``parse()`` reads the body: when that read fails, the caller meets a transport error,
+    and so must the call's telemetry (on green, the watcher's evidence)."""
+    import httpx2
+
+    install(rollout_config(green, weight=0))
+    with pytest.raises(httpx2.ReadError), \
+            _cut_body_client().chat.completions.with_streaming_response.create(
+                model="gpt-4.1", messages=MSGS) as response:
+        response.parse()
+    attrs = _only_span_attrs(telemetry)
+    assert attrs["error.type"] == "httpx2.ReadError"
+    assert telemetry.count("gen_ai.client.operation.duration", bluegreen__environment="blue",
+                           error__type="httpx2.ReadError") == 1
+
+
+def test_a_streaming_response_whose_parse_fails_after_reading_is_measured_as_an_answer(
+        client: openai.OpenAI, telemetry: Telemetry) -> None:
+    """A body read whole that the caller's type refuses: the error is the caller's, as with
+    ``with_raw_response``, and the answer's usage is still measured."""
+    import pydantic
+
+    class Refused(pydantic.BaseModel):
+        answer: str
+
+        @pydantic.field_validator("answer")
+        @classmethod
+        def _never(cls, value: str) -> str:
+            raise ValueError("the app's validator refuses every answer")
+
+    with pytest.raises(pydantic.ValidationError), \
+            client.chat.completions.with_streaming_response.parse(
+                model="gpt-4.1", messages=MSGS, response_format=Refused) as response:
+        response.parse()
+    attrs = _only_span_attrs(telemetry)
+    assert "error.type" not in attrs
+    assert attrs["gen_ai.usage.output_tokens"] == 8
+
+
+@pytest.mark.parametrize("how", ["close", "with", "drop"])
+def test_a_green_read_ahead_failure_counts_even_if_the_caller_stops_before_meeting_it(
+        install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+        how: str) -> None:
+    """Green's stream failed while the plugin read ahead for its first chunk, with a failure
+    not configured for fallback: the caller would meet it on its next read. Closing, leaving
+    ``with`` or dropping the stream first must not turn green's failure into a success."""
+    green.configure(disconnect_rate=1.0, disconnect_after_chunks=0)  # cut before any chunk
+    install(rollout_config(green, weight=100,
+                           fallback={"enabled": True, "on": ["server_error"]}))
+    with openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0) as client:
+        stream = client.chat.completions.create(model="gpt-4.1", messages=MSGS, stream=True)
+        assert not blue.requests  # a connection cut is not configured for fallback
+        if how == "close":
+            stream.close()
+        elif how == "with":
+            with stream:
+                pass
+        else:
+            del stream
+            gc.collect()
+    attrs = _only_span_attrs(telemetry)
+    assert attrs["bluegreen.environment"] == "green"
+    assert attrs["error.type"] == "openai.APIConnectionError", attrs.get("error.type")
+
+
+def test_cancelled_while_closing_a_failed_green_stream_still_ends_the_call(
+        install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before falling back, the plugin closes green's failed stream; a cancellation arriving
+    then (``asyncio.wait_for``) must still end the call, with its span and metrics."""
+    green.configure(disconnect_rate=1.0, disconnect_after_chunks=0)
+    install(rollout_config(green, weight=100))
+    original = openai.AsyncStream.close
+
+    async def slow_close(self: Any) -> None:  # a close that takes a moment (TLS shutdown...)
+        await asyncio.sleep(0.5)
+        await original(self)
+
+    monkeypatch.setattr(openai.AsyncStream, "close", slow_close)
+
+    async def main() -> None:
+        client = openai.AsyncOpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(client.chat.completions.create(
+                model="gpt-4.1", messages=MSGS, stream=True), 0.2)
+        await client.close()
+
+    asyncio.run(main())
+    attrs = _only_span_attrs(telemetry)
+    assert attrs.get("error.type") == "asyncio.exceptions.CancelledError"
+    assert not blue.requests

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import contextvars
 import importlib
-import json
 import logging
 import threading
-import types
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +28,7 @@ from ._streams import (
     SyncStreamProxy,
     counts_as_first,
     end_helper_stream,
+    fields,
     in_band_failure,
 )
 
@@ -68,6 +67,9 @@ HELPER_SURFACES: tuple[tuple[str, str, str, str], ...] = (
     ("openai.lib.streaming.responses._responses", "ResponseStreamManager", "__exit__", "exit"),
     ("openai.lib.streaming.responses._responses", "AsyncResponseStreamManager", "__aexit__",
      "aexit"),
+    # with_streaming_response's managers: their exit closes the response without the exception.
+    ("openai._response", "ResponseContextManager", "__exit__", "exit"),
+    ("openai._response", "AsyncResponseContextManager", "__aexit__", "aexit"),
 )
 
 # openai.api.type of a surface's module (the Responses API's calls are "chat" operations too).
@@ -155,9 +157,8 @@ def _parsed_or_fields(raw: Any) -> Any:
     except Exception:
         pass
     try:
-        return json.loads(raw.http_response.text,
-                          object_hook=lambda fields: types.SimpleNamespace(**fields))
-    except Exception:  # not even JSON: measured without the answer's numbers
+        return fields(raw.http_response.content)
+    except Exception:
         return None
 
 
@@ -234,7 +235,11 @@ def _sync_wrapper(operation: str, original: Any, api_type: str | None) -> Callab
             failed = error if error is not None or call.api_type != "responses" \
                 else _failed_in_band(pending)  # only Responses streams report in band
             if failed is not None and call.should_fall_back(failed):
-                _quietly(result.close)
+                try:
+                    _quietly(result.close)
+                except BaseException as exc:  # interrupted while closing: the call ends here
+                    _quietly(call.failed, exc)
+                    raise
                 call.switch_to_blue(failed, instance)
                 continue
             return SyncStreamProxy(result, call, pending, error)
@@ -302,6 +307,9 @@ def _async_wrapper(operation: str, original: Any, api_type: str | None) -> Calla
                     await result.close()
                 except Exception:
                     logger.debug("openai-bluegreen: closing failed stream", exc_info=True)
+                except BaseException as exc:  # cancelled while closing: the call ends here
+                    _quietly(call.failed, exc)
+                    raise
                 call.switch_to_blue(failed, instance)
                 continue
             return AsyncStreamProxy(result, call, pending, error)
@@ -312,7 +320,9 @@ def _async_wrapper(operation: str, original: Any, api_type: str | None) -> Calla
 def _helper_wrapper(cls: type, kind: str) -> Callable[..., Any]:
     """End our call when a stream() helper's stream closes, or its ``with`` block exits (with
     the exception that left it, before the helper closes the stream)."""
-    attribute = f"_{cls.__name__}__stream"  # the manager's private (name-mangled) stream
+    # The manager's private (name-mangled) stream, or response for with_streaming_response.
+    held = "response" if cls.__name__.endswith("ResponseContextManager") else "stream"
+    attribute = f"_{cls.__name__}__{held}"
 
     def close(wrapped: Any, instance: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         try:

@@ -7,7 +7,9 @@ raises, it is closed, its context manager exits, or it is garbage-collected unfi
 
 from __future__ import annotations
 
+import json
 import time
+import types
 from typing import Any
 
 import wrapt
@@ -224,7 +226,9 @@ class _StreamProxyBase(wrapt.ObjectProxy[Any]):
         if self._self_done:
             return
         self._self_done = True
-        failure = error if error is not None else self._self_failed
+        # A read-ahead failure still waiting for the caller's next read is the call's failure
+        # when the caller closes or drops the stream first: the upstream failed all the same.
+        failure = error if error is not None else (self._self_error or self._self_failed)
         try:
             if self._self_call.router.capture_content:
                 self._self_call.output = self._self_acc.output_json(failure is not None)
@@ -323,11 +327,23 @@ class AsyncStreamProxy(_StreamProxyBase):
         await self.close()
 
 
+def fields(body: bytes | str) -> Any:
+    """A response body's JSON fields as attributes (what telemetry reads off a parsed answer),
+    or ``None`` when it is not JSON: measured without the answer's numbers."""
+    try:
+        return json.loads(body, object_hook=lambda found: types.SimpleNamespace(**found))
+    except Exception:
+        return None
+
+
 def end_helper_stream(helper: Any, error: BaseException | None) -> None:
     """A ``stream()`` helper's stream (``ChatCompletionStream``, ``ResponseStream`` and their
     async twins) is done: end our proxy's call. The helper closes the HTTP response itself, past
     our proxy, and an exception leaving its ``with`` block (the app's own, or the helper's
     parsing of the final chunk) never passes through our proxy."""
+    if isinstance(helper, _DeferredResponse):  # with_streaming_response's response
+        helper._bg_escaped(_escaped(error))
+        return
     raw = getattr(helper, "_raw_stream", None)
     if isinstance(raw, _StreamProxyBase):
         raw._bg_finalize(_escaped(error))
@@ -369,6 +385,39 @@ class _DeferredResponse(wrapt.ObjectProxy[Any]):
         self._self_result, self._self_out = result, out
         return out
 
+    def _bg_escaped(self, error: BaseException | None) -> None:
+        """An exception left ``with_streaming_response``'s ``with`` block (the SDK's manager
+        closes the response without passing it on): it fails the call unless the call was
+        already measured whole (a model object, parsed)."""
+        if error is None:
+            return
+        try:
+            if not self._self_taken:
+                self._self_taken = True
+                self._self_call.finished(NOTHING, error_type(error), _perf())
+            elif isinstance(self._self_out, _StreamProxyBase):
+                self._self_out._bg_finalize(error)
+        except Exception:
+            return
+
+    def _bg_parse_failed(self, error: BaseException) -> None:
+        """``parse()`` raised. If reading the body failed (a connection cut mid-body, a
+        timeout), so did the call. If the body was read and turning it into the caller's type
+        failed (a schema the answer fails, ``LengthFinishReasonError``), the error is the
+        caller's to meet, as without us, and the call is measured from the body's fields."""
+        if self._self_taken:
+            return
+        try:
+            body = self.__wrapped__.http_response.content  # raises when it was never read
+        except Exception:
+            self._self_taken = True
+            try:
+                self._self_call.finished(NOTHING, error_type(error), _perf())
+            except Exception:
+                return
+            return
+        self._bg_take(fields(body))
+
     def _bg_closed(self, at: float) -> None:
         """The response is closed (``with_streaming_response``'s block exited): end the call,
         or the stream parsed from it, which the SDK closed past our stream proxy."""
@@ -391,7 +440,12 @@ class DeferredResponse(_DeferredResponse):
     (``LegacyAPIResponse``: the proxy must not offer one either)."""
 
     def parse(self, *args: Any, **kwargs: Any) -> Any:
-        return self._bg_take(self.__wrapped__.parse(*args, **kwargs))
+        try:
+            result = self.__wrapped__.parse(*args, **kwargs)
+        except BaseException as exc:
+            self._bg_parse_failed(exc)
+            raise
+        return self._bg_take(result)
 
 
 class ClosableDeferredResponse(DeferredResponse):
@@ -408,7 +462,12 @@ class AsyncDeferredResponse(_DeferredResponse):
     """A response whose ``parse()`` is a coroutine (``AsyncAPIResponse``)."""
 
     async def parse(self, *args: Any, **kwargs: Any) -> Any:
-        return self._bg_take(await self.__wrapped__.parse(*args, **kwargs))
+        try:
+            result = await self.__wrapped__.parse(*args, **kwargs)
+        except BaseException as exc:
+            self._bg_parse_failed(exc)
+            raise
+        return self._bg_take(result)
 
     async def close(self) -> None:
         try:
