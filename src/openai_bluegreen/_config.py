@@ -401,6 +401,10 @@ class Schedule(_Strict):
             if i and step <= value[i - 1]:
                 raise ValueError(f"steps must increase (step {i} is {step:g} after "
                                  f"{value[i - 1]:g})")
+        if value and value[0] >= 100.0:
+            raise ValueError("the first step must send less than 100% to green: at 100% blue "
+                             "gets no calls, so green is never compared before it takes them "
+                             "all (to switch at once, promote)")
         return value
 
 

@@ -241,6 +241,21 @@ def restarted(rollout: Rollout, stored: RolloutState, now: float, *, actor: str
                                                      else []))[-SUPERSEDED_LIMIT:])
 
 
+def placed_step(rollout: Rollout, state: RolloutState) -> int | None:
+    """The state's step in the rollout's schedule as it is now. A state keeps the index of its
+    step: after an operator edits the schedule, the index may name another step than the one
+    its weight is at (at 5 %, step 2 of [1, 5, 25, 50, 100], is step 1 of [5, 50, 100]); the
+    weight then decides, so the next step is the next one above it, never a jump to 100 %."""
+    step = state.step
+    if step is None:
+        return None
+    steps = rollout.schedule.steps if rollout.schedule else []
+    below_next = step + 1 >= len(steps) or state.weight < steps[step + 1]
+    if step < len(steps) and (step < 0 or steps[step] <= state.weight) and below_next:
+        return step
+    return _step_below(rollout, state.weight)
+
+
 def _step_below(rollout: Rollout, weight: float) -> int:
     steps = rollout.schedule.steps if rollout.schedule else []
     index = -1
@@ -277,7 +292,8 @@ def transition(rollout: Rollout, state: RolloutState, action: Action, now: float
     elif action is Action.ADVANCE:
         if phase is not Phase.PROGRESSING or state.step is None:
             raise refuse("advance applies to a progressing rollout")
-        nxt = state.step + 1
+        placed = placed_step(rollout, state)
+        nxt = (state.step if placed is None else placed) + 1
         if nxt >= len(steps) or steps[nxt] >= 100.0:
             new_phase, new_step, new_weight, step_started = Phase.PROMOTED, None, 100.0, None
         else:

@@ -194,6 +194,8 @@ class Watcher:
         self._unsubscribe: Callable[[], None] | None = None
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.leader = False
+        self._led_until: float | None = None  # when the lease this watcher last renewed ends
+        self._unjudged: dict[str, str] = {}  # rollout -> why its metrics could not be judged
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._tracer = T.tracer_for(tracer_provider)
@@ -326,18 +328,24 @@ class Watcher:
         except StoreUnavailable:  # reported by sync()
             self.leader = False
             return []
+        ttl = 3 * self.interval + 1.0
         try:
             # Only the lease holder decides; a lease outlives a few missed looks, not more.
-            self.leader = self.store.acquire_lease(self.holder, ttl=3 * self.interval + 1.0)
+            self.leader = self.store.acquire_lease(self.holder, ttl=ttl)
         except StoreUnavailable as exc:
             self.leader = False
             self._set_problem(f"state store unavailable, not deciding: {exc}", kind="lease")
             return []
         self._set_problem(None, kind="lease")
         if not self.leader or self._stop.is_set():
+            self._led_until = None
             self._set_problem(None, kind="source")
             return []
-        if not was_leader:
+        # Back before its lease ran out (a store blip cost a look or two): no other watcher
+        # could have led meanwhile, so this is the same tenure and its evidence stands.
+        continued = was_leader or (self._led_until is not None and now < self._led_until)
+        self._led_until = now + ttl
+        if not continued:
             # Taking over (again): windows this watcher kept from an earlier tenure span steps
             # it did not see; the evidence starts afresh at takeover (docs/analysis.md). So
             # does a source that would otherwise first read the samples of the whole time it
@@ -420,8 +428,20 @@ class Watcher:
                 continue
             state = stored or initial_state(rollout)
             snapshot, note = self._snapshot_for(rollout, state, snapshot, note, now)
-            evidence = self._evidence(rollout, state, snapshot, note)
-            decision = decide(rollout, state, evidence, now)
+            try:
+                evidence = self._evidence(rollout, state, snapshot, note)
+                decision = decide(rollout, state, evidence, now)
+            except Exception as exc:  # one rollout's odd counts must stop no other
+                # Counts no check can judge (a custom source's counter went backwards, so a
+                # window has more errors than calls): judged as a source that cannot answer,
+                # so the rollout holds and its progress deadline still runs.
+                problem = f"the metrics of {name} cannot be judged: {exc}"
+                if self._unjudged.get(name) != problem:
+                    logger.warning("openai-bluegreen watcher: %s", problem)
+                self._unjudged[name] = problem
+                decision = decide(rollout, state, Evidence(available=False, note=problem), now)
+            else:
+                self._unjudged.pop(name, None)
             if decision.action is Action.HOLD:
                 self._emit(decision, state)
                 return decision
@@ -652,6 +672,7 @@ class Watcher:
     def _release_lease(self) -> None:
         if self.leader:  # hand over at once instead of after the lease expires
             self.leader = False
+            self._led_until = None
             try:
                 self.store.release_lease(self.holder)
             except Exception:

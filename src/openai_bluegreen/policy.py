@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._config import Check, Rollout
-from ._rollout import Action, Phase, RolloutState
+from ._rollout import Action, Phase, RolloutState, placed_step
 from ._stats import log_e_one_sample, log_e_rate_ratio, log_e_two_sample
 from .sources import EnvStats, Histogram, RolloutStats
 
@@ -250,7 +250,8 @@ def decide(rollout: Rollout, state: RolloutState, evidence: Evidence, now: float
             return Decision(name, action, tuple(reasons), checks, at=now)
         reasons = []
 
-    step = state.step if state.step is not None else -1
+    placed = placed_step(rollout, state)  # by its weight, if the schedule was edited
+    step = placed if placed is not None else -1
     started = state.step_started_at if state.step_started_at is not None else now
     elapsed = now - started
     # Data this watcher could not see (before it took over) cannot be waited for.

@@ -104,21 +104,42 @@ class Histogram:
         return self.bounds[-1] if self.bounds else None
 
     def minus(self, earlier: Histogram) -> Histogram:
-        """Counts since ``earlier``, each at least 0 (sources handle counter resets)."""
-        if earlier.bounds != self.bounds or len(earlier.counts) != len(self.counts):
-            return self if earlier.total == 0 else Histogram(self.bounds, (0,) * len(self.counts))
-        return Histogram(self.bounds, tuple(max(0, a - b) for a, b in
-                                            zip(self.counts, earlier.counts, strict=True)))
+        """Counts since ``earlier``, each at least 0 (sources handle counter resets). Over
+        different bucket layouts (a replica with another layout joined: the Prometheus source
+        takes every bound it sees), on the bounds both have."""
+        mine, theirs = self._common(earlier)
+        return Histogram(mine.bounds, tuple(max(0, a - b) for a, b in
+                                            zip(mine.counts, theirs.counts, strict=True)))
 
     def plus(self, other: Histogram) -> Histogram:
-        if not other.bounds and other.total == 0:
-            return self
-        if not self.bounds and self.total == 0:
-            return other
-        if other.bounds != self.bounds:
-            raise ValueError("cannot add histograms with different bucket bounds")
-        return Histogram(self.bounds, tuple(a + b for a, b in zip(self.counts, other.counts,
+        """The sum; over different bucket layouts, on the bounds both have."""
+        mine, theirs = self._common(other)
+        return Histogram(mine.bounds, tuple(a + b for a, b in zip(mine.counts, theirs.counts,
                                                                    strict=True)))
+
+    def _common(self, other: Histogram) -> tuple[Histogram, Histogram]:
+        """Both histograms on one layout: as they are when they share it; an empty one takes
+        the other's; else both merged onto the bounds they have in common, which is exact (a
+        bucket of either layout lies within one bucket of the common one)."""
+        if other.bounds == self.bounds and len(other.counts) == len(self.counts):
+            return self, other
+        if other.total == 0:
+            return self, Histogram(self.bounds, (0,) * len(self.counts))
+        if self.total == 0:
+            return Histogram(other.bounds, (0,) * len(other.counts)), other
+        bounds = tuple(sorted(set(self.bounds) & set(other.bounds)))
+        return self._onto(bounds), other._onto(bounds)
+
+    def _onto(self, bounds: tuple[float, ...]) -> Histogram:
+        """This histogram on ``bounds``, a subset of its own: buckets merged."""
+        counts = [0] * (len(bounds) + 1)
+        index = 0
+        for i, count in enumerate(self.counts):
+            upper = self.bounds[i] if i < len(self.bounds) else math.inf
+            while index < len(bounds) and bounds[index] < upper:
+                index += 1
+            counts[index] += count
+        return Histogram(bounds, tuple(counts))
 
 
 @dataclass(frozen=True, slots=True)
