@@ -59,6 +59,8 @@ DEFAULT_STICKY: tuple[StickyKey, ...] = ("assignment_key", "user", "safety_ident
                                          "prompt_cache_key")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _ENV_VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
+_HEADER_VALUE_RE = re.compile(r"^[\t\x20-\x7e]*$")
 _HOST = r"(\[[0-9A-Fa-f:.]+\]|[^/\s:@?\[\]]+)"  # a name, IPv4, or bracketed IPv6 ([::1])
 _URL_RE = re.compile(rf"^https?://{_HOST}(:\d{{1,5}})?([/?]\S*)?$")
 # A metric source URL may carry ``user:password@`` (percent-encoded) for basic auth.
@@ -132,8 +134,20 @@ def _url_problem(url: str) -> str | None:
 
 
 def _expand(value: str) -> str:
-    """``${VAR}`` from the environment, percent-encoded (credentials may hold ``@`` or ``/``)."""
-    return _VAR_RE.sub(lambda m: urllib.parse.quote(os.environ[m.group(1)], safe=""), value)
+    """``${VAR}`` from the environment: as it is in the host, path or query (a directory, a
+    ``host:port``), percent-encoded in the user-info part (a password may hold ``@`` or ``/``)."""
+    userinfo_end = -1
+    scheme_end = value.find("://")
+    if scheme_end >= 0:
+        start = scheme_end + 3
+        ends = [i for i in (value.find(sep, start) for sep in "/?#") if i >= 0]
+        userinfo_end = value.rfind("@", start, min(ends, default=len(value)))
+
+    def expanded(match: re.Match[str]) -> str:
+        found = os.environ[match.group(1)]
+        return urllib.parse.quote(found, safe="") if match.start() < userinfo_end else found
+
+    return _VAR_RE.sub(expanded, value)
 
 
 def _numeric(annotation: Any) -> tuple[bool, bool]:
@@ -180,6 +194,21 @@ class EnvironmentTarget(_Strict):
         default=None, description="Name of the environment variable holding this provider's key."
     )
     headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
+
+    @field_validator("headers")
+    @classmethod
+    def _sendable(cls, value: dict[str, str]) -> dict[str, str]:
+        """Headers the HTTP client can send: a name of token characters, a value of printable
+        ASCII (no CR or LF, which would end the header early). Refused here, not on every call:
+        a non-ASCII value raised UnicodeEncodeError into the app at each call."""
+        for name, text in value.items():
+            if not _HEADER_NAME_RE.match(name):
+                raise ValueError(f"header name {name!r} is not a valid HTTP header name "
+                                 "(letters, digits and !#$%&'*+-.^_`|~ only)")
+            if not _HEADER_VALUE_RE.match(text):
+                raise ValueError(f"header {name!r}: its value must be printable ASCII, without "
+                                 "line breaks (got a value with other characters)")
+        return value
     params: dict[str, Any] = Field(
         default_factory=dict, description="Body parameters added or overridden on every call."
     )

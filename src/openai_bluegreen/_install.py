@@ -203,7 +203,7 @@ def install(
                             meter_provider=effective_mp, logger_provider=logger_provider)
             router.providers = (tracer_provider, meter_provider, logger_provider)
             if current is not None:
-                _keep_runtime_weights(current, router)
+                _keep_runtime_state(current, router)
             if scheduled and store is not None:
                 watcher = Watcher(validated, store, source, apply_weight=router.set_weight,
                                   tracer_provider=tracer_provider, meter_provider=effective_mp)
@@ -234,14 +234,22 @@ def install(
             watcher.start()
 
 
-def _keep_runtime_weights(previous: Router, router: Router) -> None:
-    """A weight set at run time (``set_weight()``) on a rollout without a schedule stays
-    through a re-install that leaves that rollout as it was (new providers, another rollout
-    changed); a rollout whose config changed starts at its configured weight."""
+def _keep_runtime_state(previous: Router, router: Router) -> None:
+    """What a re-install keeps of the running router. A weight set at run time
+    (``set_weight()``) on a rollout without a schedule stays through a re-install that leaves
+    that rollout as it was (new providers, another rollout changed); a rollout whose config
+    changed starts at its configured weight. The Responses API responses each environment
+    answered stay while the rollout's calls, blue and green are the same (its revision): they
+    still live at those providers, and their follow-ups must go there whatever the weight."""
     before = {r.name: r for r in previous.config.rollouts}
     for rollout in router.config.rollouts:
-        if rollout.schedule is None and before.get(rollout.name) == rollout:
+        old = before.get(rollout.name)
+        if old is None:
+            continue
+        if rollout.schedule is None and old == rollout:
             router.rollouts[rollout.name].weight_bp = previous.rollouts[rollout.name].weight_bp
+        if revision_of(old) == revision_of(rollout):
+            router.rollouts[rollout.name].responses = previous.rollouts[rollout.name].responses
 
 
 def _kept_states(previous: Watcher, config: Config) -> dict[str, RolloutState]:

@@ -537,7 +537,17 @@ def _endpoint_client(caller: Any, base_url: str, api_key: str | None, max_retrie
     cls = openai.AsyncOpenAI if isinstance(caller, openai.AsyncOpenAI) else openai.OpenAI
     # Omit removes a header the SDK would add: OPENAI_ORG_ID / OPENAI_PROJECT_ID from the
     # environment stay with the caller's endpoint.
-    removed = {"OpenAI-Organization": openai.Omit(), "OpenAI-Project": openai.Omit()}
+    removed: dict[str, Any] = {"OpenAI-Organization": openai.Omit(),
+                               "OpenAI-Project": openai.Omit()}
+    # OPENAI_CUSTOM_HEADERS (read by the SDK's constructor since openai 2) holds headers for the
+    # caller's endpoint, maybe a gateway's token or its own Authorization: none of them goes to
+    # another provider, and its Authorization must not replace this endpoint's key.
+    for line in os.environ.get("OPENAI_CUSTOM_HEADERS", "").split("\n"):
+        name, colon, _ = line.partition(":")
+        name = name.strip()
+        if colon and name:
+            removed[name] = openai.Omit() if name.lower() != "authorization" or api_key is None \
+                else f"Bearer {api_key}"
     return cls(
         # The SDK insists on a key; without one configured, a placeholder that the lane's
         # per-call "Authorization: Omit" keeps off the wire (Lane.__init__).
@@ -546,5 +556,5 @@ def _endpoint_client(caller: Any, base_url: str, api_key: str | None, max_retrie
         timeout=caller.timeout,
         max_retries=max_retries,
         http_client=caller._client,  # the caller's connection pool, shared
-        default_headers=removed,  # type: ignore[arg-type]  # Omit removes; the SDK allows it
+        default_headers=removed,  # Omit removes a header; the SDK allows it
     )
