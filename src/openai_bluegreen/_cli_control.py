@@ -77,7 +77,10 @@ def _state_rows(config: Config, window: float) -> tuple[list[dict[str, Any]], st
     invalid = invalid_of(stored)
     rows = []
     for rollout in config.rollouts:
-        state = stored.get(rollout.name) or initial_state(rollout)
+        # A rollout without a schedule routes at its configured weight and never reads the
+        # store: a state stored for it (it once had a schedule) is not what apps do.
+        state = (stored.get(rollout.name) if rollout.schedule is not None else None) \
+            or initial_state(rollout)
         # A state about another blue/green: apps with this config send that rollout to blue.
         other = bool(state.revision) and state.revision != revision_of(rollout)
         unreadable = invalid.get(rollout.name) or (
@@ -308,6 +311,8 @@ def _act(action: Action) -> Callable[[argparse.Namespace], int]:
 
 def _run_watcher(args: argparse.Namespace) -> int:
     config = _load(args)
+    if config.state == "memory":
+        raise ConfigError([("state", _MEMORY_WHY)])
     if config.metrics_source == "local":
         print("error: run-watcher runs in its own process, and metrics_source 'local' reads only "
               "the metrics of the process it runs in. Point metrics_source at the Prometheus "
@@ -351,7 +356,7 @@ def _run_watcher(args: argparse.Namespace) -> int:
                 print(f"{time.strftime('%H:%M:%S')} this watcher is the {role} "
                       f"({watcher.holder})", flush=True)
     finally:
-        watcher.stop()
+        watcher.stop()  # hands the lease over, even with a look still stuck in a call
         source.close()
         store.close()
         meter_provider.shutdown()

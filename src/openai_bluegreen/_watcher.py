@@ -386,6 +386,8 @@ class Watcher:
         decisions = []
         self._write_fault = None
         for rollout in self.rollouts.values():
+            if self._stop.is_set():  # stopped during a slow look: write nothing more
+                break
             if rollout.name in self._unreadable:
                 continue  # its stored value is for a person to fix: nothing is decided on it
             decision = self._decide_one(rollout, snapshot, note, now)
@@ -449,6 +451,8 @@ class Watcher:
                 new = transition(rollout, state, decision.action, now, actor="watcher",
                                  reason=decision.reason)
             except InvalidTransition:
+                return None
+            if self._stop.is_set():  # stopped while judging (a slow rebuild): not written
                 return None
             try:
                 written = self.store.compare_and_set(new, None if stored is None else
@@ -670,7 +674,10 @@ class Watcher:
             self._set_problem(f"{what}: {exc!r}", kind=kind)
 
     def _release_lease(self) -> None:
-        if self.leader:  # hand over at once instead of after the lease expires
+        # Hand over at once instead of after the lease expires; also when a store blip cleared
+        # ``leader`` while the lease in the store is still this watcher's (the store releases
+        # only its holder's).
+        if self.leader or self._led_until is not None:
             self.leader = False
             self._led_until = None
             try:
@@ -702,6 +709,10 @@ class Watcher:
             if thread.is_alive():
                 logger.warning("openai-bluegreen watcher: still inside a state store or metric "
                                "source call after %gs; left to finish on its own", timeout)
+                # Hand the lease over now: the caller may close the store and exit (SIGTERM
+                # to run-watcher) before that call returns, and the fleet would have no leader
+                # until the lease ran out. The look decides nothing more (it checks _stop).
+                self._release_lease()
 
     def status(self) -> list[dict[str, Any]]:
         out = []

@@ -34,7 +34,12 @@ def _positive(text: str) -> float:
     value = _number(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0 (got {text!r})")
+    if value > _LARGEST:  # seconds to sleep, calls per second: past this, a typo
+        raise argparse.ArgumentTypeError(f"must be at most {_LARGEST:g} (got {text!r})")
     return value
+
+
+_LARGEST = 1e9
 
 
 def _percent(text: str) -> float:
