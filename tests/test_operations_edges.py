@@ -217,3 +217,14 @@ def test_watch_refuses_an_interval_too_large_to_sleep(
     with pytest.raises(SystemExit) as done:
         main(["watch", "--interval", "1e300", "--config", str(config)])
     assert done.value.code == 2
+
+
+def test_status_refuses_a_window_longer_than_it_reads(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _write(tmp_path, {"state": f"file://{tmp_path}/state.json",
+                               "rollouts": [_rollout("chat", schedule={"steps": [10, 100]})]})
+    with pytest.raises(SystemExit) as done:
+        main(["status", "--window", "86400", "--config", str(config)])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert "--window" in err and "at most 21600 seconds" in err and "'86400'" in err

@@ -65,16 +65,14 @@ def test_one_rollouts_odd_counts_do_not_stop_another_rollouts_rollback() -> None
 
 
 def _prom_stats(replicas: dict[str, dict[float, int]], requests: int) -> RolloutStats:
-    """What PrometheusSource.summarise() makes of green/blue duration buckets summed over
-    replicas (each replica: cumulative count per le)."""
-    totals: dict[Any, float] = {}
-    for env in ("blue", "green"):
-        totals[(DURATION_COUNT, "r", env, "", 0.0)] = requests
-        for cumulative in replicas.values():
-            for le, count in cumulative.items():
-                key = (DURATION_BUCKET, "r", env, "", le)
-                totals[key] = totals.get(key, 0) + count
-    return summarise(totals)["r"]
+    """What PrometheusSource.summarise() makes of green/blue duration buckets from replicas,
+    each its own histogram (cumulative count per le) and so its own part."""
+    parts: list[dict[Any, float]] = [{(DURATION_COUNT, "r", env, "", 0.0): requests
+                                      for env in ("blue", "green")}]
+    for cumulative in replicas.values():
+        parts.append({(DURATION_BUCKET, "r", env, "", le): count
+                      for env in ("blue", "green") for le, count in cumulative.items()})
+    return summarise(*parts)["r"]
 
 
 def test_a_bucket_layout_change_mid_rollout_does_not_crash_the_policy() -> None:
@@ -103,9 +101,11 @@ def test_a_bucket_layout_change_mid_rollout_does_not_crash_the_policy() -> None:
     state = transition(rollout, state, Action.ADVANCE, T0 + 700, actor="t", reason="")
     decision = decide(rollout, state, Evidence(windows), T0 + 800)
     assert decision.action in (Action.HOLD, Action.PAUSE, Action.ADVANCE), decision.reason
-    # The windows were added on the bounds both layouts have: every call is still counted.
+    # The windows were added on every bound either layout has: every call is still counted,
+    # none moved above the bounds they were recorded under.
     total = Evidence(windows).total
-    assert total.green.duration.total == 2500 and 0.5 not in total.green.duration.bounds
+    assert total.green.duration.total == 2500 and 0.5 in total.green.duration.bounds
+    assert total.green.duration.count_above(0.64) == 0
 
 
 def test_a_schedule_edit_does_not_promote_from_a_low_weight() -> None:

@@ -45,6 +45,9 @@ def _fmt_time(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
 
+MAX_WINDOW = 6 * 3600.0  # status/watch --window: read in at most REBUILD_PIECES queries
+
+
 def _metrics(config: Config, window: float) -> tuple[dict[str, Any], str | None]:
     """Per rollout and environment, calls/errors/p95 over the last ``window`` seconds.
 
@@ -53,10 +56,13 @@ def _metrics(config: Config, window: float) -> tuple[dict[str, Any], str | None]
     if config.metrics_source == "local":
         return {}, "metrics_source is 'local' (inside the app): no fleet metrics here"
     from .sources import SourceUnavailable
-    from .sources.prometheus import PrometheusSource
+    from .sources.prometheus import REBUILD_PIECES, PrometheusSource
 
     now = time.time()
-    source = PrometheusSource(config.metrics_source, origin=now - window)
+    # One look back over the whole window (at most MAX_WINDOW): enough pieces to read it now,
+    # as a watcher rebuilding a step's history does; there is no next snapshot to catch up in.
+    source = PrometheusSource(config.metrics_source, origin=now - window,
+                              max_pieces=REBUILD_PIECES)
     try:
         snapshot = source.snapshot(now)
     except SourceUnavailable as exc:
@@ -410,16 +416,24 @@ def add_control_commands(commands: Any, percent: Callable[[str], float],
         _config_arg(parser)
         parser.add_argument("--json", action="store_true", help=json_help)
 
+    def window(text: str) -> float:
+        value = positive(text)
+        if value > MAX_WINDOW:
+            raise argparse.ArgumentTypeError(
+                f"must be at most {MAX_WINDOW:g} seconds, 6 hours of Prometheus samples "
+                f"(got {text!r})")
+        return value
+
     status = commands.add_parser("status", help="show every rollout's state, weight, "
                                  "per-environment calls/errors/p95 and recent decisions")
     common(status, json_help="print JSON for scripts")
-    status.add_argument("--window", type=positive, default=300.0, metavar="SECONDS",
+    status.add_argument("--window", type=window, default=300.0, metavar="SECONDS",
                         help="metrics over the last SECONDS (default: 300)")
     status.set_defaults(handler=_guard(_status))
 
     watch = commands.add_parser("watch", help="the status view, refreshed until Ctrl-C")
     _config_arg(watch)
-    watch.add_argument("--window", type=positive, default=60.0, metavar="SECONDS",
+    watch.add_argument("--window", type=window, default=60.0, metavar="SECONDS",
                        help="metrics over the last SECONDS (default: 60)")
     watch.add_argument("--interval", type=positive, default=2.0, metavar="SECONDS",
                        help="refresh every SECONDS (default: 2)")

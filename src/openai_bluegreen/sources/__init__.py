@@ -12,6 +12,7 @@ Built in: ``local`` (this process's own OpenTelemetry metrics through a metric r
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -105,40 +106,52 @@ class Histogram:
 
     def minus(self, earlier: Histogram) -> Histogram:
         """Counts since ``earlier``, each at least 0 (sources handle counter resets). Over
-        different bucket layouts (a replica with another layout joined: the Prometheus source
-        takes every bound it sees), on the bounds both have."""
+        different bucket layouts (a replica with another layout joined), on every bound either
+        has (see :meth:`_onto`)."""
         mine, theirs = self._common(earlier)
         return Histogram(mine.bounds, tuple(max(0, a - b) for a, b in
                                             zip(mine.counts, theirs.counts, strict=True)))
 
     def plus(self, other: Histogram) -> Histogram:
-        """The sum; over different bucket layouts, on the bounds both have."""
+        """The sum; over different bucket layouts, on every bound either has."""
         mine, theirs = self._common(other)
         return Histogram(mine.bounds, tuple(a + b for a, b in zip(mine.counts, theirs.counts,
                                                                    strict=True)))
 
     def _common(self, other: Histogram) -> tuple[Histogram, Histogram]:
         """Both histograms on one layout: as they are when they share it; an empty one takes
-        the other's; else both merged onto the bounds they have in common, which is exact (a
-        bucket of either layout lies within one bucket of the common one)."""
+        the other's; else both on every bound either has (see :meth:`_onto`)."""
         if other.bounds == self.bounds and len(other.counts) == len(self.counts):
             return self, other
         if other.total == 0:
             return self, Histogram(self.bounds, (0,) * len(self.counts))
         if self.total == 0:
             return Histogram(other.bounds, (0,) * len(other.counts)), other
-        bounds = tuple(sorted(set(self.bounds) & set(other.bounds)))
+        bounds = tuple(sorted(set(self.bounds) | set(other.bounds)))
         return self._onto(bounds), other._onto(bounds)
 
     def _onto(self, bounds: tuple[float, ...]) -> Histogram:
-        """This histogram on ``bounds``, a subset of its own: buckets merged."""
-        counts = [0] * (len(bounds) + 1)
-        index = 0
-        for i, count in enumerate(self.counts):
-            upper = self.bounds[i] if i < len(self.bounds) else math.inf
-            while index < len(bounds) and bounds[index] < upper:
-                index += 1
-            counts[index] += count
+        """This histogram on other bounds. The count at or below each bound is exact at one of
+        its own bounds; between two of them it is interpolated linearly (as Prometheus's
+        ``histogram_quantile`` assumes values spread in a bucket), and rounded; above its last
+        finite bound nothing more is placed below ``+Inf``. The total is kept."""
+        own = self.bounds
+        below = list(itertools.accumulate(self.counts))  # below[i]: values <= own[i]
+        counts: list[int] = []
+        placed = 0
+        for bound in bounds:
+            i = bisect.bisect_left(own, bound)
+            if i < len(own) and own[i] == bound:
+                at = float(below[i])
+            elif i >= len(own):
+                at = float(below[len(own) - 1]) if own else 0.0
+            else:
+                lower, under = (own[i - 1], below[i - 1]) if i else (0.0, 0)
+                at = under + (below[i] - under) * max(0.0, bound - lower) / (own[i] - lower)
+            level = max(placed, round(at))
+            counts.append(level - placed)
+            placed = level
+        counts.append(self.total - placed)
         return Histogram(bounds, tuple(counts))
 
 

@@ -47,13 +47,16 @@ just discovered) its first value is its baseline: a replica's whole lifetime is 
 at the price of a new replica's first scrape when none of that evidence exists (an OTLP push
 straight to Prometheus has no ``up``).
 
-Limits: a series that stops being scraped for longer than :data:`FORGET_AFTER` is folded into
-its group's total and forgotten; if it reappears with its old value, that value counts again
-(a restarted replica starts from 0, which is exact). A histogram's buckets restart together:
-when its total (``_count`` or the ``+Inf`` bucket) goes down, every bucket of that label set
-counts from 0, even one that came back at or above its old value. A replica restarted and
-scraped again only after its total exceeded the old one looks like no restart (the same limit
-as ``increase()``).
+Gaps: a series that stops being scraped for longer than :data:`FORGET_AFTER` (a replica whose
+scrapes fail, or Prometheus itself down) keeps its last value for :data:`RETIRE_AFTER`; back
+within it, it counts from that value as before (the rise, or the whole value after a restart).
+Limits: past :data:`RETIRE_AFTER` it is folded into its group's total and forgotten (replicas
+come and go: their series must not pile up); if it reappears with its old value, that value
+counts again (a restarted replica starts from 0, which is exact). A histogram's buckets
+restart together: when its total (``_count`` or the ``+Inf`` bucket) goes down, every bucket of
+that label set counts from 0, even one that came back at or above its old value. A replica
+restarted and scraped again only after its total exceeded the old one looks like no restart (the
+same limit as ``increase()``).
 
 Names: verified on a real scrape (``opentelemetry-exporter-prometheus`` ``PrometheusMetricReader``
 + ``prometheus_client``, scraped by Prometheus 2.42; see ``tests/test_prometheus_source.py``):
@@ -89,7 +92,7 @@ from typing import Any
 from .._config import mask_url
 from . import CatchingUp, EnvStats, Histogram, RolloutStats, Snapshot, SourceUnavailable
 
-__all__ = ["FORGET_AFTER", "LOOKBACK", "MARGIN", "MAX_PIECES", "MAX_SPAN",
+__all__ = ["FORGET_AFTER", "LOOKBACK", "MARGIN", "MAX_PIECES", "MAX_SPAN", "RETIRE_AFTER",
            "PrometheusSource"]
 
 DURATION_COUNT = "gen_ai_client_operation_duration_seconds_count"
@@ -109,6 +112,9 @@ MARGIN = 60.0
 """Seconds before the previous snapshot later queries start at, for samples stored late (a
 scrape's samples are stamped with its start and stored when it ends)."""
 FORGET_AFTER = 900.0
+"""Seconds without a sample after which a series is dormant: no longer expected, its last value
+kept in case it comes back."""
+RETIRE_AFTER = 6 * 3600.0
 """Seconds without a sample after which a series' count is kept only in its group's total."""
 MAX_SPAN = 600.0
 """Seconds of samples one query asks for at most (a long catch-up is read in pieces)."""
@@ -130,6 +136,7 @@ class _Series:
     last_t: float
     last_v: float
     total: float
+    family: tuple[str, ...] = ()  # its histogram's label set (see _family): one bucket layout
 
 
 class PrometheusSource:
@@ -163,7 +170,8 @@ class PrometheusSource:
         self._endpoint, self._auth = _split_auth(self.url)
         self._lock = threading.Lock()
         self._series: dict[tuple[tuple[str, str], ...], _Series] = {}
-        self._retired: dict[_Group, float] = {}
+        self._dormant: dict[tuple[tuple[str, str], ...], _Series] = {}  # see FORGET_AFTER
+        self._retired: dict[tuple[_Group, tuple[str, ...]], float] = {}
         self._last_now: float | None = None
         # Per scrape target (job, instance): the time of its first sample this source saw, and
         # whether Prometheus was scraping it before that (its series are then new, not old).
@@ -182,6 +190,7 @@ class PrometheusSource:
         with self._lock:
             self.origin = None
             self._series.clear()
+            self._dormant.clear()
             self._retired.clear()
             self._targets.clear()
             self._last_now = None
@@ -324,6 +333,8 @@ class PrometheusSource:
         for labels, values, group in items:
             key = _key(labels)
             series = self._series.get(key)
+            if series is None and key in self._dormant:  # back after a gap: as before it
+                series = self._series[key] = self._dormant.pop(key)
             family = resets.get(_family(labels))
             since, new_target = self._targets[_target(labels)]
             for t, v in _samples(values):
@@ -336,7 +347,8 @@ class PrometheusSource:
                     # Prometheus that just started, a target just discovered): its first
                     # value is the baseline, as ``increase()`` would take it.
                     born = origin < t and (since < t or new_target)
-                    series = self._series[key] = _Series(group, t, v, v if born else 0.0)
+                    series = self._series[key] = _Series(group, t, v, v if born else 0.0,
+                                                         _family(labels))
                     continue
                 if t <= series.last_t:
                     continue
@@ -394,40 +406,59 @@ class PrometheusSource:
         # Measured on Prometheus's clock (the newest sample), not the watcher's: a skewed
         # clock must not retire every series and count it again.
         now = self._newest
-        stale = [k for k, s in self._series.items() if now - s.last_t > FORGET_AFTER]
-        for key in stale:
-            series = self._series.pop(key)
-            self._retired[series.group] = self._retired.get(series.group, 0.0) + series.total
+        for key in [k for k, s in self._series.items() if now - s.last_t > FORGET_AFTER]:
+            self._dormant[key] = self._series.pop(key)
+        for key in [k for k, s in self._dormant.items() if now - s.last_t > RETIRE_AFTER]:
+            series = self._dormant.pop(key)
+            where = (series.group, series.family)
+            self._retired[where] = self._retired.get(where, 0.0) + series.total
 
     def _summarise(self) -> dict[str, RolloutStats]:
-        totals: dict[_Group, float] = dict(self._retired)
-        for series in self._series.values():
-            totals[series.group] = totals.get(series.group, 0.0) + series.total
-        return summarise(totals)
+        # One part per histogram label set: each has one bucket layout, and replicas with
+        # different layouts are combined per bucket layout, on the bounds they share.
+        parts: dict[tuple[str, ...], dict[_Group, float]] = {}
+        for (group, family), total in self._retired.items():
+            part = parts.setdefault(family, {})
+            part[group] = part.get(group, 0.0) + total
+        for series in (*self._series.values(), *self._dormant.values()):
+            part = parts.setdefault(series.family, {})
+            part[series.group] = part.get(series.group, 0.0) + series.total
+        return summarise(*parts.values())
 
 
-def summarise(totals: Mapping[_Group, float]) -> dict[str, RolloutStats]:
-    """Stats per rollout from counts per (metric, rollout, environment, error type, le)."""
+def summarise(*parts: Mapping[_Group, float]) -> dict[str, RolloutStats]:
+    """Stats per rollout from counts per (metric, rollout, environment, error type, le).
+
+    Each part's buckets share one layout (one replica's histogram, or replicas with the same
+    bounds): cumulative ``le`` counts are turned into buckets per part, then the parts' buckets
+    are added on the bounds they have in common. Summed across layouts first, a bound only
+    some replicas have would miss the others' calls, and they would reappear at ``+Inf``."""
     envs: dict[tuple[str, str], dict[str, Any]] = {}
-    for (metric, rollout, env, error, le), value in totals.items():
-        acc = envs.setdefault((rollout, env), {"requests": 0, "by_type": {}, "duration": {},
-                                               "ttfc": {}, "fallbacks": 0})
-        count = round(value)
-        if metric == DURATION_COUNT:
-            acc["requests"] += count
-            if error:
-                acc["by_type"][error] = acc["by_type"].get(error, 0) + count
-        elif metric == DURATION_BUCKET and not error:
-            acc["duration"][le] = acc["duration"].get(le, 0) + count
-        elif metric == TTFC_BUCKET and not error:
-            acc["ttfc"][le] = acc["ttfc"].get(le, 0) + count
-        elif metric == FALLBACKS:
-            acc["fallbacks"] += count
+    for totals in parts:
+        cumulative: dict[tuple[str, str, str], dict[float, int]] = {}
+        for (metric, rollout, env, error, le), value in totals.items():
+            acc = envs.setdefault((rollout, env), {"requests": 0, "by_type": {},
+                                                   "duration": Histogram(), "ttfc": Histogram(),
+                                                   "fallbacks": 0})
+            count = round(value)
+            if metric == DURATION_COUNT:
+                acc["requests"] += count
+                if error:
+                    acc["by_type"][error] = acc["by_type"].get(error, 0) + count
+            elif metric in (DURATION_BUCKET, TTFC_BUCKET) and not error:
+                which = "duration" if metric == DURATION_BUCKET else "ttfc"
+                buckets = cumulative.setdefault((rollout, env, which), {})
+                buckets[le] = buckets.get(le, 0) + count
+            elif metric == FALLBACKS:
+                acc["fallbacks"] += count
+        for (rollout, env, which), buckets in cumulative.items():
+            acc = envs[(rollout, env)]
+            acc[which] = acc[which].plus(_histogram(buckets))
     out: dict[str, RolloutStats] = {}
     for (rollout, env), acc in sorted(envs.items()):
         by_type = {k: v for k, v in acc["by_type"].items() if v > 0}
         stats = EnvStats(acc["requests"], sum(by_type.values()), by_type,
-                         _histogram(acc["duration"]), _histogram(acc["ttfc"]), acc["fallbacks"])
+                         acc["duration"], acc["ttfc"], acc["fallbacks"])
         current = out.get(rollout, RolloutStats())
         out[rollout] = (RolloutStats(current.blue, stats) if env == "green"
                         else RolloutStats(stats, current.green))
