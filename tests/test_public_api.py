@@ -17,7 +17,7 @@ def test_public_names_are_exactly_the_documented_ones() -> None:
     for name in openai_bluegreen.__all__:
         assert hasattr(openai_bluegreen, name)
     assert sorted(openai_bluegreen.testing.__all__) == [
-        "RecordedRequest", "SimulatedUpstream", "UpstreamSettings"]
+        "RecordedRequest", "SimulatedUpstream", "UpstreamProcess", "UpstreamSettings"]
 
 
 def test_errors_form_one_tree() -> None:

@@ -54,6 +54,8 @@ logger = logging.getLogger("openai_bluegreen.watcher")
 DECISION = "bluegreen.decision"
 STOP_TIMEOUT = 2.0
 """Seconds :meth:`Watcher.stop` waits for a look stuck in a store or source call."""
+RELEASE_TIMEOUT = 0.5
+"""Seconds :meth:`Watcher.stop` then waits for the lease to be handed over."""
 _PROBLEM_KINDS = ("store", "state", "lease", "write", "source", "history")
 STATE = "bluegreen.state"
 _PHASES = tuple(p.value for p in Phase)
@@ -712,7 +714,12 @@ class Watcher:
                 # Hand the lease over now: the caller may close the store and exit (SIGTERM
                 # to run-watcher) before that call returns, and the fleet would have no leader
                 # until the lease ran out. The look decides nothing more (it checks _stop).
-                self._release_lease()
+                # Waited for briefly: the store may be what is stuck (a file lock another
+                # process holds), and stopping must stay prompt.
+                releaser = threading.Thread(target=self._release_lease, daemon=True,
+                                            name="openai-bluegreen-lease-release")
+                releaser.start()
+                releaser.join(RELEASE_TIMEOUT)
 
     def status(self) -> list[dict[str, Any]]:
         out = []
