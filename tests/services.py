@@ -1,4 +1,4 @@
-"""Real services for tests: redis-server and Prometheus on free loopback ports.
+"""Real services for tests: redis-server, Prometheus and plain HTTP stubs on free loopback ports.
 
 Each starts its own instance (no shared state, nothing outside a temporary directory) and stops
 it afterwards. A missing binary skips the test on a developer machine and fails it under CI
@@ -7,21 +7,70 @@ it afterwards. A missing binary skips the test on a developer machine and fails 
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import json
 import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-__all__ = ["PrometheusServer", "RedisServer", "free_port", "need_binary", "prometheus_server",
-           "redis_server"]
+__all__ = ["EMPTY_MATRIX", "HttpStub", "PrometheusServer", "RedisServer", "free_port",
+           "need_binary", "prometheus_server", "redis_server"]
+
+
+class HttpStub:
+    """A loopback HTTP server answering every GET with ``answer()`` (content type, body), after
+    ``delay`` seconds: a Prometheus API that is slow or empty, a ``/metrics`` page."""
+
+    def __init__(self, answer: Callable[[], tuple[str, bytes]], *, delay: float = 0.0) -> None:
+        self.requests = 0
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.requests += 1
+                time.sleep(delay)
+                content_type, body = answer()
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                with contextlib.suppress(OSError):  # the client gave up meanwhile
+                    self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> HttpStub:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def EMPTY_MATRIX() -> tuple[str, bytes]:
+    """A Prometheus API answer without any series."""
+    return "application/json", json.dumps(
+        {"status": "success", "data": {"resultType": "matrix", "result": []}}).encode()
 
 
 def free_port() -> int:

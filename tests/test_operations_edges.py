@@ -4,15 +4,12 @@ cannot sleep."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +23,7 @@ from openai_bluegreen.cli import main
 from openai_bluegreen.stores import StoreUnavailable
 from openai_bluegreen.stores.memory import MemoryStore
 
-from .services import redis_server
+from .services import EMPTY_MATRIX, HttpStub, redis_server
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 
@@ -132,24 +129,6 @@ def test_a_watcher_stopping_after_a_store_blip_releases_the_lease_it_holds() -> 
 
 
 # 4 -------------------------------------------------------------------------------------------
-class _SlowPrometheus(BaseHTTPRequestHandler):
-    delay = 1.5
-
-    def do_GET(self) -> None:
-        time.sleep(self.delay)
-        body = json.dumps({"status": "success",
-                           "data": {"resultType": "matrix", "result": []}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        with contextlib.suppress(OSError):  # the watcher exited meanwhile
-            self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_run_watcher_sigterm_during_a_slow_look_hands_the_lease_over(tmp_path: Path) -> None:
     """SIGTERM while the leader's look is in Prometheus queries (each answered within the
     source's 2 s timeout, but a look of several: rebuilding a progressing rollout's windows):
@@ -157,14 +136,13 @@ def test_run_watcher_sigterm_during_a_slow_look_hands_the_lease_over(tmp_path: P
     stays in Redis for 3 x interval + 1 s, so no watcher leads meanwhile."""
     import redis as redis_py
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowPrometheus)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = HttpStub(EMPTY_MATRIX, delay=1.5)
     try:
         with redis_server(tmp_path) as redis:
             schedule = {"steps": [10, 50, 100], "min_step_duration": "10m",
                         "min_requests": 50}
             config = _write(tmp_path, {
-                "state": redis.url, "metrics_source": f"http://127.0.0.1:{server.server_port}",
+                "state": redis.url, "metrics_source": server.url,
                 "rollouts": [_rollout("chat", schedule=schedule,
                                       analysis={"interval": "10s"})]})
             rollout = load_config(str(config)).rollouts[0]
@@ -201,8 +179,7 @@ def test_run_watcher_sigterm_during_a_slow_look_hands_the_lease_over(tmp_path: P
             assert holder is None, (f"run-watcher exited but its lease ({holder}) stays for "
                                     f"another {ttl_ms / 1000:.0f}s: no leader meanwhile")
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
 
 
 # 5 -------------------------------------------------------------------------------------------

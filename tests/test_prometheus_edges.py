@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import json
 import math
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from openai_bluegreen._config import Rollout
@@ -13,6 +18,8 @@ from openai_bluegreen._rollout import Action, initial_state, transition
 from openai_bluegreen._telemetry import DURATION_BUCKETS
 from openai_bluegreen.policy import Evidence, StepWindow, decide
 from openai_bluegreen.sources.prometheus import DURATION_BUCKET, DURATION_COUNT, PrometheusSource
+
+from .services import EMPTY_MATRIX, HttpStub, prometheus_server
 
 ORIGIN = 100.0
 
@@ -81,36 +88,15 @@ def test_a_healthy_green_on_mixed_layouts_is_not_rolled_back_by_a_latency_guardr
 
 # -- the same with a real Prometheus scraping two replicas ---------------------------------
 
-import http.server  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from .services import free_port, prometheus_server  # noqa: E402
 
 
-class _Exposition:
+
+class _Exposition(HttpStub):
     """A /metrics endpoint serving one replica's duration histogram (text format)."""
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds, self.calls = bounds, 0
-        self.port = free_port()
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = owner.text().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(lambda: ("text/plain; version=0.0.4", self.text().encode()))
 
     def text(self) -> str:
         name = "gen_ai_client_operation_duration_seconds"
@@ -126,16 +112,10 @@ class _Exposition:
             lines.append(f"{name}_sum{{{labels}}} {0.7 * self.calls}")
         return "\n".join(lines) + "\n"
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _scraped(url: str, job_targets: int) -> bool:
     """Whether Prometheus holds a sample of our duration count from ``job_targets`` targets."""
-    import urllib.parse
-    import urllib.request
-
     query = urllib.parse.urlencode({"query": f"count({DURATION_COUNT})"})
     with urllib.request.urlopen(f"{url}/api/v1/query?{query}", timeout=2) as answer:
         result = json.loads(answer.read())["data"]["result"]
@@ -171,43 +151,12 @@ def test_real_prometheus_two_layouts_keep_healthy_calls_in_their_buckets(tmp_pat
 
 # -- `openai-bluegreen status --window 3600` ------------------------------------------------
 
-from types import SimpleNamespace  # noqa: E402
-
-
-class _EmptyPrometheus:
-    """Answers every /api/v1/query with an empty matrix (a Prometheus without our series)."""
-
-    def __init__(self) -> None:
-        self.queries = 0
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                owner.queries += 1
-                body = json.dumps({"status": "success",
-                                   "data": {"resultType": "matrix", "result": []}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def test_status_window_of_an_hour_shows_metrics_instead_of_catching_up() -> None:
     from openai_bluegreen._cli_control import _metrics
 
-    prom = _EmptyPrometheus()
+    prom = HttpStub(EMPTY_MATRIX)
     try:
         config = SimpleNamespace(metrics_source=prom.url)
         assert _metrics(config, 300.0) == ({}, None)  # the default window works

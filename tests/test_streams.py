@@ -381,8 +381,8 @@ def test_a_stream_dropped_unread_is_measured_to_what_arrived(
     client.close()
 
 
-def test_a_raw_response_whose_parse_fails_is_the_callers_to_meet_and_still_measured(
-        client: openai.OpenAI, telemetry: Telemetry) -> None:
+def _refusing_model() -> Any:
+    """A response_format whose validator refuses every answer: parse() fails after reading."""
     import pydantic
 
     class Refused(pydantic.BaseModel):
@@ -393,6 +393,14 @@ def test_a_raw_response_whose_parse_fails_is_the_callers_to_meet_and_still_measu
         def _never(cls, value: str) -> str:
             raise ValueError("the app's validator refuses every answer")
 
+    return Refused
+
+
+def test_a_raw_response_whose_parse_fails_is_the_callers_to_meet_and_still_measured(
+        client: openai.OpenAI, telemetry: Telemetry) -> None:
+    import pydantic
+
+    Refused = _refusing_model()
     raw = client.chat.completions.with_raw_response.parse(model="gpt-4.1", messages=MSGS,
                                                           response_format=Refused)
     assert raw.headers["x-upstream"] == "blue"  # the caller gets its raw response, as before
@@ -523,14 +531,7 @@ def test_a_streaming_response_whose_parse_fails_after_reading_is_measured_as_an_
     ``with_raw_response``, and the answer's usage is still measured."""
     import pydantic
 
-    class Refused(pydantic.BaseModel):
-        answer: str
-
-        @pydantic.field_validator("answer")
-        @classmethod
-        def _never(cls, value: str) -> str:
-            raise ValueError("the app's validator refuses every answer")
-
+    Refused = _refusing_model()
     with pytest.raises(pydantic.ValidationError), \
             client.chat.completions.with_streaming_response.parse(
                 model="gpt-4.1", messages=MSGS, response_format=Refused) as response:
