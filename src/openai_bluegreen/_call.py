@@ -189,6 +189,11 @@ class Call:
     def finished(self, described: Described, etype: str | None, end: float) -> None:
         """The call is over for the caller: queue its telemetry for the worker."""
         attrs = self.lane.request_attrs(self.kwargs, self.api_type)  # as the answering lane sent
+        if self.api_type == "responses" and "conversation" in self.kwargs:
+            # One value per conversation: never shared, never on a metric.
+            conversation = T.conversation_id(self.kwargs["conversation"])
+            if conversation is not None:
+                attrs = {**attrs, T.CONVERSATION_ID: conversation}
         self.kwargs = _DONE  # the request (messages and all) need not outlive the call
         (response_id, response_model, reasons, in_tokens, out_tokens, tier, fingerprint,
          details) = described

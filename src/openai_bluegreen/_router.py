@@ -323,7 +323,8 @@ class Lane:
                get("max_completion_tokens"), get("max_output_tokens"),
                get("frequency_penalty"), get("presence_penalty"), get("seed"),
                tuple(stop) if stop.__class__ is list else stop, get("n"),
-               get("encoding_format"), get("service_tier"), output_type(kwargs))
+               get("encoding_format"), get("service_tier"), get("dimensions"),
+               output_type(kwargs))
         try:
             attrs = self._request_attrs.get(key)
         except TypeError:  # an unhashable value: not shared

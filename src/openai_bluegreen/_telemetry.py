@@ -42,6 +42,7 @@ REQUEST_STREAM = "gen_ai.request.stream"
 OUTPUT_TYPE = "gen_ai.output.type"
 RESPONSE_TTFC = "gen_ai.response.time_to_first_chunk"
 API_TYPE = "openai.api.type"
+CONVERSATION_ID = "gen_ai.conversation.id"  # spans only: one value per conversation
 RESPONSE_SERVICE_TIER = "openai.response.service_tier"
 SYSTEM_FINGERPRINT = "openai.response.system_fingerprint"
 # Request parameters recorded on the span: (keyword argument, attribute), as sent (the
@@ -59,6 +60,7 @@ REQUEST_PARAMS: tuple[tuple[str, str], ...] = (
     ("n", "gen_ai.request.choice.count"),
     ("encoding_format", "gen_ai.request.encoding_formats"),
     ("service_tier", "openai.request.service_tier"),
+    ("dimensions", "gen_ai.embeddings.dimension.count"),
 )
 SERVER_ADDRESS = "server.address"
 SERVER_PORT = "server.port"
@@ -320,6 +322,14 @@ def _responses_finish_reasons(obj: Any, status: str) -> tuple[str, ...]:
 
 _SHARED: dict[tuple[Any, ...], tuple[Any, ...]] = {}
 _SHARED_MAX = 256
+
+
+def conversation_id(value: object) -> str | None:
+    """A Responses call's ``conversation`` (an id, or ``{"id": ...}``) as
+    ``gen_ai.conversation.id``, or ``None``."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
 
 
 def shared(value: tuple[Any, ...]) -> tuple[Any, ...]:

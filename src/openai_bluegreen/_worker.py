@@ -147,9 +147,16 @@ _MP_CHILD = _MultiprocessingChild()
 
 
 def _flush_when_mp_child_exits(_key: _MultiprocessingChild) -> None:
+    global _mp_flush_pid  # noqa: PLW0603 - once per process
+    if _mp_flush_pid == os.getpid():
+        return  # the fork hook and the worker's start both ask for it
+    _mp_flush_pid = os.getpid()
     import multiprocessing.util
 
     multiprocessing.util.Finalize(None, flush, exitpriority=10)
+
+
+_mp_flush_pid: int | None = None
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -165,3 +172,9 @@ def _start() -> None:
             # Registered now, after the app made its providers: atexit runs last-in first-out,
             # so pending records reach the providers before they shut down.
             atexit.register(flush)
+            # A multiprocessing child that imported us only after it started (a Pool
+            # initializer, any forkserver child) ends with os._exit, past atexit, and had no
+            # fork hook of ours to register the flush: register it now.
+            mp = sys.modules.get("multiprocessing")
+            if mp is not None and mp.parent_process() is not None:
+                _flush_when_mp_child_exits(_MP_CHILD)
