@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import openai
 import pytest
@@ -11,6 +17,7 @@ import pytest
 from openai_bluegreen.testing import SimulatedUpstream, UpstreamProcess, UpstreamSettings
 
 MSGS = [{"role": "user", "content": "hi"}]
+SRC = str(Path(__file__).resolve().parent.parent / "src")
 
 
 def test_error_rates_by_status_are_honoured() -> None:
@@ -125,9 +132,6 @@ def test_cached_and_reasoning_tokens_are_counts_within_the_usage() -> None:
 
 def test_the_command_line_refuses_bad_values_by_name() -> None:
     import socket
-    import subprocess
-    import sys
-
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "openai_bluegreen.testing", *args],
                               capture_output=True, text=True, timeout=30, check=False)
@@ -197,9 +201,6 @@ def test_an_upstream_process_refuses_bad_settings_before_starting_and_reports_it
 def test_an_upstream_process_stops_when_its_parent_goes() -> None:
     """The child reads its commands from a pipe: when the process that started it dies
     without stopping it, the pipe closes and the child exits (no orphan keeps the port)."""
-    import subprocess
-    import sys
-
     code = ("from openai_bluegreen.testing import UpstreamProcess\n"
             "up = UpstreamProcess('orphan').start()\n"
             "print(up._proc.pid, flush=True)\n"
@@ -220,3 +221,107 @@ def _running(pid: int) -> bool:
             return not stat.read().split(") ", 1)[1].startswith("Z")
     except FileNotFoundError:
         return False
+
+
+def _client(up: SimulatedUpstream) -> openai.OpenAI:
+    return openai.OpenAI(base_url=up.base_url, api_key="k", max_retries=0)
+
+
+def test_a_rate_limit_below_one_request_per_second_still_admits_requests() -> None:
+    # rate_limit_rps=0.5 means one request every 2 s. The bucket's capacity is the rate
+    # (0.5 tokens), so it never holds the 1 token a request takes: every request is a 429.
+    with SimulatedUpstream("x", rate_limit_rps=0.5) as up, _client(up) as client:
+        admitted = 0
+        for _ in range(2):
+            try:
+                client.chat.completions.create(model="m", messages=MSGS)
+                admitted += 1
+            except openai.RateLimitError:
+                pass
+            time.sleep(2.2)
+        assert admitted == 2
+
+
+def test_disconnect_rate_one_cuts_every_stream_even_one_shorter_than_the_cut_point() -> None:
+    # 8 tokens -> 8 content chunks + the finish chunk + [DONE] = 10 events; a cut "after 10
+    # chunks" is never reached, so with disconnect_rate=1.0 the stream completes normally.
+    with SimulatedUpstream("x", output_tokens=8, disconnect_rate=1.0,
+                           disconnect_after_chunks=10) as up, _client(up) as client:
+        stream = client.chat.completions.create(model="m", messages=MSGS, stream=True)
+        with pytest.raises(openai.APIConnectionError):
+            for _chunk in stream:
+                pass
+
+
+def test_error_bodies_have_every_field_openai_sends() -> None:
+    # OpenAI's Error schema requires type, message, param and code; a rate-limit 429 carries
+    # code "rate_limit_exceeded" (what apps test to tell it from "insufficient_quota").
+    with SimulatedUpstream("x", error_rates={429: 1.0}) as up, _client(up) as client, \
+            pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="m", messages=MSGS)
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert {"type", "message", "param", "code"} <= set(body), body
+    assert caught.value.code == "rate_limit_exceeded", body
+
+
+def test_embeddings_honour_the_requested_dimensions() -> None:
+    # OpenAI returns vectors of the length asked for with `dimensions` (text-embedding-3-*).
+    with SimulatedUpstream("x") as up, _client(up) as client:
+        result = client.embeddings.create(model="text-embedding-3-small", input="hi",
+                                               dimensions=4, encoding_format="float")
+    assert len(result.data[0].embedding) == 4
+
+
+_CTRL_C_APP = r"""
+import signal, time, openai
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+from openai_bluegreen.testing import UpstreamProcess
+with UpstreamProcess("blue") as up:
+    client = openai.OpenAI(base_url=up.base_url, api_key="k", max_retries=0)
+    print("ready", flush=True)
+    try:
+        time.sleep(30)
+    except KeyboardInterrupt:  # the app (like the demo) handles Ctrl-C and carries on
+        pass
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    print("served after Ctrl-C", flush=True)
+"""
+
+
+def test_ctrl_c_in_the_terminal_does_not_kill_an_upstream_process() -> None:
+    # A terminal's Ctrl-C goes to the whole foreground process group, children included. The
+    # child is meant to stop when its parent closes its stdin; instead it dies of
+    # KeyboardInterrupt, so the parent's calls after Ctrl-C fail (the demo's "Ctrl-C stops
+    # early and still writes the report" then reports errors its upstreams never made).
+    env = {**os.environ, "PYTHONPATH": SRC}
+    proc = subprocess.Popen([sys.executable, "-c", _CTRL_C_APP], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "served after Ctrl-C" in out, err[-2000:]
+    assert "KeyboardInterrupt" not in err, err[-2000:]
+
+
+def test_retry_after_is_long_enough_for_a_retry_to_be_admitted() -> None:
+    # At 0.25 requests/s the next request is admitted 4 s after the last; Retry-After always
+    # says 1, so a client that waits as told (the SDK does) is refused again and again.
+    with SimulatedUpstream("x", rate_limit_rps=0.25) as up, _client(up) as client:
+        with contextlib.suppress(openai.RateLimitError):
+            client.chat.completions.create(model="m", messages=MSGS)  # takes the burst
+        for _attempt in range(3):
+            try:
+                client.chat.completions.create(model="m", messages=MSGS)
+                return
+            except openai.RateLimitError as exc:
+                time.sleep(float(exc.response.headers["retry-after"]))
+        pytest.fail("three waits of Retry-After seconds each and still refused")

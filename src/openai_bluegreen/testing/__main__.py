@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from ._process import decode
@@ -54,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="take JSON commands on standard input, one per line, and stop "
                              "when it closes (used by UpstreamProcess)")
     args = parser.parse_args(argv)
+    if args.control:
+        # A terminal's Ctrl-C reaches the whole foreground process group, this child too; it
+        # is the parent's to handle (the demo stops early and reports), and the child stops
+        # when the parent closes its standard input.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         server = SimulatedUpstream(args.name, host=args.host, port=args.port,
                                    latency=args.latency, latency_sigma=args.latency_sigma,

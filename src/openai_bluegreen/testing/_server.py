@@ -64,19 +64,27 @@ class RecordedRequest:
 
 
 class _TokenBucket:
+    """``rate`` requests per second, in bursts of up to one second's worth (at least one
+    request: below 1 per second a request still needs a whole token)."""
+
     def __init__(self, rate: float) -> None:
         self.rate = rate
-        self.tokens = rate
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
         self.stamp = time.monotonic()
 
     def take(self) -> bool:
         now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
         if self.tokens >= 1:
             self.tokens -= 1
             return True
         return False
+
+    def retry_after(self) -> int:
+        """Whole seconds until the next request is admitted (``Retry-After``), at least 1."""
+        return max(1, math.ceil((1 - self.tokens) / self.rate))
 
 
 class SimulatedUpstream:
@@ -214,7 +222,7 @@ class SimulatedUpstream:
                 try:
                     method, target, _version = request_line.decode("latin-1").split()
                 except ValueError:
-                    await self._send_json(writer, 400, {"error": {"message": "bad request line"}})
+                    await self._send_json(writer, 400, _error("bad request line"))
                     return
                 headers: dict[str, str] = {}
                 while True:
@@ -225,7 +233,7 @@ class SimulatedUpstream:
                     headers[key.strip().lower()] = value.strip()
                 length = int(headers.get("content-length", "0") or 0)
                 if length > _MAX_BODY:
-                    await self._send_json(writer, 413, {"error": {"message": "body too large"}})
+                    await self._send_json(writer, 413, _error("body too large"))
                     return
                 raw = await reader.readexactly(length) if length else b""
                 path, _, query = target.partition("?")
@@ -295,17 +303,17 @@ class SimulatedUpstream:
             await self._send_json(writer, 200, {"status": "ok", "name": self.name})
             return True
         if route not in ("/chat/completions", "/responses", "/embeddings", "/completions"):
-            await self._send_json(writer, 404, {"error": {"message": f"no route {path}"}})
+            await self._send_json(writer, 404, _error(f"no route {path}"))
             return True
         if method != "POST":
-            await self._send_json(writer, 405, {"error": {"message": "use POST"}})
+            await self._send_json(writer, 405, _error("use POST"))
             return True
         try:
             body = json.loads(raw or b"{}")
             if not isinstance(body, dict):
                 raise ValueError("body must be a JSON object")
         except ValueError as exc:
-            await self._send_json(writer, 400, {"error": {"message": f"invalid JSON: {exc}"}})
+            await self._send_json(writer, 400, _error(f"invalid JSON: {exc}"))
             return True
         previous = body.get("previous_response_id") if route == "/responses" else None
         if previous is not None and previous not in self._response_ids:
@@ -326,10 +334,15 @@ class SimulatedUpstream:
         self.requests.append(RecordedRequest(method, route, headers, body, final, query))
         if status is not None:
             await asyncio.sleep(self._jitter(settings.latency, settings.latency_sigma, u) / 2)
-            extra = {"retry-after": "1"} if status == 429 else None
+            extra = None
+            if status == 429:
+                with self._lock:
+                    wait = 1 if self._bucket is None else self._bucket.retry_after()
+                extra = {"retry-after": str(wait)}
             await self._send_json(writer, status, {"error": {
                 "message": f"simulated {status} from {self.name}",
-                "type": _ERROR_TYPES.get(status, "invalid_request_error"), "code": None}}, extra)
+                "type": _ERROR_TYPES.get(status, "invalid_request_error"), "param": None,
+                "code": "rate_limit_exceeded" if status == 429 else None}}, extra)
             return True
         if body.get("stream") is True and route != "/embeddings":
             return await self._stream(route, body, settings, u, cut, fail, writer)
@@ -376,7 +389,9 @@ class SimulatedUpstream:
             inputs = body.get("input")
             count = len(inputs) if isinstance(inputs, list) and inputs and not isinstance(
                 inputs[0], int) else 1
-            dims = settings.embedding_dimensions
+            asked = body.get("dimensions")  # text-embedding-3 models shorten to it
+            dims = asked if isinstance(asked, int) and not isinstance(asked, bool) and \
+                asked >= 1 else settings.embedding_dimensions
             data = []
             for i in range(count):
                 vector = [round(math.sin(i + d + 1), 6) for d in range(dims)]
@@ -499,8 +514,12 @@ class SimulatedUpstream:
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
         await writer.drain()
         await asyncio.sleep(self._jitter(settings.ttfc, settings.latency_sigma, u))
-        for sent, event in enumerate(self._events(route, body, settings, fail)):
-            if cut and sent >= settings.disconnect_after_chunks:
+        events = list(self._events(route, body, settings, fail))
+        # A stream chosen for a cut never ends cleanly: one shorter than the cut point is cut
+        # before its last event (a client stops reading at [DONE] or response.completed).
+        cut_at = min(settings.disconnect_after_chunks, len(events) - 1) if cut else len(events)
+        for sent, event in enumerate(events):
+            if sent >= cut_at:
                 writer.transport.abort()  # the client sees an incomplete chunked body
                 return False
             if sent and settings.chunk_interval:
@@ -516,6 +535,12 @@ class SimulatedUpstream:
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         return True
+
+
+def _error(message: str) -> dict[str, Any]:
+    """An error body with every field of OpenAI's ``Error`` (type, message, param, code)."""
+    return {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                      "code": None}}
 
 
 def _chat_usage(settings: UpstreamSettings, n_in: int, n_out: int) -> dict[str, Any]:

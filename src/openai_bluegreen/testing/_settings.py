@@ -30,16 +30,19 @@ class UpstreamSettings:
         stall_rate: Probability of never answering in time (holds the request ``stall_seconds``),
             which a client with a shorter timeout sees as a timeout.
         stall_seconds: How long a stalled request is held.
-        rate_limit_rps: Requests per second allowed (token bucket, burst = 1 s); above it the
-            answer is 429 with ``Retry-After``. ``None`` = unlimited.
+        rate_limit_rps: Requests per second allowed (token bucket, burst = 1 s, at least one
+            request); above it the answer is 429 with ``Retry-After`` (the whole seconds until
+            the next request is admitted). ``None`` = unlimited.
         disconnect_rate: Probability that a streamed answer is cut off mid-stream.
-        disconnect_after_chunks: How many chunks a cut-off stream delivers first (0 = none).
+        disconnect_after_chunks: How many chunks a cut-off stream delivers first (0 = none;
+            a shorter stream is cut before its last event).
         stream_failure_rate: Probability that a streamed answer reports a server error in band
             before any of its text, as OpenAI does: a Responses stream ends with a
             ``response.failed`` event (code ``server_error``), which the SDK hands to the caller
             as an event; a chat or legacy completion stream with an ``error`` event, which the
             SDK raises as ``openai.APIError``.
-        embedding_dimensions: Length of each embedding vector.
+        embedding_dimensions: Length of each embedding vector (a request's ``dimensions``
+            wins, as with OpenAI's text-embedding-3 models).
         seed: Seed of the random draws, for repeatable runs (``None`` = random).
     """
 
