@@ -723,3 +723,18 @@ def test_masking_and_the_secret_test_agree(text: str, shown: str) -> None:
 
     assert mask_secrets(text) == shown
     assert looks_like_secret(text.split()[1] if " " in text else text) is (shown != text)
+
+
+@pytest.mark.parametrize(("green", "message"), [
+    ({"model": "b", "params": {"temperature": float("nan")}},
+     r"rollouts\[0\]\.green\.params: temperature: NaN and infinity cannot be sent"),
+    ({"model": "b", "params": {"extra": {"a": [1.0, float("inf")]}}},
+     r"rollouts\[0\]\.green\.params: extra\['a'\]\[1\]: NaN and infinity"),
+    ({"model": "   "}, r"rollouts\[0\]\.green\.model: must name a model \(got '   '\)"),
+])
+def test_values_no_request_could_carry_are_refused(green: dict[str, Any], message: str) -> None:
+    """A NaN in params made every green call's body invalid JSON; a blank model name reached
+    the provider as is."""
+    with pytest.raises(ConfigError, match=message):
+        openai_bluegreen.load_config({"rollouts": [{
+            "name": "r", "match": {"model": "m"}, "blue": {"model": "a"}, "green": green}]})

@@ -8,6 +8,7 @@ working directory. Every problem is reported at once, each with the field path a
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -150,6 +151,19 @@ def _expand(value: str) -> str:
     return _VAR_RE.sub(expanded, value)
 
 
+def _not_json(value: Any, where: str = "") -> str | None:
+    """Where in ``value`` a float JSON cannot carry (NaN, infinity) is, or ``None``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    items = value.items() if isinstance(value, dict) else enumerate(value) \
+        if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        found = _not_json(item, f"{where}[{key!r}]")
+        if found is not None:
+            return found
+    return None
+
+
 def _numeric(annotation: Any) -> tuple[bool, bool]:
     """``(numeric, list of numbers)`` for a field's annotation (bool itself is not numeric)."""
     def number(tp: Any) -> bool:
@@ -267,6 +281,18 @@ class EnvironmentTarget(_Strict):
             raise ValueError(
                 f"may not override {', '.join(reserved)} (set model on the environment)"
             )
+        for name, param in value.items():
+            where = _not_json(param)
+            if where is not None:
+                raise ValueError(f"{name}{where}: NaN and infinity cannot be sent in a JSON "
+                                 "request body")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(f"must name a model (got {value!r})")
         return value
 
     @property
