@@ -41,6 +41,7 @@ from _common import (
     timed_sync_calls,
     write_section,
 )
+from openai_bluegreen import _worker
 from openai_bluegreen.cli import _at_least_one
 from openai_bluegreen.testing import UpstreamProcess
 
@@ -316,20 +317,33 @@ def main() -> int:
     parser.add_argument("--async-rounds", type=_at_least_one, default=30)
     parser.add_argument("--async-block", type=_at_least_one, default=1000)
     parser.add_argument("--concurrency", type=_at_least_one, default=64)
+    parser.add_argument("--no-gc-hold", action="store_true",
+                        help="the telemetry worker does not hold off the collector's young "
+                             "passes during its bursts, for the whole run (its own section)")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.block, args.async_rounds, args.async_block = 4, 30, 2, 300
+    if args.no_gc_hold:
+        # For the whole run, not per arm: full collections are the process's, so an arm that
+        # holds off young passes changes every other arm's full collections in the same run.
+        _worker._pause_gc = False
     with UpstreamProcess("bench") as upstream:
         base_url = upstream.base_url
         sync, flushes = run_sync(base_url, args.rounds, args.block)
         measured = asyncio.run(run_async(base_url, args.async_rounds, args.async_block,
                                          args.concurrency))
     sdk_cost = sdk_cost_batched()
-    command = "python benchmarks/overhead.py" + (" --quick" if args.quick else "")
+    command = "python benchmarks/overhead.py" + (" --quick" if args.quick else "") + (
+        " --no-gc-hold" if args.no_gc_hold else "")
     text = report(sync, flushes, measured, sdk_cost, command, args.concurrency, args.rounds)
+    text += ("\n\nYoung collector passes held off during the telemetry worker's bursts: "
+             f"{'no (--no-gc-hold)' if args.no_gc_hold else 'yes'}; still held off at the "
+             f"end of the run: {'yes' if _worker._pause_gc else 'no'}.")
     print(text)
     if not args.quick:
-        write_section("Per-call overhead (benchmarks/overhead.py)", text)
+        title = "Per-call overhead (benchmarks/overhead.py)"
+        write_section(title + (", young passes not held off" if args.no_gc_hold else ""),
+                      text)
     return 0
 
 

@@ -120,31 +120,183 @@ def test_an_interrupt_inside_a_task_reaches_the_caller_and_the_queue_goes_on(
     assert ran == ["before", "after"]
 
 
-def test_the_worker_leaves_the_collector_alone(parked_worker: None) -> None:
-    """The collector's switch is the app's: records run with it as the app left it, on or off,
-    and a task that raises through ``flush()`` changes nothing either."""
+def _holding() -> bool:
+    """Whether the collector's young passes are held off (the worker's raised threshold)."""
+    return gc.get_threshold()[0] == _worker._HELD
+
+
+def test_young_passes_are_held_off_while_records_run_and_the_switch_stays_the_apps(
+        parked_worker: None) -> None:
+    """Spans handed to the batch span processor live until its next export: young passes are
+    held off while a burst runs, so it costs one pass instead of one per ~58 of them (700
+    tracked objects, each pass walking the app's calls in flight), and come back after, even
+    when a task raises through ``flush()``. The collector's switch and thresholds the app sets
+    meanwhile are the app's."""
     states: list[bool] = []
+    before = gc.get_threshold()
 
     def interrupted() -> None:
         raise KeyboardInterrupt
 
-    assert gc.isenabled()
+    assert gc.isenabled() and not _holding()
     for _ in range(3):
-        _worker.submit(lambda: states.append(gc.isenabled()))
+        _worker.submit(lambda: states.append(_holding()))
     _worker.submit(interrupted)
     with pytest.raises(KeyboardInterrupt):
         openai_bluegreen.flush()
-    assert states == [True, True, True] and gc.isenabled()
+    assert states == [True, True, True]
+    assert gc.isenabled() and gc.get_threshold() == before
     try:
-        _worker.submit(gc.disable)  # the app turns it off while a burst runs: it stays off
+        # The app turns the collector off while a burst runs: it stays off (the previous
+        # version switched it back on at the burst's end).
+        _worker.submit(gc.disable)
         _worker.submit(lambda: states.append(gc.isenabled()))
         openai_bluegreen.flush()
         assert states[-1] is False and not gc.isenabled()
-        _worker.submit(lambda: states.append(gc.isenabled()))
+        assert gc.get_threshold() == before
+        # With the collector off before a burst, nothing is held off.
+        _worker.submit(lambda: states.append(_holding()))
         openai_bluegreen.flush()
         assert states[-1] is False and not gc.isenabled()
+        gc.enable()
+        # Thresholds the app sets during a burst stand.
+        _worker.submit(gc.set_threshold, 5000, 20, 20)
+        openai_bluegreen.flush()
+        assert gc.get_threshold() == (5000, 20, 20)
     finally:
         gc.enable()
+        gc.set_threshold(*before)
+
+
+def test_a_backlog_gives_the_collector_a_pass_between_chunks(
+        parked_worker: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_worker, "_CHUNK", 100)
+    kept: list[Any] = []
+    passes: list[int] = []
+
+    def hold() -> None:
+        kept.append([[] for _ in range(20)])  # 21 objects the collector tracks, kept alive
+
+    def on_pass(phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            passes.append(len(kept))
+
+    for _ in range(250):
+        _worker.submit(hold)
+    gc.collect()
+    gc.callbacks.append(on_pass)
+    try:
+        openai_bluegreen.flush()
+    finally:
+        gc.callbacks.remove(on_pass)
+    # 2,100 new objects per chunk would have set off three passes inside each chunk; the pass
+    # held off by the last chunk comes with the next allocation, wherever that is.
+    assert len(kept) == 250
+    assert passes[:2] == [100, 200] and set(passes[2:]) <= {250}, passes
+
+
+def test_a_chunk_ends_after_its_time_and_tasks_that_keep_blocking_end_the_holding(
+        parked_worker: None, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A synchronous exporter can make every task block: young passes must not stay held off
+    that long. A chunk ends after _CHUNK_SECONDS; three tasks in a row that each take that long end
+    the holding for the rest of the process, with a warning. One slow task does not (a first
+    call's imports; the worker waiting for the GIL under load)."""
+    import time
+
+    monkeypatch.setattr(_worker, "_CHUNK_SECONDS", 0.1)
+    monkeypatch.setattr(_worker, "_pause_gc", True)
+    monkeypatch.setattr(_worker, "_slow_streak", 0)
+    states: list[bool] = []
+    passes: list[int] = []
+
+    def on_pass(phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            passes.append(len(states))
+
+    def work(seconds: float) -> None:
+        states.append(_holding())
+        time.sleep(seconds)
+
+    for seconds in (0.06, 0.06, 0.15, 0.0, 0.15, 0.15, 0.0):
+        _worker.submit(work, seconds)
+    gc.callbacks.append(on_pass)
+    try:
+        openai_bluegreen.flush()
+    finally:
+        gc.callbacks.remove(on_pass)
+    # Chunks: [0.06, 0.06] (its time is up), [0.15], [0.0, 0.15], [0.15], [0.0]: every task
+    # ran with young passes held off, and a young pass ran between chunks.
+    assert states == [True] * 7
+    assert {2, 3, 5, 6} <= set(passes), passes
+    assert _worker._pause_gc and gc.isenabled()  # never three slow tasks in a row
+    for _ in range(3):
+        _worker.submit(work, 0.15)
+    _worker.submit(work, 0.0)
+    with caplog.at_level("WARNING", logger="openai_bluegreen"):
+        openai_bluegreen.flush()
+    assert states[7:] == [True, True, True, False]  # the last ran with young passes on
+    assert not _worker._pause_gc and gc.isenabled()
+    assert "3 telemetry tasks in a row blocked" in caplog.text
+    # With the app's collector off nothing is held off, so slow tasks end nothing.
+    monkeypatch.setattr(_worker, "_pause_gc", True)
+    monkeypatch.setattr(_worker, "_slow_streak", 0)
+    caplog.clear()
+    gc.disable()
+    try:
+        for _ in range(3):
+            _worker.submit(work, 0.15)
+        with caplog.at_level("WARNING", logger="openai_bluegreen"):
+            openai_bluegreen.flush()
+    finally:
+        gc.enable()
+    assert _worker._pause_gc and "no longer holds off" not in caplog.text
+
+
+def test_a_process_forked_during_a_burst_gets_its_young_passes_back(
+        parked_worker: None) -> None:
+    """os.fork() while a burst runs (multiprocessing, a task queue) copies the raised
+    threshold; the child has no burst to end, so the worker's fork hook puts it back."""
+    import os
+
+    read, write = os.pipe()
+
+    def fork() -> None:
+        pid = os.fork()
+        if pid == 0:  # the child
+            os.write(write, b"1" if not _holding() else b"0")
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+    _worker.submit(fork)
+    openai_bluegreen.flush()
+    os.close(write)
+    assert os.read(read, 1) == b"1"
+    os.close(read)
+    assert not _holding()
+
+
+def test_a_fork_the_moment_the_threshold_goes_up_still_puts_it_back_in_the_child(
+        parked_worker: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thresholds the fork hook puts back are kept before the threshold goes up: a thread
+    that forks right after the change finds them."""
+    import os
+
+    codes: list[int] = []
+
+    def raise_then_fork(*threshold: int) -> None:
+        gc.set_threshold(*threshold)
+        if threshold[0] != _worker._HELD:
+            return  # putting it back
+        pid = os.fork()  # what another thread could do the moment this one raised it
+        if pid == 0:
+            os._exit(3 if _holding() else 0)
+        codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+
+    monkeypatch.setattr(_worker, "_gc_set_threshold", raise_then_fork)
+    _worker.submit(lambda: None)
+    openai_bluegreen.flush()
+    assert codes == [0] and not _holding()
 
 
 def test_the_worker_outlives_a_task_that_raises_system_exit() -> None:

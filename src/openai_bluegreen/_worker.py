@@ -3,7 +3,8 @@
 The request path only appends a record to a deque: a marker, the task to run and its arguments,
 laid out flat (``RECORD, task, n, arg1 … argn``) in one atomic ``extend``. A read cut short
 (an exception raised by a signal handler in ``flush()``) loses that one record: the next read
-skips to the next marker. A daemon thread drains it every 250 ms, in one burst. ``flush()``
+skips to the next marker. A daemon thread drains it every 250 ms, in one burst, with the
+collector's young passes held off for the burst (see ``_drain``). ``flush()``
 drains it in the caller, e.g. before reading an in-memory exporter in a test; the in-process
 metric source flushes before each look, and ``flush()`` runs at interpreter exit, so nothing
 recorded is lost or judged late. A task that raises is logged and dropped: telemetry faults
@@ -16,16 +17,17 @@ flight every such object pushes the collector into extra passes over all of thei
 allocates no collector object that outlives the call: its arguments are numbers, strings and
 objects that exist anyway.
 
-The worker leaves the garbage collector alone. An earlier version paused it during bursts: that
-halved the collector's passes, but its effect on throughput stayed within the noise of four
-same-run comparisons, and a library that switches process-wide state from its own thread can
-turn the collector back on under an app that had just turned it off.
+The young passes are held off by raising the young generation's threshold, not by switching the
+collector off: the switch stays the app's, and an app that sets thresholds during a burst keeps
+them. (An earlier version switched it off and on, which turned the collector back on under an
+app that had turned it off meanwhile.)
 """
 
 from __future__ import annotations
 
 import atexit
 import collections
+import gc
 import logging
 import os
 import sys
@@ -77,21 +79,103 @@ def submit(task: Callable[..., None], *args: Any) -> None:
         _start()
 
 
-def _drain() -> None:
-    pop = _tasks.popleft
+def _drain() -> int:
+    global _pause_gc  # noqa: PLW0603 - one worker per process
+    done = 0
     with _drain_lock:
         while True:
+            # Young passes of the collector are held off while a chunk of records runs: the
+            # spans a burst hands to the batch span processor stay alive until its next export,
+            # and each ~58 of them (700 tracked objects) would otherwise set off a young pass
+            # that also walks every young object of the app's calls in flight; their survivors
+            # then bring full collections (50-80 ms each in an openai app's heap). Held off, a
+            # chunk costs one young pass, after it (BENCHMARKS.md). A chunk ends after _CHUNK
+            # records or _CHUNK_SECONDS, whichever comes first; tasks that keep blocking that
+            # long (a synchronous exporter) end the holding for good, one slow task does not.
+            held = _hold_young_passes() if _pause_gc else None
             try:
-                if pop() is not RECORD:
-                    continue  # the rest of a record whose reading was cut short
-                task = pop()
-                args = [pop() for _ in range(pop())]
-            except IndexError:
-                return
-            try:
-                task(*args)
-            except Exception:
-                logger.debug("openai-bluegreen: telemetry task failed", exc_info=True)
+                count, more = _run_records(_CHUNK, _CHUNK_SECONDS)
+            finally:
+                if held is not None:
+                    _release_young_passes(held)
+            done += count
+            if _slow_streak >= _SLOW_STREAK and held is not None and _pause_gc:
+                _pause_gc = False
+                logger.warning(
+                    "openai-bluegreen: %d telemetry tasks in a row blocked for %.0f ms or more "
+                    "(a synchronous span or metric exporter?); the telemetry worker no longer "
+                    "holds off the garbage collector's young passes while it records",
+                    _slow_streak, _CHUNK_SECONDS * 1000)
+            if not more:
+                return done  # the young pass held off comes with the next allocation
+            if held is not None:
+                _gc_collect(0)  # a backlog: the young pass held off, before the next chunk
+
+
+def _hold_young_passes() -> tuple[int, ...] | None:
+    """Raise the young generation's threshold out of reach; the thresholds it replaced, or
+    ``None`` when the app has the collector off (switched off, or a threshold of 0). The switch
+    itself is never touched: an app that turns the collector off, or sets other thresholds,
+    during a burst keeps what it set."""
+    global _held  # noqa: PLW0603 - one worker per process
+    if not _gc_isenabled():
+        return None
+    before = _gc_get_threshold()
+    if before[0] == 0:
+        return None
+    # The thresholds to put back first: a fork (from another thread) right after the change
+    # must find them, or young passes stay held off in the child.
+    _held = before
+    _gc_set_threshold(_HELD, *before[1:])
+    return before
+
+
+def _release_young_passes(before: tuple[int, ...]) -> None:
+    """Put the thresholds back, unless someone set others meanwhile (theirs stand)."""
+    global _held  # noqa: PLW0603 - one worker per process
+    if _gc_get_threshold() == (_HELD, *before[1:]):
+        _gc_set_threshold(*before)
+    _held = None
+
+
+_CHUNK = 1000  # records per hold of the young passes: about 50 ms of the worker's time
+_CHUNK_SECONDS = 0.05  # and at most this long
+_SLOW_STREAK = 3  # tasks in a row that each took _CHUNK_SECONDS: holding ends for good
+_HELD = 1 << 30  # the young generation's threshold while a chunk runs: never reached
+_slow_streak = 0
+_pause_gc = True  # False once tasks kept blocking (see _drain)
+_held: tuple[int, ...] | None = None  # the thresholds a chunk replaced (see fork below)
+_gc_isenabled, _gc_get_threshold, _gc_set_threshold, _gc_collect = \
+    gc.isenabled, gc.get_threshold, gc.set_threshold, gc.collect
+_clock = time.perf_counter
+
+
+def _run_records(limit: int, seconds: float) -> tuple[int, bool]:
+    """Run queued records until ``limit`` of them ran, ``seconds`` passed or the queue ran
+    empty. Returns how many ran and whether the queue may hold more; counts in
+    ``_slow_streak`` the tasks in a row that each took ``seconds`` or more."""
+    global _slow_streak  # noqa: PLW0603 - one worker per process
+    pop = _tasks.popleft
+    done = 0
+    deadline = _clock() + seconds
+    while True:
+        try:
+            if pop() is not RECORD:
+                continue  # the rest of a record whose reading was cut short
+            task = pop()
+            args = [pop() for _ in range(pop())]
+        except IndexError:
+            return done, False
+        began = _clock()
+        try:
+            task(*args)
+        except Exception:
+            logger.debug("openai-bluegreen: telemetry task failed", exc_info=True)
+        done += 1
+        now = _clock()
+        _slow_streak = _slow_streak + 1 if now - began >= seconds else 0
+        if done >= limit or now >= deadline:
+            return done, True
 
 
 def flush() -> None:
@@ -127,7 +211,11 @@ def _after_fork_in_child() -> None:
     copies of the locks may be held by a thread that does not exist in it: start afresh (the
     thread starts with the child's first record). The records copied from the parent are the
     parent's to record."""
-    global _thread, _drain_lock, _start_lock  # noqa: PLW0603 - worker state
+    global _thread, _drain_lock, _start_lock, _held  # noqa: PLW0603 - worker state
+    if _held is not None:  # forked mid-chunk: the child has no chunk to end, so none puts
+        if _gc_get_threshold()[0] == _HELD:  # the thresholds back
+            _gc_set_threshold(*_held)
+        _held = None
     _thread = None
     _drain_lock = threading.Lock()
     _start_lock = threading.Lock()
