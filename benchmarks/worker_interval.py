@@ -149,10 +149,11 @@ def report(measured: dict[str, dict[str, list[float]]], calls: dict[str, list[fl
                      f"{percentile(times, 0.999) * 1e6:.0f} µs |")
     lines += [
         "",
-        "A burst records every call since the last one; the spans it hands to the batch span "
-        "processor stay alive until its next export and set off young passes of the garbage "
-        "collector, each of which also walks the young objects of the app's in-flight calls. "
-        "Fewer, larger bursts pay those passes less often (worker GC column). The price is in "
+        "A burst records every call since the last one, with the garbage collector's young "
+        "passes held off; the spans it hands to the batch span processor stay alive until its "
+        "next export, and the young pass after the burst also walks the young objects of the "
+        "app's in-flight calls. Fewer, larger bursts pay that pass less often (worker GC "
+        "column). The price is in "
         "the sync tail: a request thread whose answer arrives during a burst waits for the "
         "GIL, which the interpreter hands over every "
         "switch interval (5 ms), so a long burst can delay a call by several of them (p99.9).",
