@@ -205,3 +205,56 @@ def test_status_refuses_a_window_longer_than_it_reads(
     assert done.value.code == 2
     err = capsys.readouterr().err
     assert "--window" in err and "at most 21600 seconds" in err and "'86400'" in err
+
+
+def test_status_ignores_an_invalid_stored_value_of_a_rollout_without_schedule(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """5505f7e: a rollout without a schedule routes at its configured weight and never reads
+    the store, so status shows that. An *invalid* stored value left from its scheduled days
+    still turns its row into 'unreadable, weight ?' with 'apps keep the weight they last read'
+    and 'no watcher decides for it until it is fixed', none of which is true."""
+    state = f"file://{tmp_path}/state.json"
+    schedule = {"steps": [10, 50, 100], "min_step_duration": "10m", "min_requests": 50}
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump({"state": state,
+                                   "rollouts": [_rollout("fixed", schedule=schedule)]}))
+    assert main(["promote", "fixed", "--reason", "evals passed", "--config", str(old)]) == 0
+    path = tmp_path / "state.json"
+    data = json.loads(path.read_text())
+    data["rollouts"]["fixed"]["weight"] = 150.0
+    path.write_text(json.dumps(data))
+    now = tmp_path / "cfg.yaml"
+    now.write_text(yaml.safe_dump({"state": state, "rollouts": [_rollout("fixed", weight=10)]}))
+    capsys.readouterr()
+    assert main(["status", "--json", "--config", str(now)]) == 0
+    row = json.loads(capsys.readouterr().out)["rollouts"][0]
+    assert (row["weight"], row["unreadable"]) == (10.0, None), row
+
+
+def test_a_lease_acquired_after_stop_released_it_is_released_by_the_look() -> None:
+    """stop() hands over the lease while a look is stuck in acquiring it; when that acquire
+    lands afterwards, the look (which sees the stop) must release it again, or the stopped
+    watcher holds it until it expires."""
+    import threading
+
+    class SlowAcquire(_LeaseStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.entered, self.go = threading.Event(), threading.Event()
+
+        def acquire_lease(self, holder: str, ttl: float) -> bool:
+            self.entered.set()
+            self.go.wait(10)
+            return super().acquire_lease(holder, ttl)
+
+    config = load_config({"state": "memory",
+                          "rollouts": [_rollout("chat", schedule={"steps": [10, 100]})]})
+    store = SlowAcquire()
+    watcher = Watcher(config, store, None, clock=lambda: 1000.0)
+    looking = threading.Thread(target=watcher.look)
+    looking.start()
+    assert store.entered.wait(5)
+    watcher.stop()  # no watcher thread: releases at once (nothing held yet)
+    store.go.set()  # the stuck acquire lands now
+    looking.join(5)
+    assert store.lease is None, "the look kept a lease it acquired after stop()"

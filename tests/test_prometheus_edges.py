@@ -215,3 +215,40 @@ def test_after_a_prometheus_outage_a_replica_scraped_a_few_seconds_later_is_not_
     green = source._summarise()["r"].green
     # Since the origin: a 1022 - 1000 = 22 calls, b 2013 - 2000 = 13.
     assert green.requests == 35, green.requests
+
+
+def test_a_histogram_restarted_during_a_gap_restarts_all_its_buckets() -> None:
+    """081a09f keeps a series dormant past FORGET_AFTER and takes it back from its last value.
+    _histogram_resets still looks only in _series for the total's last value, so a replica
+    restarted during the gap (its _count back at 16 after 30) is not seen to restart by its
+    buckets: its 1 s bucket, back at 16 after 15, counts 1 new call instead of 16."""
+    from openai_bluegreen.sources.prometheus import (
+        DURATION_BUCKET,
+        DURATION_COUNT,
+        ENVIRONMENT,
+        ROLLOUT,
+        PrometheusSource,
+    )
+
+    source = PrometheusSource("http://127.0.0.1:9", origin=100.0)
+
+    def series(instance: str, t: float, le1: float, total: float) -> list[dict[str, Any]]:
+        base = {"job": "app", "instance": instance, ROLLOUT: "chat", ENVIRONMENT: "green"}
+        return [
+            {"metric": {**base, "__name__": DURATION_BUCKET, "le": "1"}, "values": [[t, str(le1)]]},
+            {"metric": {**base, "__name__": DURATION_BUCKET, "le": "+Inf"},
+             "values": [[t, str(total)]]},
+            {"metric": {**base, "__name__": DURATION_COUNT}, "values": [[t, str(total)]]},
+        ]
+
+    with source._lock:
+        source._absorb(series("a", 50.0, 10, 20), 100.0)  # the baseline, before the origin
+        source._absorb(series("a", 200.0, 15, 30), 100.0)  # 5 calls <= 1 s, 10 in all
+        source._absorb(series("b", 1300.0, 0, 0), 100.0)  # another replica, 1100 s on
+        source._forget()  # "a" is dormant now (no sample for 1100 s)
+        assert any(k for k in source._dormant)
+        source._absorb(series("a", 1400.0, 16, 16), 100.0)  # restarted: 16 calls, all <= 1 s
+        stats = source._summarise()["chat"].green
+    assert stats.requests == 26  # 10 + 16
+    assert stats.duration.total == 26
+    assert stats.duration.counts[0] == 21, stats.duration  # 5 + 16 at or below 1 s

@@ -10,8 +10,8 @@ from openai_bluegreen import Phase, load_config
 from openai_bluegreen._rollout import Action, initial_state, transition
 from openai_bluegreen._telemetry import DURATION_BUCKETS
 from openai_bluegreen._watcher import Watcher
-from openai_bluegreen.policy import Evidence, StepWindow, decide
-from openai_bluegreen.sources import EnvStats, RolloutStats, Snapshot
+from openai_bluegreen.policy import Evidence, StepWindow, decide, evaluate_checks
+from openai_bluegreen.sources import EnvStats, Histogram, RolloutStats, Snapshot
 from openai_bluegreen.sources.prometheus import DURATION_BUCKET, DURATION_COUNT, summarise
 from openai_bluegreen.stores.memory import MemoryStore
 
@@ -197,3 +197,29 @@ def _blip_scenario(FlakyStore: Any, Clock: Any, SimulatedTraffic: Any, _config: 
     store.fail = False
     judged_after = look()
     assert judged_after >= judged_before, (judged_before, judged_after)
+
+
+def _latency_rollout() -> Any:
+    return load_config({"rollouts": [{
+        "name": "chat", "match": {"model": "gpt-4.1"},
+        "blue": {"model": "old"}, "green": {"model": "new"},
+        "schedule": {"steps": [5, 50, 100], "min_requests": 10},
+        "analysis": {"alpha": 0.01,
+                     "checks": [{"signal": "latency", "quantile": 0.95, "max_ratio": 1.5}]},
+    }]}).rollouts[0]
+
+
+def test_latency_check_sees_green_calls_above_a_bound_green_layout_lacks() -> None:
+    """Blue on bounds (1, 2, 3, 4): 95 % at or below 2 s, so the check's bound is 2 s. Green's
+    replicas (another bucket layout, (1, 3, 4)) answered every call in (2, 3]: all 1000 are
+    slower than blue's bound, yet count_above(2) on green's layout counts only values above 3."""
+    blue = Histogram((1.0, 2.0, 3.0, 4.0), (500, 450, 50, 0, 0))
+    green = Histogram((1.0, 3.0, 4.0), (0, 1000, 0, 0))
+    stats = RolloutStats(EnvStats(1000, 0, {}, blue), EnvStats(1000, 0, {}, green))
+    evidence = Evidence(windows=(StepWindow(0, 5.0, stats),))
+    (latency,) = evaluate_checks(_latency_rollout(), evidence)
+    assert latency.numbers["bound_s"] == 2.0
+    # Green's 1000 calls in (1, 3] on its layout: split linearly at 2 s, half are above it
+    # (before: count_above(2) on (1, 3, 4) counted only the values above 3, none).
+    assert latency.numbers["green_above"] == 500, latency.numbers
+    assert latency.status == "fail", latency

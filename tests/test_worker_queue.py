@@ -450,3 +450,36 @@ def test_a_multiprocessing_child_records_its_last_calls(
     finally:
         openai_bluegreen.uninstall()
         provider.shutdown()
+
+
+def test_thresholds_an_app_tunes_during_a_burst_do_not_pin_young_passes_off() -> None:
+    """The usual tuning idiom (read the thresholds, set a multiple) run by an app thread while
+    the worker holds young passes off reads the worker's 1 << 30: doubling it raises
+    OverflowError in the app; a smaller change (say +100) is left in place by
+    _release_young_passes as 'theirs', and young collections never run again."""
+    before = gc.get_threshold()
+    tuned = threading.Event()
+    raised: list[BaseException] = []
+
+    def app_thread() -> None:
+        try:
+            g0, g1, g2 = gc.get_threshold()
+            gc.set_threshold(g0 * 2, g1, g2)  # "twice the default young threshold"
+        except BaseException as exc:  # OverflowError: 2 << 30 does not fit a C int
+            raised.append(exc)
+        tuned.set()
+
+    def task() -> None:  # a telemetry task, running while the worker holds young passes off
+        t = threading.Thread(target=app_thread)
+        t.start()
+        t.join()
+
+    try:
+        _worker.flush()
+        _worker.submit(task)
+        _worker.flush()
+        assert tuned.is_set()
+        assert not raised, raised
+        assert gc.get_threshold()[0] == before[0] * 2, gc.get_threshold()
+    finally:
+        gc.set_threshold(*before)

@@ -89,7 +89,7 @@ def _state_rows(config: Config, window: float) -> tuple[list[dict[str, Any]], st
             or initial_state(rollout)
         # A state about another blue/green: apps with this config send that rollout to blue.
         other = bool(state.revision) and state.revision != revision_of(rollout)
-        unreadable = invalid.get(rollout.name) or (
+        unreadable = None if rollout.schedule is None else invalid.get(rollout.name) or (
             None if other or rollout.name not in stored else unusable(rollout, state))
         rows.append({"name": rollout.name,
                      "phase": "unreadable" if unreadable else state.phase.value,

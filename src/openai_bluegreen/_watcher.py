@@ -340,6 +340,8 @@ class Watcher:
             return []
         self._set_problem(None, kind="lease")
         if not self.leader or self._stop.is_set():
+            if self.leader:  # stopped while acquiring: stop() may have released already
+                self._release_lease()
             self._led_until = None
             self._set_problem(None, kind="source")
             return []

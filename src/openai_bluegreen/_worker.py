@@ -131,17 +131,25 @@ def _hold_young_passes() -> tuple[int, ...] | None:
 
 
 def _release_young_passes(before: tuple[int, ...]) -> None:
-    """Put the thresholds back, unless someone set others meanwhile (theirs stand)."""
+    """Put the thresholds back, unless someone set others meanwhile: theirs stand. One set
+    from the raised threshold (``g0, g1, g2 = gc.get_threshold(); gc.set_threshold(g0 * 2, g1,
+    g2)`` run during a burst) meant the real one: its young threshold is scaled back."""
     global _held  # noqa: PLW0603 - one worker per process
-    if _gc_get_threshold() == (_HELD, *before[1:]):
+    now = _gc_get_threshold()
+    if now == (_HELD, *before[1:]):
         _gc_set_threshold(*before)
+    elif now[0] >= _HELD:
+        _gc_set_threshold(max(1, round(before[0] * now[0] / _HELD)), *now[1:])
     _held = None
 
 
 _CHUNK = 1000  # records per hold of the young passes: about 50 ms of the worker's time
 _CHUNK_SECONDS = 0.05  # and at most this long
 _SLOW_STREAK = 3  # tasks in a row that each took _CHUNK_SECONDS: holding ends for good
-_HELD = 1 << 30  # the young generation's threshold while a chunk runs: never reached
+# The young generation's threshold while a chunk runs: out of a chunk's reach (a chunk of 1,000
+# records allocates tens of thousands of objects), and small enough that an app multiplying
+# the value it reads during a burst stays within a C int.
+_HELD = 1 << 20
 _slow_streak = 0
 _pause_gc = True  # False once tasks kept blocking (see _drain)
 _held: tuple[int, ...] | None = None  # the thresholds a chunk replaced (see fork below)

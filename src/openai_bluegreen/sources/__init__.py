@@ -57,9 +57,14 @@ class Histogram:
         return sum(self.counts)
 
     def count_above(self, bound: float) -> int:
-        """Values above ``bound``, which must be one of ``bounds``."""
+        """Values above ``bound``: exact at one of ``bounds``; between two of them (a window on
+        another replica's bucket layout) split linearly within its bucket, see :meth:`_onto`."""
         index = bisect.bisect_left(self.bounds, bound)
-        return sum(self.counts[index + 1:])
+        if index < len(self.bounds) and self.bounds[index] == bound:
+            return sum(self.counts[index + 1:])
+        if not self.bounds:
+            return self.total  # all in +Inf
+        return self._onto(tuple(sorted({*self.bounds, bound}))).count_above(bound)
 
     def tail_bound(self, q: float, max_ratio: float = 1.0) -> float | None:
         """The bucket bound whose share of values above it is closest to ``1 - q``.

@@ -392,7 +392,8 @@ class PrometheusSource:
             metric, le = group[0], group[4]
             if not (metric == DURATION_COUNT or (metric.endswith("_bucket") and le == math.inf)):
                 continue
-            series = self._series.get(_key(labels))
+            key = _key(labels)
+            series = self._series.get(key) or self._dormant.get(key)  # back after a gap too
             last_t, last_v = (series.last_t, series.last_v) if series else (-math.inf, None)
             for t, v in _samples(values):
                 if t <= last_t:
