@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
     ("worker_interval.py", ["| plain |", "| bluegreen, every 50 ms |",
                             "| bluegreen, every 250 ms |", "| bluegreen, every 1000 ms |"]),
     ("hotpath.py", ["| wrapper, SDK providers, worker paused (request path) |",
+                    "| the same, each call after an unrouted SDK call (caches cold) |",
                     "| worker tasks of one call, drained afterwards |",
                     "| objects the collector tracks, left per finished span until export |"]),
     ("detection.py", ["| A/A (green = blue) | ours |", "| green total outage | ours |",
