@@ -391,14 +391,10 @@ class _DeferredResponse(wrapt.ObjectProxy[Any]):
         already measured whole (a model object, parsed)."""
         if error is None:
             return
-        try:
-            if not self._self_taken:
-                self._self_taken = True
-                self._self_call.finished(NOTHING, error_type(error), _perf())
-            elif isinstance(self._self_out, _StreamProxyBase):
-                self._self_out._bg_finalize(error)
-        except Exception:
-            return
+        if not self._self_taken:
+            self._bg_fail(error)
+        elif isinstance(self._self_out, _StreamProxyBase):
+            self._self_out._bg_finalize(error)
 
     def _bg_parse_failed(self, error: BaseException) -> None:
         """``parse()`` raised. If reading the body failed (a connection cut mid-body, a
@@ -410,13 +406,17 @@ class _DeferredResponse(wrapt.ObjectProxy[Any]):
         try:
             body = self.__wrapped__.http_response.content  # raises when it was never read
         except Exception:
-            self._self_taken = True
-            try:
-                self._self_call.finished(NOTHING, error_type(error), _perf())
-            except Exception:
-                return
+            self._bg_fail(error)
             return
         self._bg_take(fields(body))
+
+    def _bg_fail(self, error: BaseException) -> None:
+        """End the call, never measured yet, as failed with ``error``."""
+        self._self_taken = True
+        try:
+            self._self_call.finished(NOTHING, error_type(error), _perf())
+        except Exception:  # telemetry must never break the caller
+            return
 
     def _bg_closed(self, at: float) -> None:
         """The response is closed (``with_streaming_response``'s block exited): end the call,
