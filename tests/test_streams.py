@@ -14,6 +14,7 @@ import openai_bluegreen
 from openai_bluegreen.testing import SimulatedUpstream
 
 from .conftest import BLUE_KEY, Telemetry, rollout_config
+from .services import sdk_http
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -481,20 +482,8 @@ async def test_an_exception_leaving_an_async_with_streaming_response_block_fails
     assert _only_span_attrs(telemetry).get("error.type") == "ValueError"
 
 
-def _http() -> Any:
-    """The SDK's HTTP library: httpx2 from openai 3, httpx before."""
-    import importlib
-
-    for name in ("httpx2", "httpx"):
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise AssertionError("neither httpx2 nor httpx is installed")
-
-
 def _cut_body_client() -> openai.OpenAI:
-    httpx2 = _http()
+    httpx2 = sdk_http()
 
     class CutBody(httpx2.SyncByteStream):  # type: ignore[misc]
         def __iter__(self) -> Iterator[bytes]:
@@ -513,7 +502,7 @@ def test_a_streaming_response_whose_body_read_fails_is_a_failure(
         install: Any, telemetry: Telemetry, green: SimulatedUpstream) -> None:
     """``parse()`` reads the body: when that read fails, the caller meets a transport error,
     and so must the call's telemetry (on green, the watcher's evidence)."""
-    httpx2 = _http()
+    httpx2 = sdk_http()
     install(rollout_config(green, weight=0))
     with pytest.raises(httpx2.ReadError), \
             _cut_body_client().chat.completions.with_streaming_response.create(
