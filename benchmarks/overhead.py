@@ -326,7 +326,7 @@ def main() -> int:
     if args.no_gc_hold:
         # For the whole run, not per arm: full collections are the process's, so an arm that
         # holds off young passes changes every other arm's full collections in the same run.
-        _worker._pause_gc = False
+        _worker._holding_young = False
     with UpstreamProcess("bench") as upstream:
         base_url = upstream.base_url
         sync, flushes = run_sync(base_url, args.rounds, args.block)
@@ -338,7 +338,7 @@ def main() -> int:
     text = report(sync, flushes, measured, sdk_cost, command, args.concurrency, args.rounds)
     text += ("\n\nYoung collector passes held off during the telemetry worker's bursts: "
              f"{'no (--no-gc-hold)' if args.no_gc_hold else 'yes'}; still held off at the "
-             f"end of the run: {'yes' if _worker._pause_gc else 'no'}.")
+             f"end of the run: {'yes' if _worker._holding_young else 'no'}.")
     print(text)
     if not args.quick:
         title = "Per-call overhead (benchmarks/overhead.py)"

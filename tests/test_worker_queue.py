@@ -205,7 +205,7 @@ def test_a_chunk_ends_after_its_time_and_tasks_that_keep_blocking_end_the_holdin
     import time
 
     monkeypatch.setattr(_worker, "_CHUNK_SECONDS", 0.1)
-    monkeypatch.setattr(_worker, "_pause_gc", True)
+    monkeypatch.setattr(_worker, "_holding_young", True)
     monkeypatch.setattr(_worker, "_slow_streak", 0)
     states: list[bool] = []
     passes: list[int] = []
@@ -229,17 +229,17 @@ def test_a_chunk_ends_after_its_time_and_tasks_that_keep_blocking_end_the_holdin
     # ran with young passes held off, and a young pass ran between chunks.
     assert states == [True] * 7
     assert {2, 3, 5, 6} <= set(passes), passes
-    assert _worker._pause_gc and gc.isenabled()  # never three slow tasks in a row
+    assert _worker._holding_young and gc.isenabled()  # never three slow tasks in a row
     for _ in range(3):
         _worker.submit(work, 0.15)
     _worker.submit(work, 0.0)
     with caplog.at_level("WARNING", logger="openai_bluegreen"):
         openai_bluegreen.flush()
     assert states[7:] == [True, True, True, False]  # the last ran with young passes on
-    assert not _worker._pause_gc and gc.isenabled()
+    assert not _worker._holding_young and gc.isenabled()
     assert "3 telemetry tasks in a row blocked" in caplog.text
     # With the app's collector off nothing is held off, so slow tasks end nothing.
-    monkeypatch.setattr(_worker, "_pause_gc", True)
+    monkeypatch.setattr(_worker, "_holding_young", True)
     monkeypatch.setattr(_worker, "_slow_streak", 0)
     caplog.clear()
     gc.disable()
@@ -250,7 +250,7 @@ def test_a_chunk_ends_after_its_time_and_tasks_that_keep_blocking_end_the_holdin
             openai_bluegreen.flush()
     finally:
         gc.enable()
-    assert _worker._pause_gc and "no longer holds off" not in caplog.text
+    assert _worker._holding_young and "no longer holds off" not in caplog.text
 
 
 def test_a_process_forked_during_a_burst_gets_its_young_passes_back(

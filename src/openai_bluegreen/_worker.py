@@ -80,7 +80,7 @@ def submit(task: Callable[..., None], *args: Any) -> None:
 
 
 def _drain() -> int:
-    global _pause_gc  # noqa: PLW0603 - one worker per process
+    global _holding_young  # noqa: PLW0603 - one worker per process
     done = 0
     with _drain_lock:
         while True:
@@ -92,15 +92,15 @@ def _drain() -> int:
             # chunk costs one young pass, after it (BENCHMARKS.md). A chunk ends after _CHUNK
             # records or _CHUNK_SECONDS, whichever comes first; tasks that keep blocking that
             # long (a synchronous exporter) end the holding for good, one slow task does not.
-            held = _hold_young_passes() if _pause_gc else None
+            held = _hold_young_passes() if _holding_young else None
             try:
                 count, more = _run_records(_CHUNK, _CHUNK_SECONDS)
             finally:
                 if held is not None:
                     _release_young_passes(held)
             done += count
-            if _slow_streak >= _SLOW_STREAK and held is not None and _pause_gc:
-                _pause_gc = False
+            if _slow_streak >= _SLOW_STREAK and held is not None and _holding_young:
+                _holding_young = False
                 logger.warning(
                     "openai-bluegreen: %d telemetry tasks in a row blocked for %.0f ms or more "
                     "(a synchronous span or metric exporter?); the telemetry worker no longer "
@@ -151,7 +151,7 @@ _SLOW_STREAK = 3  # tasks in a row that each took _CHUNK_SECONDS: holding ends f
 # the value it reads during a burst stays within a C int.
 _HELD = 1 << 20
 _slow_streak = 0
-_pause_gc = True  # False once tasks kept blocking (see _drain)
+_holding_young = True  # False once tasks kept blocking (see _drain)
 _held: tuple[int, ...] | None = None  # the thresholds a chunk replaced (see fork below)
 _gc_isenabled, _gc_get_threshold, _gc_set_threshold, _gc_collect = \
     gc.isenabled, gc.get_threshold, gc.set_threshold, gc.collect
