@@ -13,6 +13,7 @@ import openai
 import wrapt
 
 import openai_bluegreen
+from openai_bluegreen import _patch
 from openai_bluegreen._patch import SURFACES
 from openai_bluegreen.testing import SimulatedUpstream
 
@@ -137,10 +138,41 @@ def test_a_layer_of_ours_kept_by_another_instrumentation_never_routes_twice(
     Completions.create = other  # type: ignore[method-assign]
     try:
         install(config)
+        assert _patch._guarded  # ours may be below: every call checks
         for i in range(200):
             client.chat.completions.create(model="gpt-4.1", messages=MSGS, user=f"u{i}")
         assert len(telemetry.spans()) == 200
         assert 60 < len(green.requests) < 140
+    finally:
+        openai_bluegreen.uninstall()
+        Completions.create = before  # type: ignore[method-assign]
+
+
+def test_a_reinstall_over_the_sdks_own_methods_routes_without_the_double_routing_guard(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    """The guard against routing a call twice costs every call a context-variable set and
+    reset; it is needed only while an older layer of ours may sit below the current one. An
+    app that uninstalls and installs again over the SDK's own methods (or over the same other
+    instrumentation as the first time) has none there, and its calls are still routed once."""
+    from openai.resources.chat.completions import Completions
+
+    before = Completions.__dict__["create"]
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    config = rollout_config(green, weight=50)
+    config["rollouts"][0]["blue"]["model"] = "gpt-4.1"
+    try:
+        for other_first in (False, True):
+            if other_first:  # another instrumentation wrapped the SDK before us, and stays
+                wrapt.wrap_function_wrapper(Completions, "create", lambda w, _i, a, k: w(*a, **k))
+            for _ in range(3):
+                telemetry.exporter.clear()
+                install(config)
+                assert not _patch._guarded
+                for i in range(50):
+                    client.chat.completions.create(model="gpt-4.1", messages=MSGS, user=f"u{i}")
+                assert len(telemetry.spans()) == 50  # one routing decision per call
+                openai_bluegreen.uninstall()
     finally:
         openai_bluegreen.uninstall()
         Completions.create = before  # type: ignore[method-assign]

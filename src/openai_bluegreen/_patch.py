@@ -86,11 +86,19 @@ _lock = threading.Lock()
 # Set while one of our wrappers routes a call: a wrapper of ours met further down the same
 # call passes it through instead of routing it a second time. Only an older layer of ours can
 # be there (one another instrumentation or a monkeypatch kept in its chain when it wrapped
-# ours, and that install() could not find again: see _wrap), so the guard is used only once
-# the SDK was patched more than once (_generation): an app that installs once pays nothing.
+# ours, and that install() could not find again: see _wrap), so the guard is used only while
+# such a layer may exist (_guarded): an app that installs once, or that re-installs over the
+# SDK's own methods, pays nothing.
 _inside: contextvars.ContextVar[bool] = contextvars.ContextVar("openai_bluegreen_inside",
                                                                default=False)
-_generation = 0  # how many times patch() wrapped the SDK in this process
+# What each method was when we first wrapped it: nothing of ours can be inside it.
+_pristine: dict[tuple[type, str], Any] = {}
+# Whether an older layer of ours may sit below a current wrapper: one of them wraps something
+# other than what its method was when we first wrapped it (another layer put there since, which
+# may hold one of ours, even in a closure). Wrappers of ours that uninstall() took off the class
+# are below nothing then: only caches (the SDK's ``with_raw_response``, the app's) still call
+# them, and such a call is routed once, by that wrapper alone.
+_guarded = False
 
 
 def _sdk_types() -> tuple[Any, Any, Any, tuple[Any, ...]]:
@@ -187,7 +195,7 @@ def _sync_wrapper(operation: str, original: Any, api_type: str | None) -> Callab
         rollout = _route(router, instance, kwargs)
         if rollout is None or router is None:
             return wrapped(*args, **kwargs)
-        if _generation == 1:  # never re-patched: no older layer of ours can be further down
+        if not _guarded:  # no older layer of ours can be further down
             return routed(wrapped, instance, args, kwargs, router, rollout)
         if _inside.get():
             return wrapped(*args, **kwargs)
@@ -256,7 +264,7 @@ def _async_wrapper(operation: str, original: Any, api_type: str | None) -> Calla
         rollout = _route(router, instance, kwargs)
         if rollout is None or router is None:
             return await wrapped(*args, **kwargs)
-        if _generation == 1:  # never re-patched: no older layer of ours can be further down
+        if not _guarded:  # no older layer of ours can be further down
             return await routed(wrapped, instance, args, kwargs, router, rollout)
         if _inside.get():
             return await wrapped(*args, **kwargs)
@@ -354,13 +362,14 @@ def _helper_wrapper(cls: type, kind: str) -> Callable[..., Any]:
 def patch() -> None:
     """Wrap every surface once (again where a wrapper of ours was taken away: see
     :func:`lost`). On any failure, undo what was wrapped and re-raise."""
-    global _generation  # noqa: PLW0603 - module-level patch state
+    global _guarded  # noqa: PLW0603 - module-level patch state
     with _lock:
         if _patched:
             if not _lost_locked():
                 return
             _unpatch_locked()  # then wrap afresh, on top of whatever is there now
-        _generation += 1
+        _guarded = True  # while wrapping; then as the wrapped methods say
+        layered = False
         try:
             for module_name, class_name, method, operation in SURFACES:
                 module = importlib.import_module(module_name)
@@ -368,7 +377,7 @@ def patch() -> None:
                 if cls is None or method not in cls.__dict__:
                     continue  # older SDKs lack some surfaces (e.g. responses.parse)
                 factory = _async_wrapper if class_name.startswith("Async") else _sync_wrapper
-                _wrap(cls, method, factory, operation, _API_TYPES.get(module_name))
+                layered |= _wrap(cls, method, factory, operation, _API_TYPES.get(module_name))
             for module_name, class_name, method, kind in HELPER_SURFACES:
                 try:
                     module = importlib.import_module(module_name)
@@ -377,25 +386,46 @@ def patch() -> None:
                 cls = getattr(module, class_name, None)
                 if cls is None or method not in cls.__dict__:
                     continue
-                _wrap(cls, method, None, kind, None)
+                layered |= _wrap(cls, method, None, kind, None)
         except BaseException:
             _unpatch_locked()
             raise
+        _guarded = layered
 
 
 def _wrap(cls: type, method: str, factory: Callable[..., Callable[..., Any]] | None,
-          operation: str, api_type: str | None) -> None:
+          operation: str, api_type: str | None) -> bool:
     """Wrap ``cls.method`` with ``factory(operation, original, api_type)`` (``None``: a stream
-    helper's wrapper, ``operation`` its kind), or take up our wrapper buried there."""
+    helper's wrapper, ``operation`` its kind), or take up our wrapper buried there. Returns
+    whether an older layer of ours may be below it (see ``_guarded``)."""
     current = cls.__dict__[method]
     for i, entry in enumerate(_buried):
         if entry[0] is cls and entry[1] == method and _in_chain(entry[3], current):
             _patched.append(_buried.pop(i))  # still there, under another instrumentation's
-            return
+            return not _none_of_ours_in(cls, method, entry[2])
     wrapper = (_helper_wrapper(cls, operation) if factory is None
                else factory(operation, current, api_type))
     wrapt.wrap_function_wrapper(cls, method, wrapper)
     _patched.append((cls, method, current, cls.__dict__[method]))
+    return not _none_of_ours_in(cls, method, current)
+
+
+def _none_of_ours_in(cls: type, method: str, below: Any) -> bool:
+    """Whether ``below`` (what a wrapper of ours wraps) surely holds no wrapper of ours: it is
+    what the method was when we first wrapped it, or reaches that through ``__wrapped__``
+    links (wrapt's, ``functools.wraps``'s) without meeting one of ours. Anything else (a
+    closure, say) may call one of ours."""
+    pristine = _pristine.setdefault((cls, method), below)
+    for _ in range(64):
+        if below is pristine:
+            return True
+        wrapper_function = getattr(below, "_self_wrapper", None)
+        if getattr(wrapper_function, "__module__", None) == __name__:
+            return False
+        below = getattr(below, "__wrapped__", None)
+        if below is None:
+            return False
+    return False
 
 
 def _in_chain(wrapper: Any, current: Any) -> bool:
