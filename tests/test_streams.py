@@ -584,3 +584,44 @@ def test_cancelled_while_closing_a_failed_green_stream_still_ends_the_call(
     attrs = _only_span_attrs(telemetry)
     assert attrs.get("error.type") == "asyncio.exceptions.CancelledError"
     assert not blue.requests
+
+
+def _interleaved_choices_client(kind: str) -> openai.OpenAI:
+    """An upstream streaming two choices whose chunks interleave, choice 1 finishing first."""
+    import json
+
+    httpx2 = _http()
+    base = {"id": "x-1", "created": 0, "model": "blue-model"}
+    if kind == "chat":
+        def chunk(index: int, text: str | None, reason: str | None) -> dict[str, Any]:
+            return {**base, "object": "chat.completion.chunk", "choices": [
+                {"index": index, "delta": {} if text is None else {"content": text},
+                 "finish_reason": reason}]}
+    else:
+        def chunk(index: int, text: str | None, reason: str | None) -> dict[str, Any]:
+            return {**base, "object": "text_completion", "choices": [
+                {"index": index, "text": text or "", "finish_reason": reason}]}
+    events = [chunk(0, "a", None), chunk(1, "b", None), chunk(1, None, "length"),
+              chunk(0, "c", None), chunk(0, None, "stop")]
+    body = b"".join(b"data: %s\n\n" % json.dumps(e).encode() for e in events) + \
+        b"data: [DONE]\n\n"
+
+    def handler(request: Any) -> Any:
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    return openai.OpenAI(base_url="http://upstream.test/v1", api_key=BLUE_KEY, max_retries=0,
+                         http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))
+
+
+@pytest.mark.parametrize("kind", ["chat", "completions"])
+def test_streamed_choices_finish_reasons_are_in_choice_order_however_they_interleave(
+        install: Any, telemetry: Telemetry, green: SimulatedUpstream, kind: str) -> None:
+    """``n=2``: choice 1 finishes first, yet ``gen_ai.response.finish_reasons`` lists choice 0's
+    reason first, one per choice, as for the same answer not streamed."""
+    install(rollout_config(green, weight=0))
+    client = _interleaved_choices_client(kind)
+    if kind == "chat":
+        list(client.chat.completions.create(model="gpt-4.1", messages=MSGS, n=2, stream=True))
+    else:
+        list(client.completions.create(model="gpt-4.1", prompt="hi", n=2, stream=True))
+    assert _only_span_attrs(telemetry)["gen_ai.response.finish_reasons"] == ("stop", "length")

@@ -73,8 +73,8 @@ def in_band_failure(item: Any) -> StreamFailed | None:
 class _Accumulated:
     """What the chunks seen so far say about the response."""
 
-    __slots__ = ("details", "fingerprint", "in_tokens", "model", "out_tokens", "output",
-                 "reasons", "response_id", "texts", "tier")
+    __slots__ = ("by_choice", "details", "fingerprint", "in_tokens", "model", "out_tokens",
+                 "output", "reasons", "response_id", "texts", "tier")
 
     def __init__(self) -> None:
         # opt-in capture: choice -> [text pieces, finish reason, {call index: [id, name, args]}]
@@ -83,6 +83,9 @@ class _Accumulated:
         self.response_id: str | None = None
         self.model: str | None = None
         self.reasons: tuple[str, ...] = ()
+        # chat and legacy completion chunks: choice index -> its finish reason (made when the
+        # first one arrives, so once per choice, not per chunk)
+        self.by_choice: dict[int, str] | None = None
         self.in_tokens: int | None = None
         self.out_tokens: int | None = None
         self.tier: str | None = None
@@ -100,7 +103,7 @@ class _Accumulated:
             self.model = model
         if reasons:
             # A Responses lifecycle event carries the whole status; chat chunks add theirs.
-            self.reasons = reasons if source is not item else self.reasons + reasons
+            self.reasons = reasons if source is not item else self._by_choice(item)
         if in_tokens is not None:
             self.in_tokens = in_tokens
         if out_tokens is not None:
@@ -111,6 +114,20 @@ class _Accumulated:
             self.fingerprint = fingerprint
         if details is not None:
             self.details = details
+
+    def _by_choice(self, chunk: Any) -> tuple[str, ...]:
+        """The finish reasons so far, one per choice in choice-index order, as a non-streamed
+        answer lists them: with ``n`` > 1 the choices' chunks interleave and finish in any
+        order (and a provider that repeats a choice's finish reason does not count it twice)."""
+        by_choice = self.by_choice
+        if by_choice is None:
+            by_choice = self.by_choice = {}
+        for choice in chunk.choices:
+            reason = getattr(choice, "finish_reason", None)
+            if reason:
+                index = getattr(choice, "index", None)
+                by_choice[index if isinstance(index, int) else len(by_choice)] = reason
+        return tuple(by_choice[index] for index in sorted(by_choice))
 
     def capture(self, item: Any) -> None:
         """Opt-in content capture: keep the answer's text as it streams."""
