@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 import pytest
@@ -39,6 +40,23 @@ def test_provider_is_inferred_from_the_host_before_the_client_class(
 ) -> None:
     instance = client.__new__(client)  # only its class is looked at
     assert infer_provider(host, instance) == expected
+
+
+@pytest.mark.parametrize(("base_url", "expected"), [
+    ("https://bedrock-mantle.us-east-1.api.aws/v1", "aws.bedrock"),
+    ("https://us-south.ml.cloud.ibm.com/ml/gateway/v1", "ibm.watsonx.ai"),
+    ("https://myres.services.ai.azure.com/openai/v1/", "azure.ai.openai"),
+    ("https://myres.services.ai.azure.com/models", "azure.ai.inference"),
+    ("https://my-endpoint.eastus2.models.ai.azure.com/v1", "azure.ai.inference"),
+    ("https://models.inference.ai.azure.com", "azure.ai.inference"),
+])
+def test_provider_of_a_green_on_another_providers_openai_compatible_endpoint_is_its_own(
+    base_url: str, expected: str,
+) -> None:
+    """Endpoints these providers document for the OpenAI SDK are theirs, with their semconv
+    well-known value, not ``openai`` (green gets a plain ``OpenAI`` client on its base_url)."""
+    client = openai.OpenAI(base_url=base_url, api_key="k")
+    assert infer_provider(urlsplit(base_url).hostname, client) == expected
 
 
 def _response(status: str, output: list[dict[str, Any]], **extra: Any) -> Response:

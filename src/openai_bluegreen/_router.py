@@ -46,19 +46,32 @@ _PROVIDER_BY_HOST = (
     ("cohere.com", "cohere"),
     ("aiplatform.googleapis.com", "gcp.vertex_ai"),
     ("generativelanguage.googleapis.com", "gcp.gemini"),
+    # Azure AI model inference: serverless endpoints ({name}.{region}.models.ai.azure.com) and
+    # the shared one; a Foundry resource (services.ai.azure.com) is decided by its path below.
+    ("models.ai.azure.com", "azure.ai.inference"),
+    ("models.inference.ai.azure.com", "azure.ai.inference"),
+    ("ml.cloud.ibm.com", "ibm.watsonx.ai"),  # watsonx.ai's OpenAI-compatible model gateway
 )
 
 
 def infer_provider(host: str | None, client: Any) -> str:
-    """A ``gen_ai.provider.name`` for the host a call goes to; for an unknown host,
-    ``azure.ai.openai`` on an Azure client and ``openai`` otherwise (OpenAI-compatible API)."""
+    """A ``gen_ai.provider.name`` (a semconv well-known value) for the host a call goes to
+    (``client`` is the client that sends it); for an unknown host, ``azure.ai.openai`` on an
+    Azure client and ``openai`` otherwise (OpenAI-compatible API)."""
     if host:
         for suffix, name in _PROVIDER_BY_HOST:
             # "-" for regional hosts: us-central1-aiplatform.googleapis.com
             if host == suffix or host.endswith(("." + suffix, "-" + suffix)):
                 return name
-        if host.startswith("bedrock") and host.endswith(".amazonaws.com"):
+        # bedrock-runtime.{region}.amazonaws.com/openai/v1, and the Mantle endpoint AWS also
+        # documents for the OpenAI SDK, bedrock-mantle.{region}.api.aws/v1
+        if host.startswith("bedrock") and host.endswith((".amazonaws.com", ".api.aws")):
             return "aws.bedrock"
+        if host.endswith(".services.ai.azure.com"):
+            # An Azure AI Foundry resource serves Azure OpenAI under /openai (its v1 API:
+            # /openai/v1/) and Azure AI model inference under /models.
+            path = urlsplit(str(getattr(client, "base_url", ""))).path
+            return "azure.ai.openai" if "/openai" in path else "azure.ai.inference"
     if type(client).__name__.startswith(("AzureOpenAI", "AsyncAzureOpenAI")):
         return "azure.ai.openai"
     return "openai"
