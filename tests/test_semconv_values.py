@@ -602,3 +602,26 @@ def test_captured_content_leaves_embeddings_out_and_inline_images_are_blobs(
         {"type": "blob", "modality": "image", "mime_type": "image/png",
          "content": "iVBORw0KGgo="},
         {"type": "uri", "modality": "image", "uri": "https://example.com/cat.png"}]}]
+
+
+def test_openai_attributes_are_only_on_spans_of_the_openai_api_providers(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    """``gen_ai.provider.name`` is the conventions' discriminator: a green on DeepSeek's
+    OpenAI-compatible API records no ``openai.*`` attributes ("not expected" on another
+    provider's spans); blue, on OpenAI's API, records them all."""
+    config = rollout_config(green)
+    config["rollouts"][0]["green"]["provider"] = "deepseek"
+    install(config)
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    for env in ("blue", "green"):
+        with openai_bluegreen.force(env):
+            client.chat.completions.create(model="gpt-4.1", messages=MSGS, service_tier="flex")
+    spans = {s.attributes["bluegreen.environment"]: dict(s.attributes or {})
+             for s in telemetry.spans()}
+    openai_keys = {"openai.api.type", "openai.request.service_tier",
+                   "openai.response.service_tier", "openai.response.system_fingerprint"}
+    assert spans["green"]["gen_ai.provider.name"] == "deepseek"
+    assert not openai_keys & set(spans["green"])
+    assert spans["blue"]["gen_ai.provider.name"] == "openai"
+    assert openai_keys <= set(spans["blue"])

@@ -242,10 +242,11 @@ def _emit(lane: Lane, parent: context.Context, span_start_ns: int,
         attrs[T.RESPONSE_MODEL] = response_model
     if reasons:
         attrs[T.FINISH_REASONS] = reasons
-    if tier is not None:
-        attrs[T.RESPONSE_SERVICE_TIER] = tier
-    if fingerprint is not None:
-        attrs[T.SYSTEM_FINGERPRINT] = fingerprint
+    if lane.openai_attrs:  # the OpenAI flavor's attributes only on its spans (see Lane)
+        if tier is not None:
+            attrs[T.RESPONSE_SERVICE_TIER] = tier
+        if fingerprint is not None:
+            attrs[T.SYSTEM_FINGERPRINT] = fingerprint
     if in_tokens is not None:
         attrs[T.INPUT_TOKENS] = in_tokens
         instruments.tokens.record(in_tokens, in_attrs)

@@ -172,6 +172,8 @@ class RolloutRuntime:
         return "green" if draw < weight else "blue"
 
 
+# gen_ai.provider.name values whose spans carry the openai.* attributes (see Lane).
+_OPENAI_API_PROVIDERS = frozenset({"openai", "azure.ai.openai"})
 MAX_REMEMBERED_RESPONSES = 100_000  # per rollout: ~10 MB of ids at most
 _MAX_SHARED_REQUEST_ATTRS = 256  # per lane; beyond, each call gets its own dict
 _MAX_RESPONSE_MODELS = 32  # gen_ai.response.model values per rollout, environment, operation
@@ -239,8 +241,8 @@ class Lane:
 
     __slots__ = ("_models_seen", "_omit", "_request_attrs", "_response_attrs", "_sent_headers",
                  "client", "env", "error_attrs", "headers", "metric_attrs", "model", "omit_auth",
-                 "params", "resources", "rollout", "router", "span_attrs", "span_name",
-                 "token_attrs")
+                 "openai_attrs", "params", "resources", "rollout", "router", "span_attrs",
+                 "span_name", "token_attrs")
 
     def __init__(self, router: Router, rollout: RolloutRuntime, env: Environment,
                  operation: str, requested_model: str, caller_client: Any,
@@ -269,6 +271,10 @@ class Lane:
         effective = own_client if own_client is not None else caller_client
         host, port = _host_port(getattr(effective, "base_url", ""))
         provider = target.provider or infer_provider(host, effective)
+        # openai.* attributes are the OpenAI flavor's (semconv: gen_ai.provider.name is the
+        # discriminator; another provider's spans "are not expected to include openai.*
+        # attributes"): on OpenAI's API, OpenAI's or Azure OpenAI's, not on DeepSeek's.
+        self.openai_attrs = provider in _OPENAI_API_PROVIDERS
         metric_attrs: dict[str, Any] = {
             T.OPERATION: operation,
             T.PROVIDER: provider,
@@ -351,7 +357,8 @@ class Lane:
     def _build_request_attrs(self, kwargs: dict[str, Any], api_type: str | None
                              ) -> dict[str, Any]:
         attrs = dict(self.span_attrs)
-        if api_type is not None:
+        openai_attrs = self.openai_attrs
+        if api_type is not None and openai_attrs:
             attrs[T.API_TYPE] = api_type
         if kwargs.get("stream") is True:
             attrs[T.REQUEST_STREAM] = True
@@ -363,7 +370,7 @@ class Lane:
         for source in (kwargs, self.params):
             for name, attribute in T.REQUEST_PARAMS:
                 value = _attribute_value(name, source.get(name))
-                if value is not None:
+                if value is not None and (openai_attrs or not attribute.startswith("openai.")):
                     attrs[attribute] = value
         return attrs
 
