@@ -35,6 +35,20 @@ def test_error_rates_by_status_are_honoured() -> None:
     assert up.status_counts[503] == outcomes["503"]
 
 
+def test_error_rates_are_honoured_beside_a_stall_rate_an_error_status_wins() -> None:
+    """A request drawn for both an error status and a stall is answered with the status: a
+    scenario asking for 50 % 503s gets them however many stalls it also asks for, and the
+    stalls take from the other requests."""
+    with SimulatedUpstream("u", error_rates={503: 0.5}, stall_rate=1.0, stall_seconds=0.01,
+                           seed=7) as up, \
+            openai.OpenAI(base_url=up.base_url, api_key="k", max_retries=0) as client:
+        for _ in range(200):
+            with contextlib.suppress(openai.APIStatusError, openai.APIConnectionError):
+                client.chat.completions.create(model="m", messages=MSGS)
+    assert set(up.status_counts) == {503, 408}
+    assert 0.4 <= up.status_counts[503] / 200 <= 0.6
+
+
 def test_latency_and_time_to_first_chunk() -> None:
     with SimulatedUpstream("u", latency=0.15, ttfc=0.1, chunk_interval=0.01) as up, \
             openai.OpenAI(base_url=up.base_url, api_key="k", max_retries=0) as client:

@@ -281,7 +281,10 @@ class SimulatedUpstream:
                     self._bucket = _TokenBucket(settings.rate_limit_rps)
                 if not self._bucket.take():
                     status = 429
-            return settings, u, status, stall, cut, fail
+            # An error status wins over a stall (drawn all the same: a seed's other draws stay
+            # what they were): a request answered 503 is not also held, so the statuses come
+            # at the rates error_rates asks for; stalls take from the other requests.
+            return settings, u, status, stall and status is None, cut, fail
 
     @staticmethod
     def _jitter(median: float, sigma: float, u: float) -> float:

@@ -26,9 +26,11 @@ class UpstreamSettings:
             (``cached_tokens`` in chat and Responses usage details; at most the prompt's).
         reasoning_tokens: Of the completion tokens, how many were reasoning (``reasoning_tokens``
             in chat and Responses usage details; at most ``output_tokens``).
-        error_rates: Probability of answering with each HTTP status, e.g. ``{503: 0.05}``.
-        stall_rate: Probability of never answering in time (holds the request ``stall_seconds``),
-            which a client with a shorter timeout sees as a timeout.
+        error_rates: Probability of answering with each HTTP status, e.g. ``{503: 0.05}``
+            (exactly that: an error status wins over a stall).
+        stall_rate: Probability that a request not answered with an error status (from
+            ``error_rates`` or rate limiting) is never answered in time (holds the request
+            ``stall_seconds``), which a client with a shorter timeout sees as a timeout.
         stall_seconds: How long a stalled request is held.
         rate_limit_rps: Requests per second allowed (token bucket, burst = 1 s, at least one
             request); above it the answer is 429 with ``Retry-After`` (the whole seconds until
