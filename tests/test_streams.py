@@ -590,7 +590,7 @@ def _interleaved_choices_client(kind: str) -> openai.OpenAI:
     """An upstream streaming two choices whose chunks interleave, choice 1 finishing first."""
     import json
 
-    httpx2 = _http()
+    httpx2 = sdk_http()
     base = {"id": "x-1", "created": 0, "model": "blue-model"}
     if kind == "chat":
         def chunk(index: int, text: str | None, reason: str | None) -> dict[str, Any]:
