@@ -333,6 +333,35 @@ def test_green_client_is_derived_from_callers_and_cached(
     assert [r.api_key for r in green.requests] == [GREEN_KEY] * 3
 
 
+def _mock_http_client(answer: dict[str, Any]) -> Any:
+    """The SDK's own HTTP client class on a transport that answers every request with
+    ``answer`` (httpx2 for openai 3.x, httpx before)."""
+    import openai._base_client as base_client
+
+    httpx = getattr(base_client, "httpx2", None) or base_client.httpx
+    return openai.DefaultHttpxClient(
+        transport=httpx.MockTransport(lambda _request: httpx.Response(200, json=answer)))
+
+
+@pytest.mark.parametrize("own_endpoint", [True, False], ids=["base_url", "key-only"])
+def test_green_answers_are_validated_as_strictly_as_the_callers(
+    install: Any, own_endpoint: bool,
+) -> None:
+    """A caller that asked for strict response validation gets it for green's answers too,
+    whether green has its own endpoint (a client of ours) or only its own key (the SDK's
+    ``with_options`` copy, which drops the setting)."""
+    green = {"model": "green-model", "api_key_env": "GREEN_API_KEY"}
+    if own_endpoint:
+        green["base_url"] = "http://127.0.0.1:9/v1"
+    install({"rollouts": [{"name": "r", "match": {"model": "gpt-4.1"}, "blue": {"model": "b"},
+                           "green": green, "weight": 100, "fallback": {"enabled": False}}]})
+    client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key=BLUE_KEY, max_retries=0,
+                           http_client=_mock_http_client({"id": "x", "choices": "not a list"}),
+                           _strict_response_validation=True)
+    with pytest.raises(openai.APIResponseValidationError):
+        client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+
+
 def test_callers_credentials_and_identity_never_reach_another_endpoint(
     install: Any, blue: SimulatedUpstream, green: SimulatedUpstream,
     monkeypatch: pytest.MonkeyPatch,

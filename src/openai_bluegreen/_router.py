@@ -513,12 +513,13 @@ class Router:
 
         With its own ``base_url``, an environment talks to another endpoint, often another
         provider: it gets a plain ``OpenAI`` / ``AsyncOpenAI`` client with the caller's transport
-        (connection pool, timeouts, retries) but none of the caller's credentials or identity:
-        not its key, organization or project, not its default headers or query (a gateway token
-        there must not reach a third party), and not an Azure client's deployment URLs. It sends
-        its own key (none when it has no ``api_key_env``) and its ``headers``. Without a
-        ``base_url`` it is the caller's client (``with_options``), with its own key and, for
-        green with fallback (and not ``pinned``), its own retry budget."""
+        (connection pool, timeouts, retries, strict response validation) but none of the
+        caller's credentials or identity: not its key, organization or project, not its default
+        headers or query (a gateway token there must not reach a third party), and not an Azure
+        client's deployment URLs. It sends its own key (none when it has no ``api_key_env``)
+        and its ``headers``. Without a ``base_url`` it is the caller's client
+        (``with_options``), with its own key and, for green with fallback (and not ``pinned``),
+        its own retry budget."""
         target = rollout.green if env == "green" else rollout.blue
         retries = client.max_retries
         if env == "green" and rollout.fallback_enabled and not pinned:
@@ -532,7 +533,11 @@ class Router:
             options["max_retries"] = retries
         if not options:
             return None
-        return client.with_options(**options)
+        derived = client.with_options(**options)
+        # The SDK's copy does not carry it over (1.x to 3.x): a caller that asked for its
+        # answers to be validated gets green's validated too.
+        derived._strict_response_validation = client._strict_response_validation
+        return derived
 
     def status(self) -> list[dict[str, Any]]:
         out = []
@@ -578,4 +583,6 @@ def _endpoint_client(caller: Any, base_url: str, api_key: str | None, max_retrie
         max_retries=max_retries,
         http_client=caller._client,  # the caller's connection pool, shared
         default_headers=removed,  # Omit removes a header; the SDK allows it
+        # Another provider's answers are where a schema drifts: validated if the caller's are.
+        _strict_response_validation=caller._strict_response_validation,
     )
