@@ -5,6 +5,7 @@ the contract's names and values."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -331,6 +332,31 @@ def test_green_client_is_derived_from_callers_and_cached(
     assert derived.max_retries == 3
     assert derived._client is client._client  # same connection pool
     assert [r.api_key for r in green.requests] == [GREEN_KEY] * 3
+
+
+@pytest.mark.parametrize("own_endpoint", [True, False], ids=["base_url", "key-only"])
+def test_green_follows_the_timeout_and_retries_the_app_sets_on_its_client_later(
+    install: Any, blue: SimulatedUpstream, green: SimulatedUpstream, own_endpoint: bool,
+) -> None:
+    """The SDK reads ``timeout`` and ``max_retries`` per request, and an app may change them
+    on its client (the module client's ``openai.timeout = ...`` does): green's client, built
+    at the first call, must not keep the old ones."""
+    config = rollout_config(green, weight=100, fallback={"enabled": False})
+    if not own_endpoint:
+        del config["rollouts"][0]["green"]["base_url"]
+    install(config)
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=2, timeout=30)
+    assert client.chat.completions.create(model="gpt-4.1", messages=MSGS).model == "green-model"
+    client.timeout = 0.2
+    client.max_retries = 0
+    upstream = green if own_endpoint else blue
+    upstream.requests.clear()
+    upstream.configure(stall_rate=1.0, stall_seconds=1)
+    started = time.monotonic()
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+    assert time.monotonic() - started < 0.9
+    assert len(upstream.requests) == 1
 
 
 def _mock_http_client(answer: dict[str, Any]) -> Any:

@@ -240,9 +240,9 @@ class Lane:
     """Precomputed routing and telemetry for one (client, rollout, environment, operation)."""
 
     __slots__ = ("_models_seen", "_omit", "_request_attrs", "_response_attrs", "_sent_headers",
-                 "client", "env", "error_attrs", "headers", "metric_attrs", "model", "omit_auth",
-                 "openai_attrs", "params", "resources", "rollout", "router", "span_attrs",
-                 "span_name", "token_attrs")
+                 "caller_retries", "caller_timeout", "client", "env", "error_attrs", "headers",
+                 "metric_attrs", "model", "omit_auth", "openai_attrs", "params", "resources",
+                 "rollout", "router", "span_attrs", "span_name", "token_attrs")
 
     def __init__(self, router: Router, rollout: RolloutRuntime, env: Environment,
                  operation: str, requested_model: str, caller_client: Any,
@@ -260,6 +260,11 @@ class Lane:
         self.omit_auth = (target.base_url is not None and target.api_key is None
                           and not _has_authorization(target.headers))
         self.client = own_client
+        # The caller's settings its own client took (see Router.lane): the SDK reads them per
+        # request and lets an app change them on its client (openai.timeout = ... does it to
+        # the module client).
+        self.caller_timeout = getattr(caller_client, "timeout", None)
+        self.caller_retries = getattr(caller_client, "max_retries", None)
         # The headers a call without extra_headers sends (the environment's, and the omitted
         # Authorization of a keyless endpoint), built once.
         import openai
@@ -496,12 +501,12 @@ class Router:
         key = (rollout.name, env if not pinned else f"{env}/pinned", operation, requested_model)
         if per_client is not None:
             lane = per_client.get(key)
-            if lane is not None:
+            if lane is not None and (lane.client is None or _follows(lane, client)):
                 return lane
-        with self._lock:  # first call per lane only
+        with self._lock:  # first call per lane only (and after the caller's client changed)
             per_client = self._lanes.setdefault(client, {})
             lane = per_client.get(key)
-            if lane is None:
+            if lane is None or (lane.client is not None and not _follows(lane, client)):
                 lane = Lane(self, rollout, env, operation, requested_model, client,
                             self._own_client(client, rollout, env, pinned))
                 per_client[key] = lane
@@ -553,6 +558,17 @@ class Router:
                 "fallback": rollout.fallback.enabled,
             })
         return out
+
+
+def _follows(lane: Lane, client: Any) -> bool:
+    """Whether the lane's own client still has the caller's timeout and retries. A lane on
+    the caller's client follows whatever the app changes on it; one on a client of its own
+    is built again when the app changed either (``client.timeout = 5``), so green does not
+    keep a timeout or retry budget the app took back from blue."""
+    timeout = client.timeout
+    same: bool = ((timeout is lane.caller_timeout or timeout == lane.caller_timeout)
+                  and client.max_retries == lane.caller_retries)
+    return same
 
 
 def _endpoint_client(caller: Any, base_url: str, api_key: str | None, max_retries: int) -> Any:
