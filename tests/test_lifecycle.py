@@ -238,6 +238,36 @@ def test_works_when_openai_is_imported_after_install(blue: SimulatedUpstream,
     assert done.stdout.strip() == "green-model"
 
 
+def test_beta_responses_imported_after_install_is_routed_and_install_does_not_import_it(
+    blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    """``client.beta.responses`` (openai 2.x, 3.x) posts to /responses: routed like
+    ``responses``, also when the app reaches it only after ``install()``, which does not import
+    it (openai 3.x's beta types take ~250 ms to import)."""
+    script = textwrap.dedent("""
+        import os, sys
+        import openai, openai.resources.responses
+        import openai_bluegreen
+        name = "openai.resources.beta.responses.responses"
+        before = name in sys.modules
+        openai_bluegreen.install({"rollouts": [{"name": "r", "match": {"model": "gpt-4.1"},
+            "blue": {"model": "gpt-4.1"},
+            "green": {"model": "green-model", "base_url": os.environ["GREEN_URL"]},
+            "weight": 100}]})
+        assert (name in sys.modules) == before, "install() imported " + name
+        c = openai.OpenAI(base_url=os.environ["BLUE_URL"], api_key="k", max_retries=0)
+        if not hasattr(c.beta, "responses"):
+            print("green-model")  # openai 1.x: no such surface
+            sys.exit(0)
+        print(c.beta.responses.create(model="gpt-4.1", input="x").model)
+    """)
+    env = {**os.environ, "BLUE_URL": blue.base_url, "GREEN_URL": green.base_url}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "green-model"
+
+
 def test_client_created_before_install_is_routed(blue: SimulatedUpstream,
                                                  green: SimulatedUpstream, install: Any) -> None:
     client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)

@@ -75,6 +75,21 @@ def s_responses_stream_helper(c: openai.OpenAI) -> None:
         assert stream.get_final_response().output_text
 
 
+def _beta_responses(c: Any) -> Any:
+    """``client.beta.responses`` (openai 2.x and 3.x): it posts to /responses too."""
+    if not hasattr(c.beta, "responses"):
+        pytest.skip("this SDK has no client.beta.responses")
+    return c.beta.responses
+
+
+def s_beta_responses(c: openai.OpenAI) -> None:
+    assert _beta_responses(c).create(model="gpt-4.1", input="hello").output
+
+
+def s_beta_responses_stream(c: openai.OpenAI) -> None:
+    _drain(_beta_responses(c).create(model="gpt-4.1", input="hello", stream=True))
+
+
 def s_embeddings(c: openai.OpenAI) -> None:
     assert len(c.embeddings.create(model="gpt-4.1", input=["a", "b"]).data) == 2
 
@@ -111,6 +126,14 @@ def s_responses_raw(c: openai.OpenAI) -> None:
 def s_embeddings_streaming_response(c: openai.OpenAI) -> None:
     with c.embeddings.with_streaming_response.create(model="gpt-4.1", input="x") as resp:
         assert resp.parse().data
+
+
+async def a_beta_responses(c: openai.AsyncOpenAI) -> None:
+    assert (await _beta_responses(c).create(model="gpt-4.1", input="hello")).output
+
+
+async def a_beta_responses_stream(c: openai.AsyncOpenAI) -> None:
+    await _adrain(await _beta_responses(c).create(model="gpt-4.1", input="hello", stream=True))
 
 
 async def a_chat(c: openai.AsyncOpenAI) -> None:
@@ -188,6 +211,9 @@ CASES: list[tuple[str, str, bool, bool, Callable[[openai.OpenAI], None] | None,
     ("responses-parse", "chat", False, True, s_responses_parse, a_responses_parse),
     ("responses-stream-helper", "chat", True, True, s_responses_stream_helper,
      a_responses_stream_helper),
+    ("beta-responses", "chat", False, True, s_beta_responses, a_beta_responses),
+    ("beta-responses-stream", "chat", True, True, s_beta_responses_stream,
+     a_beta_responses_stream),
     ("embeddings", "embeddings", False, True, s_embeddings, a_embeddings),
     ("completions", "text_completion", False, True, s_completions, a_completions),
     ("completions-stream", "text_completion", True, False, s_completions_stream,

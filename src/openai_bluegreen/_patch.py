@@ -32,7 +32,7 @@ from ._streams import (
     in_band_failure,
 )
 
-__all__ = ["SURFACES", "patch", "unpatch"]
+__all__ = ["LAZY_SURFACES", "SURFACES", "patch", "unpatch"]
 
 logger = logging.getLogger("openai_bluegreen")
 
@@ -51,6 +51,14 @@ SURFACES: tuple[tuple[str, str, str, str], ...] = (
     ("openai.resources.embeddings", "AsyncEmbeddings", "create", "embeddings"),
     ("openai.resources.completions", "Completions", "create", "text_completion"),
     ("openai.resources.completions", "AsyncCompletions", "create", "text_completion"),
+)
+
+# Surfaces in modules that cost much to import (openai 3.x's beta.responses pulls in every beta
+# type: ~250 ms) and that an app may never use: wrapped when the app imports them, or at
+# install() when it did already. beta.responses.create (openai 2.x, 3.x) posts to /responses too.
+LAZY_SURFACES: tuple[tuple[str, str, str, str], ...] = (
+    ("openai.resources.beta.responses.responses", "Responses", "create", "chat"),
+    ("openai.resources.beta.responses.responses", "AsyncResponses", "create", "chat"),
 )
 
 # The stream() helpers' streams close the HTTP response past our proxy, and an exception
@@ -74,7 +82,8 @@ HELPER_SURFACES: tuple[tuple[str, str, str, str], ...] = (
 
 # openai.api.type of a surface's module (the Responses API's calls are "chat" operations too).
 _API_TYPES = {"openai.resources.chat.completions": "chat_completions",
-              "openai.resources.responses": "responses"}
+              "openai.resources.responses": "responses",
+              "openai.resources.beta.responses.responses": "responses"}
 
 # (class, method, what was there before, our wrapper) of every method wrapped now.
 _patched: list[tuple[type, str, Any, Any]] = []
@@ -99,6 +108,7 @@ _pristine: dict[tuple[type, str], Any] = {}
 # are below nothing then: only caches (the SDK's ``with_raw_response``, the app's) still call
 # them, and such a call is routed once, by that wrapper alone.
 _guarded = False
+_awaited: set[str] = set()  # LAZY_SURFACES modules with an import hook of ours still waiting
 
 
 def _sdk_types() -> tuple[Any, Any, Any, tuple[Any, ...]]:
@@ -391,6 +401,30 @@ def patch() -> None:
             _unpatch_locked()
             raise
         _guarded = layered
+    # Outside the lock: the hook runs at once (and takes the lock) when the module is there.
+    for module_name in dict.fromkeys(module for module, *_ in LAZY_SURFACES):
+        with _lock:
+            if module_name in _awaited:
+                continue  # its hook, waiting for the import, wraps it then
+            _awaited.add(module_name)
+        wrapt.register_post_import_hook(_wrap_lazy, module_name)
+
+
+def _wrap_lazy(module: Any) -> None:
+    """The post-import hook of a LAZY_SURFACES module: wrap its surfaces if the SDK is patched
+    (and they are not wrapped yet). Idempotent."""
+    global _guarded  # noqa: PLW0603 - module-level patch state
+    with _lock:
+        _awaited.discard(module.__name__)
+        if not _patched:
+            return  # uninstalled meanwhile: the next patch() wraps them
+        for module_name, class_name, method, operation in LAZY_SURFACES:
+            cls = getattr(module, class_name, None) if module_name == module.__name__ else None
+            if cls is None or method not in cls.__dict__ or any(
+                    entry[0] is cls and entry[1] == method for entry in _patched):
+                continue
+            factory = _async_wrapper if class_name.startswith("Async") else _sync_wrapper
+            _guarded |= _wrap(cls, method, factory, operation, _API_TYPES.get(module_name))
 
 
 def _wrap(cls: type, method: str, factory: Callable[..., Callable[..., Any]] | None,
