@@ -325,7 +325,9 @@ class Fallback(_Strict):
     on: list[FallbackOn] = Field(default_factory=lambda: list(ALL_FALLBACK_CLASSES))
     green_max_retries: int = Field(
         default=0, ge=0, le=10,
-        description="SDK retries on green before falling back (fallback enabled only).",
+        description="The SDK's retries on green (fallback enabled only): before a fallback, "
+                    "and for every failure the SDK retries that `on` leaves out (blue keeps the "
+                    "caller's retries).",
     )
 
 
