@@ -118,3 +118,23 @@ def test_env_var_holding_host_and_port_expands_to_that_host_and_port(
     monkeypatch.setenv("PROM_HOST", "prometheus.monitoring:9090")
     config = openai_bluegreen.load_config({"metrics_source": "http://${PROM_HOST}"})
     assert config.metrics_source == "http://prometheus.monitoring:9090"
+
+
+def test_an_sdk_without_the_responses_api_installs_and_routes_what_it_has(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An openai 1.x older than the Responses API has no ``openai.resources.responses``: the
+    surfaces it has are routed, and install() does not fail on the ones it lacks."""
+    import sys
+
+    from openai.resources.responses import Responses
+
+    before = Responses.__dict__["create"]
+    monkeypatch.setitem(sys.modules, "openai.resources.responses", None)  # import fails
+    install(rollout_config(green, weight=100))
+    monkeypatch.undo()
+    assert Responses.__dict__["create"] is before  # not wrapped
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    client.chat.completions.create(model="gpt-4.1", messages=MSGS)  # type: ignore[arg-type]
+    assert len(green.requests) == 1 and not blue.requests

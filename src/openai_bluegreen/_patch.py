@@ -382,7 +382,10 @@ def patch() -> None:
         layered = False
         try:
             for module_name, class_name, method, operation in SURFACES:
-                module = importlib.import_module(module_name)
+                try:
+                    module = importlib.import_module(module_name)
+                except ImportError:
+                    continue  # an SDK older than this API (openai.resources.responses)
                 cls = getattr(module, class_name, None)
                 if cls is None or method not in cls.__dict__:
                     continue  # older SDKs lack some surfaces (e.g. responses.parse)
