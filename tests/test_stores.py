@@ -408,3 +408,104 @@ def test_watchers_send_another_candidates_state_to_blue_and_adopt_old_states(
     assert adopted is not None and adopted.revision == revision_of(old.rollouts[0])
     assert adopted.phase is Phase.PROMOTED  # adopted as it was, not restarted
     adopter.stop()
+
+
+class _StuckSource:
+    """The counts set; on its next snapshot, runs ``during`` first (the look is stuck there)."""
+
+    def __init__(self) -> None:
+        from openai_bluegreen.sources import EnvStats, RolloutStats
+
+        self.stats = RolloutStats(EnvStats(), EnvStats())
+        self.during: Any = None
+
+    def snapshot(self, now: float) -> Any:
+        from openai_bluegreen.sources import Snapshot
+
+        during, self.during = self.during, None
+        if during is not None:
+            during()
+        return Snapshot(now, {"chat": self.stats})
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(params=["file", "redis"])
+def leased(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    """A shared store's URL, and a function that makes its leader lease run out now (the file
+    store's by its expiry time, Redis's by its own expiry)."""
+    if request.param == "file":
+        path = tmp_path / "state.json"
+
+        def expire_file() -> None:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            data["lease"]["expires"] = 0.0
+            path.write_text(json.dumps(data), encoding="utf-8")
+
+        yield f"file://{path}", expire_file
+        return
+    import redis
+
+    with redis_server(tmp_path) as server:
+        client = redis.Redis.from_url(server.url)
+
+        def expire_redis() -> None:
+            client.pexpire("openai-bluegreen:lease", 1)
+            while client.exists("openai-bluegreen:lease"):
+                pass
+
+        yield server.url, expire_redis
+        client.close()
+
+
+def test_a_watcher_whose_lease_ran_out_during_its_look_writes_nothing(
+        leased: tuple[str, Any]) -> None:
+    """Watcher A's look outlives its lease (stuck in its metric source); watcher B takes the
+    lease over and leads. A's decision on its old evidence (promote) used to be written all
+    the same, version compare-and-set or not: two leaders writing. The write is fenced on the
+    lease now: A writes nothing, knows it no longer leads, and B's state stands."""
+    from openai_bluegreen._watcher import Watcher
+    from openai_bluegreen.sources import EnvStats, RolloutStats
+
+    url, expire = leased
+    config = load_config({"rollouts": [{
+        **CONFIG["rollouts"][0],
+        "schedule": {"steps": [10, 100], "min_step_duration": "1m", "min_requests": 100},
+        "analysis": {"interval": "30s", "checks": [{"signal": "error_rate", "max": 0.2}]}}]})
+    now = [1_700_000_000.0]
+    source = _StuckSource()
+    a_store, b_store = open_store(url), open_store(url)
+    a = Watcher(config, a_store, source, clock=lambda: now[0])
+    b = Watcher(config, b_store, _StuckSource(), clock=lambda: now[0])
+    try:
+        a.look()  # A leads and starts the rollout
+        started = a_store.load("chat")
+        assert a.leader and started is not None and started.phase is Phase.PROGRESSING
+        now[0] += 120  # the step has its calls and its time, all healthy: A would promote
+        source.stats = RolloutStats(EnvStats(1000, 0), EnvStats(1000, 0))
+
+        b_decided: list[Action] = []
+
+        def taken_over() -> None:
+            expire()
+            b_decided.extend(d.action for d in b.look())
+
+        source.during = taken_over
+        assert a.look() == []
+        assert b.leader and b_decided == [Action.HOLD]  # B leads (its evidence starts anew)
+        assert not a.leader
+        assert a_store.load("chat") == started, "a watcher that lost its lease wrote"
+        from openai_bluegreen.stores import LeaseLost
+
+        with pytest.raises(LeaseLost):  # the store refuses it, whatever the caller does
+            a_store.compare_and_set(replace(started, version=started.version + 1),
+                                    started.version, holder=a.holder)
+        promoted = replace(started, version=started.version + 1, phase=Phase.PROMOTED,
+                           weight=100.0, step=None, step_started_at=None)
+        assert b_store.compare_and_set(promoted, started.version, holder=b.holder)
+    finally:
+        a.stop()
+        b.stop()
+        a_store.close()
+        b_store.close()

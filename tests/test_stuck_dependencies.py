@@ -288,8 +288,9 @@ def test_a_rollback_is_never_undone_by_the_lookers_slow_write(
     real_cas = FileStore.compare_and_set
     looker_wrote = threading.Event()
 
-    def slow_reply(self: FileStore, state: Any, expected: int | None) -> bool:
-        written = real_cas(self, state, expected)
+    def slow_reply(self: FileStore, state: Any, expected: int | None, *,
+                   holder: str | None = None) -> bool:
+        written = real_cas(self, state, expected, holder=holder)
         if (written and threading.current_thread().name == "openai-bluegreen-watcher"
                 and state.phase.value == "progressing"):
             looker_wrote.set()

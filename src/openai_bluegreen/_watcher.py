@@ -45,7 +45,7 @@ from ._version import __version__
 from .policy import Decision, Evidence, StepWindow, decide
 from .sources import CatchingUp, MetricSource, RolloutStats, Snapshot, SourceUnavailable
 from .sources.local import LocalSource
-from .stores import StateStore, StoreUnavailable, invalid_of, store_time
+from .stores import LeaseLost, StateStore, StoreUnavailable, invalid_of, store_time
 
 __all__ = ["Watcher"]
 
@@ -170,6 +170,7 @@ class Watcher:
         self.interval = min((r.effective_analysis.interval for r in self.rollouts.values()),
                             default=30.0)
         self.poll = min(poll, self.interval)
+        self._lease_ttl = 3 * self.interval + 1.0  # outlives a few missed looks, not more
         self._apply_weight = apply_weight
         self._clock = clock
         self._states: dict[str, RolloutState] = {}
@@ -330,7 +331,7 @@ class Watcher:
         except StoreUnavailable:  # reported by sync()
             self.leader = False
             return []
-        ttl = 3 * self.interval + 1.0
+        ttl = self._lease_ttl
         try:
             # Only the lease holder decides; a lease outlives a few missed looks, not more.
             self.leader = self.store.acquire_lease(self.holder, ttl=ttl)
@@ -361,11 +362,15 @@ class Watcher:
         # Put back what the store lost or went back on, never restart.
         for name, stored_version in sorted(self._missing.items()):
             try:
-                if self.store.compare_and_set(self._states[name], stored_version):
+                if self.store.compare_and_set(self._states[name], stored_version,
+                                              holder=self.holder):
                     logger.warning("openai-bluegreen watcher: the state store had %s rollout "
                                    "%s; restored the last known state",
                                    "lost" if stored_version is None else "an older state of",
                                    name)
+            except LeaseLost as exc:
+                self._lost_lease(exc)
+                return []
             except StoreUnavailable as exc:
                 self._set_problem(f"could not restore the state store's lost states: {exc}",
                                   kind="write")
@@ -390,7 +395,7 @@ class Watcher:
         decisions = []
         self._write_fault = None
         for rollout in self.rollouts.values():
-            if self._stop.is_set():  # stopped during a slow look: write nothing more
+            if self._stop.is_set() or not self.leader:  # stopped, or lost the lease: no more
                 break
             if rollout.name in self._unreadable:
                 continue  # its stored value is for a person to fix: nothing is decided on it
@@ -415,7 +420,11 @@ class Watcher:
                     update = replace(stored, revision=self._revisions[name],
                                      version=stored.version + 1)
                 try:
-                    written = self.store.compare_and_set(update, stored.version)
+                    written = self.store.compare_and_set(update, stored.version,
+                                                         holder=self.holder)
+                except LeaseLost as exc:
+                    self._lost_lease(exc)
+                    return None
                 except StoreUnavailable:
                     return None
                 if written:
@@ -460,7 +469,10 @@ class Watcher:
                 return None
             try:
                 written = self.store.compare_and_set(new, None if stored is None else
-                                                     stored.version)
+                                                     stored.version, holder=self.holder)
+            except LeaseLost as exc:
+                self._lost_lease(exc)
+                return None
             except StoreUnavailable as exc:
                 self._write_fault = f"state store unavailable, decision not written: {exc}"
                 return None
@@ -478,6 +490,16 @@ class Watcher:
             if fresh is not None:
                 self._remember(name, fresh)
         return None
+
+    def _lost_lease(self, exc: LeaseLost) -> None:
+        """The store refused a write: the lease ran out during this look (it took longer than
+        the lease's time to live) and another watcher may lead now. Nothing more is written on
+        this look's evidence, and the next look that gets the lease is a takeover."""
+        self.leader = False
+        self._led_until = None
+        self._set_problem(f"lost the leader lease during a look that took longer than the "
+                          f"lease ({self._lease_ttl:g}s), decision not written: {exc}",
+                          kind="lease")
 
     # -- evidence ------------------------------------------------------------------------
     def _snapshot_for(self, rollout: Rollout, state: RolloutState, snapshot: Snapshot | None,

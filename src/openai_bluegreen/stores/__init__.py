@@ -19,8 +19,9 @@ from typing import Any, Protocol, runtime_checkable
 from .._errors import BlueGreenError
 from .._rollout import MAX_VERSION, RolloutState
 
-__all__ = ["InvalidState", "StateStore", "StoreUnavailable", "StoreUnsupported", "StoredStates",
-           "check_version", "invalid_of", "open_store", "parse_stored", "store_time"]
+__all__ = ["InvalidState", "LeaseLost", "StateStore", "StoreUnavailable", "StoreUnsupported",
+           "StoredStates", "check_version", "invalid_of", "open_store", "parse_stored",
+           "store_time"]
 
 
 class StoreUnavailable(BlueGreenError):
@@ -30,6 +31,12 @@ class StoreUnavailable(BlueGreenError):
 class StoreUnsupported(StoreUnavailable):
     """The state store cannot be used here at all (a missing package, an unknown scheme): a
     configuration problem, not an outage."""
+
+
+class LeaseLost(StoreUnavailable):
+    """A write fenced by the leader lease (``compare_and_set(..., holder=...)``) was refused:
+    the writer no longer holds the lease (it ran out while the writer was busy, and another
+    watcher may be leading now). Nothing was written."""
 
 
 class InvalidState(StoreUnavailable):
@@ -145,13 +152,24 @@ class StateStore(Protocol):
         """
         ...
 
-    def compare_and_set(self, state: RolloutState, expected_version: int | None) -> bool:
+    def compare_and_set(self, state: RolloutState, expected_version: int | None, *,
+                        holder: str | None = None) -> bool:
         """Store ``state`` if the stored version is ``expected_version`` (``None``: absent).
+
+        Args:
+            state: The state to store.
+            expected_version: The version the writer read (``None``: none stored).
+            holder: Fence the write on the leader lease: store ``state`` only while ``holder``
+                holds the lease, checked in the same atomic step as the version. A watcher's
+                decisions pass it: a watcher whose look outlived its lease (a slow metric
+                source, a long pause) and that another watcher took over must not write what
+                it decided on its old evidence. ``None`` (an operator's action): not fenced.
 
         Returns:
             Whether the write happened (``False``: someone else wrote first; re-read).
 
         Raises:
+            LeaseLost: ``holder`` does not hold the lease; nothing was written.
             StoreUnavailable: The store cannot be written.
         """
         ...

@@ -3,7 +3,9 @@
 Writes take an exclusive ``flock`` on ``<path>.lock``, re-read the file, check the version,
 write a temporary file in the same directory, ``fsync`` it and ``os.replace`` it over the
 original, so readers (who take no lock) always see a whole file, and a crash mid-write leaves
-the previous file intact. A file that does not parse is never overwritten. A writer waits at
+the previous file intact. The leader lease lives in the same file, so a watcher's write checks
+it still holds the lease under the same lock. A file that does not parse is never overwritten. A
+writer waits at
 most :data:`LOCK_TIMEOUT` seconds for the lock (another process may hold it, stuck or
 stopped), then raises :class:`StoreUnavailable` naming the lock file.
 """
@@ -22,7 +24,14 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .._rollout import REPAIR_HINT, RolloutState
-from . import InvalidState, StoredStates, StoreUnavailable, check_version, parse_stored
+from . import (
+    InvalidState,
+    LeaseLost,
+    StoredStates,
+    StoreUnavailable,
+    check_version,
+    parse_stored,
+)
 
 __all__ = ["LOCK_TIMEOUT", "FileStore"]
 
@@ -143,10 +152,14 @@ class FileStore:
                 raise StoreUnavailable(f"cannot lock {str(self._lock_path)!r}: "
                                        f"{exc.strerror}") from exc
 
-    def compare_and_set(self, state: RolloutState, expected_version: int | None) -> bool:
+    def compare_and_set(self, state: RolloutState, expected_version: int | None, *,
+                        holder: str | None = None) -> bool:
         check_version(state)
         with self._locked():
             data = self._read()
+            if holder is not None and _lease_holder(data, time.time()) != holder:
+                raise LeaseLost(f"state file {str(self.path)!r}: the leader lease is no longer "
+                                f"held by {holder!r}; rollout {state.rollout!r} not written")
             current = data["rollouts"].get(state.rollout)
             version = None if current is None else current.get("version")
             if version != expected_version:
@@ -194,12 +207,7 @@ class FileStore:
         with self._locked():
             now = time.time()
             data = self._read()
-            lease = data.get("lease")
-            try:
-                expires = float(lease.get("expires", 0.0)) if isinstance(lease, dict) else 0.0
-            except (TypeError, ValueError):
-                expires = 0.0  # an unreadable lease is an expired one
-            if isinstance(lease, dict) and lease.get("holder") != holder and expires > now:
+            if _lease_holder(data, now) not in (None, holder):
                 return False
             data["lease"] = {"holder": holder, "expires": now + ttl}
             self._write(data)
@@ -215,6 +223,18 @@ class FileStore:
 
     def close(self) -> None:
         """Nothing held between calls."""
+
+
+def _lease_holder(data: dict[str, Any], now: float) -> object:
+    """Who holds the lease in the file at ``now`` (``None``: nobody; it ran out)."""
+    lease = data.get("lease")
+    if not isinstance(lease, dict):
+        return None
+    try:
+        expires = float(lease.get("expires", 0.0))
+    except (TypeError, ValueError):
+        return None  # an unreadable lease is an expired one
+    return lease.get("holder") if expires > now else None
 
 
 def _text(raw: Any) -> str:

@@ -26,7 +26,9 @@ class MemoryStore:
     def load_all(self) -> Mapping[str, RolloutState]:
         return dict(self._states)
 
-    def compare_and_set(self, state: RolloutState, expected_version: int | None) -> bool:
+    def compare_and_set(self, state: RolloutState, expected_version: int | None, *,
+                        holder: str | None = None) -> bool:
+        """``holder`` is not checked: in one process the lease is always this process's."""
         check_version(state)
         with self._lock:
             current = self._states.get(state.rollout)

@@ -8,7 +8,8 @@ Layout (``openai-bluegreen`` is the namespace, ``?namespace=x`` in the URL chang
     openai-bluegreen:changes           pub/sub channel: the rollout name after each write
 
 Every write is one Lua script (compare the stored ``version`` with the expected one, ``SET``,
-``PUBLISH``), so two writers never lose each other's update. Calls fail fast: short socket
+``PUBLISH``), so two writers never lose each other's update; a watcher's write also checks, in
+the same script, that the lease is still its own. Calls fail fast: short socket
 timeouts and no client-side retries, so a dead Redis costs a caller at most ~1 s and raises
 :class:`StoreUnavailable` naming the masked URL; redis-py reconnects by itself on the next call
 once Redis is back. Followers :meth:`RedisStore.subscribe` to the channel to hear about writes
@@ -33,7 +34,14 @@ from redis.retry import Retry
 
 from .._config import mask_url
 from .._rollout import REPAIR_HINT, RolloutState
-from . import InvalidState, StoredStates, StoreUnavailable, check_version, parse_stored
+from . import (
+    InvalidState,
+    LeaseLost,
+    StoredStates,
+    StoreUnavailable,
+    check_version,
+    parse_stored,
+)
 
 __all__ = ["RedisStore"]
 
@@ -43,9 +51,11 @@ DEFAULT_NAMESPACE = "openai-bluegreen"
 CONNECT_TIMEOUT = 0.5
 SOCKET_TIMEOUT = 1.0
 
-# KEYS: state key, rollout-name set. ARGV: expected version ('' = absent), JSON, rollout,
-# channel. Returns 1 written, 0 someone else wrote first, -1 the stored value is not a state.
+# KEYS: state key, rollout-name set, lease key. ARGV: expected version ('' = absent), JSON,
+# rollout, channel, lease holder ('' = not fenced). Returns 1 written, 0 someone else wrote
+# first, -1 the stored value is not a state, -2 the lease is not the holder's.
 _CAS = """
+if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then return -2 end
 local current = redis.call('GET', KEYS[1])
 if current then
   if ARGV[1] == '' then return 0 end
@@ -337,15 +347,19 @@ class RedisStore:
                 out.invalid[name] = str(exc)
         return out
 
-    def compare_and_set(self, state: RolloutState, expected_version: int | None) -> bool:
+    def compare_and_set(self, state: RolloutState, expected_version: int | None, *,
+                        holder: str | None = None) -> bool:
         check_version(state)
         data = json.dumps(state.to_dict(), separators=(",", ":"), sort_keys=True)
         try:
-            result = self._cas(keys=[self._key(state.rollout), self._index_key],
+            result = self._cas(keys=[self._key(state.rollout), self._index_key, self._lease_key],
                                args=["" if expected_version is None else str(expected_version),
-                                     data, state.rollout, self._channel])
+                                     data, state.rollout, self._channel, holder or ""])
         except RedisError as exc:
             raise self._unavailable(exc, f"writing rollout {state.rollout!r}") from None
+        if int(result) == -2:
+            raise LeaseLost(f"Redis at {self.url}: the leader lease is no longer held by "
+                            f"{holder!r}; rollout {state.rollout!r} not written")
         if int(result) < 0:
             raise StoreUnavailable(
                 f"Redis at {self.url}: key {self._key(state.rollout)!r} is not a valid rollout "
