@@ -304,6 +304,37 @@ def test_file_store_reports_an_unwritable_location(tmp_path: Path) -> None:
         apply_action(store, rollout, Action.PAUSE, actor="a", reason="")
 
 
+def test_file_store_syncs_the_directory_after_replacing_the_state_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The temporary file was fsynced, then renamed over the state file, and the directory
+    never synced: after a power cut the directory could still name the previous file, and an
+    acknowledged write (an operator's rollback) would be undone."""
+    import os
+    import stat
+
+    done: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced = os.fstat(fd)
+        if not stat.S_ISDIR(synced.st_mode):
+            done.append("fsync file")
+        elif os.path.samestat(synced, os.stat(path.parent)):
+            done.append("fsync its directory")
+
+    def replace_(src: Any, dst: Any) -> None:
+        real_replace(src, dst)
+        done.append(f"replace {dst}")
+
+    path = tmp_path / "state" / "rollouts.json"
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace_)
+    store = open_store(f"file://{path}")
+    assert store.compare_and_set(initial_state(load_config(CONFIG).rollouts[0]), None)
+    assert done == ["fsync file", f"replace {path}", "fsync its directory"], done
+
+
 def test_unknown_store_urls_are_refused_by_name() -> None:
     with pytest.raises(StoreUnavailable, match="unknown state store 'etcd://x'"):
         open_store("etcd://x")

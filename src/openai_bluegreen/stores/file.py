@@ -1,11 +1,11 @@
 """The ``file://`` state store: one JSON file shared by processes on one host.
 
 Writes take an exclusive ``flock`` on ``<path>.lock``, re-read the file, check the version,
-write a temporary file in the same directory, ``fsync`` it and ``os.replace`` it over the
-original, so readers (who take no lock) always see a whole file, and a crash mid-write leaves
-the previous file intact. The leader lease lives in the same file, so a watcher's write checks
-it still holds the lease under the same lock. A file that does not parse is never overwritten. A
-writer waits at
+write a temporary file in the same directory, ``fsync`` it, ``os.replace`` it over the
+original and ``fsync`` the directory, so readers (who take no lock) always see a whole file,
+a crash mid-write leaves the previous file intact, and a write that returned survives a power
+cut. The leader lease lives in the same file, so a watcher's write checks it still holds the
+lease under the same lock. A file that does not parse is never overwritten. A writer waits at
 most :data:`LOCK_TIMEOUT` seconds for the lock (another process may hold it, stuck or
 stopped), then raises :class:`StoreUnavailable` naming the lock file.
 """
@@ -13,6 +13,7 @@ stopped), then raises :class:`StoreUnavailable` naming the lock file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -198,6 +199,7 @@ class FileStore:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
+            _sync_directory(self.path.parent)
         except OSError as exc:
             raise StoreUnavailable(f"cannot write state file {str(self.path)!r}: "
                                    f"{exc.strerror}") from exc
@@ -223,6 +225,22 @@ class FileStore:
 
     def close(self) -> None:
         """Nothing held between calls."""
+
+
+def _sync_directory(path: Path) -> None:
+    """``fsync`` the directory after a replace: the file's own ``fsync`` makes its contents
+    durable, not the rename that gave them its name, so after a power cut the directory could
+    still name the previous file (an operator's acknowledged rollback undone)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+        # A file system that cannot sync a directory (some network and FUSE ones): nothing
+        # more can be done, and the write itself took place.
+    finally:
+        os.close(fd)
 
 
 def _lease_holder(data: dict[str, Any], now: float) -> object:
