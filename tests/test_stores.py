@@ -335,6 +335,38 @@ def test_file_store_syncs_the_directory_after_replacing_the_state_file(
     assert done == ["fsync file", f"replace {path}", "fsync its directory"], done
 
 
+def test_file_store_honours_the_umask_and_keeps_an_operators_chmod(tmp_path: Path) -> None:
+    """Every write made the state file 0644, whatever the umask (077: private files) and
+    whatever mode an operator had given it (chmod 600 was undone by the next write): readable
+    by every user on the host. It is never writable by others either way."""
+    import os
+    import stat
+
+    path = tmp_path / "state.json"
+    store = open_store(f"file://{path}")
+    rollout = load_config(CONFIG).rollouts[0]
+
+    def mode() -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    old = os.umask(0o077)
+    try:
+        apply_action(store, rollout, Action.PAUSE, actor="a", reason="", now=1.0)
+    finally:
+        os.umask(old)
+    assert mode() == 0o600
+    path.chmod(0o640)  # an operator lets a group read it
+    apply_action(store, rollout, Action.RESUME, actor="a", reason="", now=2.0)
+    assert mode() == 0o640
+    path.unlink()
+    old = os.umask(0)
+    try:
+        apply_action(store, rollout, Action.PAUSE, actor="a", reason="", now=3.0)
+    finally:
+        os.umask(old)
+    assert mode() == 0o644  # no umask at all: still not writable by others
+
+
 def test_unknown_store_urls_are_refused_by_name() -> None:
     with pytest.raises(StoreUnavailable, match="unknown state store 'etcd://x'"):
         open_store("etcd://x")

@@ -17,7 +17,8 @@ import errno
 import fcntl
 import json
 import os
-import tempfile
+import secrets
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,14 +187,20 @@ class FileStore:
 
     def _write(self, data: dict[str, Any]) -> None:
         try:
-            fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp",
-                                       dir=self.path.parent)
+            # Created 0644 less the umask (mkstemp's 0600 was widened to 0644 whatever the
+            # umask): readable by other users' status where the umask allows, writable by no
+            # one else; then given the mode of the file it replaces, so an operator's chmod
+            # (600 to keep it private) is not undone by the next write.
+            tmp = self.path.with_name(f"{self.path.name}.{secrets.token_hex(8)}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o644)
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.fchmod(handle.fileno(), stat.S_IMODE(os.stat(self.path).st_mode))
                     json.dump(data, handle, indent=1, sort_keys=True)
                     handle.flush()
                     os.fsync(handle.fileno())
-                os.chmod(tmp, 0o644)
                 os.replace(tmp, self.path)
             except BaseException:
                 with contextlib.suppress(OSError):
