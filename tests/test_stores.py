@@ -271,6 +271,50 @@ def test_a_null_entry_is_a_bad_value_for_every_reader_and_a_valid_one_is_never_r
         apply_action(store, rollout, Action.PAUSE, actor="a", reason="x")
 
 
+@pytest.mark.parametrize("kind", ["file", "redis"])
+def test_compare_and_set_never_writes_over_a_value_that_is_not_a_state(
+        kind: str, tmp_path: Path) -> None:
+    """Only replace_invalid writes over a bad value, on every store. The file store's
+    compare-and-set wrote a fresh state over a null entry or one without a version (Redis
+    refused both), and raised AttributeError on an entry that is not an object."""
+    import contextlib
+
+    import redis
+
+    bad_values = ['"oops"', "null", '{"rollout": "chat", "phase": "promoted"}',
+                  '{"rollout": "chat", "version": true}']
+    fresh = initial_state(load_config(CONFIG).rollouts[0])
+    with contextlib.ExitStack() as stack:
+        if kind == "redis":
+            server = stack.enter_context(redis_server(tmp_path))
+            client = stack.enter_context(redis.Redis.from_url(server.url))
+            store = open_store(server.url)
+
+            def put(raw: str) -> None:
+                client.set("openai-bluegreen:state:chat", raw)
+
+            def stored() -> Any:
+                return client.get("openai-bluegreen:state:chat").decode()
+        else:
+            path = tmp_path / "state.json"
+            store = open_store(f"file://{path}")
+
+            def put(raw: str) -> None:
+                path.write_text(f'{{"format": 1, "rollouts": {{"chat": {raw}}}}}',
+                                encoding="utf-8")
+
+            def stored() -> Any:
+                return json.dumps(json.loads(path.read_text(encoding="utf-8"))["rollouts"]["chat"])
+        stack.callback(store.close)
+        for raw in bad_values:
+            put(raw)
+            before = stored()
+            assert not store.compare_and_set(fresh, None), raw  # a value is there
+            with pytest.raises(StoreUnavailable, match="not a valid"):
+                store.compare_and_set(fresh, 0)
+            assert stored() == before, raw
+
+
 def test_a_long_reason_for_a_bad_value_is_cut_in_the_history(tmp_path: Path) -> None:
     path, store, rollout = _paused_file_store(tmp_path)
     _edit(path, weight="w" * 5000)

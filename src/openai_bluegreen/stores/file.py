@@ -162,10 +162,20 @@ class FileStore:
             if holder is not None and _lease_holder(data, time.time()) != holder:
                 raise LeaseLost(f"state file {str(self.path)!r}: the leader lease is no longer "
                                 f"held by {holder!r}; rollout {state.rollout!r} not written")
-            current = data["rollouts"].get(state.rollout)
-            version = None if current is None else current.get("version")
-            if version != expected_version:
-                return False
+            if state.rollout not in data["rollouts"]:
+                if expected_version is not None:
+                    return False
+            elif expected_version is None:
+                return False  # an entry is there, even a null one: not absent (as on Redis)
+            else:
+                # As the Redis script does: only replace_invalid writes over a value that is not
+                # a state; one without a numeric version cannot even be compared.
+                current = data["rollouts"][state.rollout]
+                version = current.get("version") if isinstance(current, dict) else None
+                if isinstance(version, bool) or not isinstance(version, int | float):
+                    raise StoreUnavailable(self._invalid(state.rollout, "no numeric version"))
+                if version != expected_version:
+                    return False
             data["rollouts"][state.rollout] = state.to_dict()
             data["format"] = _FORMAT
             self._write(data)
