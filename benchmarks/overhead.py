@@ -312,7 +312,7 @@ def report(sync: dict[str, list[float]], flushes: dict[str, list[float]],
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small run; do not write the file")
-    parser.add_argument("--rounds", type=_at_least_one, default=20)
+    parser.add_argument("--rounds", type=_at_least_one, default=40)
     parser.add_argument("--block", type=_at_least_one, default=300)
     parser.add_argument("--async-rounds", type=_at_least_one, default=30)
     parser.add_argument("--async-block", type=_at_least_one, default=1000)
