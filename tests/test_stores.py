@@ -411,6 +411,32 @@ def test_file_store_honours_the_umask_and_keeps_an_operators_chmod(tmp_path: Pat
     assert mode() == 0o644  # no umask at all: still not writable by others
 
 
+def test_file_store_write_keeps_the_owner_and_group_an_operator_gave_the_state_file(
+    tmp_path: Path,
+) -> None:
+    """A write kept the replaced file's mode but not its group (nor, for a watcher running as
+    root, its owner): after ``chgrp ops; chmod 640`` the next write left a 640 file of the
+    writer's group, which the ops group could no longer read."""
+    import os
+
+    path = tmp_path / "state.json"
+    store = open_store(f"file://{path}")
+    rollout = load_config(CONFIG).rollouts[0]
+    apply_action(store, rollout, Action.PAUSE, actor="a", reason="", now=1.0)
+    if os.geteuid() == 0:
+        owner, group = 65534, 65534
+    else:
+        others = [g for g in os.getgroups() if g != path.stat().st_gid]
+        if not others:
+            pytest.skip("needs root, or a second group this user is in")
+        owner, group = os.geteuid(), others[0]
+    os.chown(path, owner, group)
+    path.chmod(0o640)
+    apply_action(store, rollout, Action.RESUME, actor="a", reason="", now=2.0)
+    kept = path.stat()
+    assert (kept.st_uid, kept.st_gid, kept.st_mode & 0o777) == (owner, group, 0o640)
+
+
 def test_unknown_store_urls_are_refused_by_name() -> None:
     with pytest.raises(StoreUnavailable, match="unknown state store 'etcd://x'"):
         open_store("etcd://x")

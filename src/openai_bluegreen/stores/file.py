@@ -199,15 +199,16 @@ class FileStore:
         try:
             # Created 0644 less the umask (mkstemp's 0600 was widened to 0644 whatever the
             # umask): readable by other users' status where the umask allows, writable by no
-            # one else; then given the mode of the file it replaces, so an operator's chmod
-            # (600 to keep it private) is not undone by the next write.
+            # one else; then given the mode and, where this process may, the owner and group of
+            # the file it replaces, so an operator's chmod (600 to keep it private, 640 with a
+            # chgrp to let a group read it) is not undone by the next write.
             tmp = self.path.with_name(f"{self.path.name}.{secrets.token_hex(8)}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o644)
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as handle:
                     with contextlib.suppress(FileNotFoundError):
-                        os.fchmod(handle.fileno(), stat.S_IMODE(os.stat(self.path).st_mode))
+                        _keep_ownership(handle.fileno(), os.stat(self.path))
                     json.dump(data, handle, indent=1, sort_keys=True)
                     handle.flush()
                     os.fsync(handle.fileno())
@@ -242,6 +243,20 @@ class FileStore:
 
     def close(self) -> None:
         """Nothing held between calls."""
+
+
+def _keep_ownership(fd: int, replaced: os.stat_result) -> None:
+    """Give the new file (``fd``) the owner, group and mode of the file it replaces. A kept
+    mode without the group is worse than none: a 640 file that a group read would pass to the
+    writer's group. Owner and group are kept as far as this process may set them (root: both;
+    another user: a group it is in), before the mode (a chown clears set-id bits)."""
+    for uid, gid in ((replaced.st_uid, replaced.st_gid), (-1, replaced.st_gid)):
+        try:
+            os.fchown(fd, uid, gid)
+            break
+        except OSError:
+            continue
+    os.fchmod(fd, stat.S_IMODE(replaced.st_mode))
 
 
 def _sync_directory(path: Path) -> None:
