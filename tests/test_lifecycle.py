@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import openai
+import pytest
 import wrapt
 
 import openai_bluegreen
@@ -437,3 +438,44 @@ def test_each_client_keeps_its_own_derived_green_client(
     timeouts = {"11": "a", "11.0": "a", "12": "b", "12.0": "b"}
     assert [timeouts[r.headers["x-stainless-read-timeout"]] for r in green.requests] == order
     assert not blue.requests
+
+
+def test_a_call_arriving_as_a_lazy_surface_is_wrapped_over_a_layer_of_ours_is_routed_once(
+    install: Any, telemetry: Telemetry, blue: SimulatedUpstream, green: SimulatedUpstream,
+    monkeypatch: Any,
+) -> None:
+    """install() wraps ``client.beta.responses`` from its import hook. Where an older layer of
+    ours is below (in a monkeypatch's closure), the double-routing guard must be on from the
+    moment the new wrapper is on the class, as install() does for the eager surfaces: a call
+    that came in just then was routed by both layers."""
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    if not hasattr(client.beta, "responses"):
+        pytest.skip("this SDK has no client.beta.responses")
+    from openai.resources.beta.responses.responses import Responses
+
+    before = Responses.__dict__["create"]
+    config = rollout_config(green, weight=0)
+    config["rollouts"][0]["blue"]["model"] = "gpt-4.1"  # the model a lower layer matches too
+    install(config)
+    kept = Responses.create
+
+    def other(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return kept(self, *args, **kwargs)
+
+    Responses.create = other  # type: ignore[method-assign]  # ours is lost: install() again
+    wrap = wrapt.wrap_function_wrapper
+
+    def wrap_then_call(cls: Any, name: str, wrapper: Any) -> Any:
+        done = wrap(cls, name, wrapper)
+        if cls is Responses:  # a call arriving right after the new wrapper is on the class
+            client.beta.responses.create(model="gpt-4.1", input="x")
+        return done
+
+    monkeypatch.setattr(wrapt, "wrap_function_wrapper", wrap_then_call)
+    try:
+        install(config)
+        monkeypatch.undo()
+        assert len(telemetry.spans()) == 1  # one routing decision
+    finally:
+        openai_bluegreen.uninstall()
+        Responses.create = before  # type: ignore[method-assign]

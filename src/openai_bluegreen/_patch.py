@@ -427,7 +427,11 @@ def _wrap_lazy(module: Any) -> None:
                     entry[0] is cls and entry[1] == method for entry in _patched):
                 continue
             factory = _async_wrapper if class_name.startswith("Async") else _sync_wrapper
-            _guarded |= _wrap(cls, method, factory, operation, _API_TYPES.get(module_name))
+            # On while wrapping, as in patch(): a call may reach the new wrapper before _wrap
+            # has said whether an older layer of ours is below it.
+            guarded, _guarded = _guarded, True
+            _guarded = guarded | _wrap(cls, method, factory, operation,
+                                       _API_TYPES.get(module_name))
 
 
 def _wrap(cls: type, method: str, factory: Callable[..., Callable[..., Any]] | None,
