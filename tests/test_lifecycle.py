@@ -479,3 +479,42 @@ def test_a_call_arriving_as_a_lazy_surface_is_wrapped_over_a_layer_of_ours_is_ro
     finally:
         openai_bluegreen.uninstall()
         Responses.create = before  # type: ignore[method-assign]
+
+
+def test_after_a_reload_of_the_patch_module_a_reinstall_routes_each_call_once(
+    blue: SimulatedUpstream, green: SimulatedUpstream,
+) -> None:
+    """``importlib.reload()`` of our patch module forgets the wrappers it put on the SDK: they
+    stay on the classes, and the next install() wraps over them. Each call is still routed
+    once (the wrapper found below is ours, so every call checks)."""
+    script = textwrap.dedent("""
+        import importlib, os
+        import openai
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        import openai_bluegreen
+        from openai_bluegreen import _patch
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        config = {"rollouts": [{"name": "r", "match": {"model": "gpt-4.1"},
+            "blue": {"model": "gpt-4.1"},
+            "green": {"model": "green-model", "base_url": os.environ["GREEN_URL"]},
+            "weight": 50}]}
+        openai_bluegreen.install(config, tracer_provider=provider)
+        importlib.reload(_patch)
+        openai_bluegreen.uninstall()
+        openai_bluegreen.install(config, tracer_provider=provider)
+        c = openai.OpenAI(base_url=os.environ["BLUE_URL"], api_key="k", max_retries=0)
+        for i in range(40):
+            c.chat.completions.create(model="gpt-4.1", messages=[{"role": "user",
+                                      "content": "x"}], user=f"u{i}")
+        openai_bluegreen.flush()
+        print(len(exporter.get_finished_spans()))
+    """)
+    env = {**os.environ, "BLUE_URL": blue.base_url, "GREEN_URL": green.base_url}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "40"  # one span, one routing decision, per call

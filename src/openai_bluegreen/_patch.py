@@ -455,17 +455,23 @@ def _none_of_ours_in(cls: type, method: str, below: Any) -> bool:
     """Whether ``below`` (what a wrapper of ours wraps) surely holds no wrapper of ours: it is
     what the method was when we first wrapped it, or reaches that through ``__wrapped__``
     links (wrapt's, ``functools.wraps``'s) without meeting one of ours. Anything else (a
-    closure, say) may call one of ours."""
-    pristine = _pristine.setdefault((cls, method), below)
+    closure, say) may call one of ours. What we first wrapped is never one of ours: a wrapper
+    of ours found there (left on the class by a ``reload()`` of this module, which forgot it)
+    is a layer below."""
+    pristine = _pristine.get((cls, method))
+    link = below
     for _ in range(64):
-        if below is pristine:
+        if link is pristine:
             return True
-        wrapper_function = getattr(below, "_self_wrapper", None)
+        wrapper_function = getattr(link, "_self_wrapper", None)
         if getattr(wrapper_function, "__module__", None) == __name__:
             return False
-        below = getattr(below, "__wrapped__", None)
-        if below is None:
-            return False
+        link = getattr(link, "__wrapped__", None)
+        if link is None:
+            if pristine is not None:
+                return False
+            _pristine[(cls, method)] = below  # first sight, and no layer of ours in it
+            return True
     return False
 
 
