@@ -258,3 +258,23 @@ def test_a_lease_acquired_after_stop_released_it_is_released_by_the_look() -> No
     store.go.set()  # the stuck acquire lands now
     looking.join(5)
     assert store.lease is None, "the look kept a lease it acquired after stop()"
+
+
+def test_status_shows_a_history_time_out_of_the_clocks_range_instead_of_crashing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A stored history entry's ``at`` is checked to be a finite number, and -1e20 is one; status
+    then died in time.localtime() with an OverflowError traceback (plain and rich alike)."""
+    config = _write(tmp_path, {"state": f"file://{tmp_path}/state.json",
+                               "rollouts": [_rollout("chat", schedule={"steps": [10, 100]})]})
+    assert main(["pause", "chat", "--reason", "freeze", "--config", str(config)]) == 0
+    path = tmp_path / "state.json"
+    data = json.loads(path.read_text())
+    data["rollouts"]["chat"]["history"][0]["at"] = -1e20
+    path.write_text(json.dumps(data))
+    for plain in ("1", ""):
+        monkeypatch.setenv("OPENAI_BLUEGREEN_PLAIN", plain)
+        capsys.readouterr()
+        assert main(["status", "--config", str(config)]) == 0
+        out = capsys.readouterr().out
+        assert "-1e+20" in out and "freeze" in out, out

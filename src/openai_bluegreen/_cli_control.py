@@ -42,7 +42,10 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _fmt_time(at: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    except (OverflowError, OSError, ValueError):  # a stored time past what the OS can show
+        return f"{at:<19g}"
 
 
 MAX_WINDOW = 6 * 3600.0  # status/watch --window: read in at most REBUILD_PIECES queries
