@@ -416,6 +416,19 @@ def test_non_utf8_file_is_refused_naming_the_file(tmp_path: Path) -> None:
 SECRET = "sk-proj-SECRETabc123XYZ"
 
 
+@pytest.mark.parametrize("query", ["password=hunter2", "namespace=app&password=hunter2",
+                                   f"x={SECRET}"])
+def test_a_password_in_the_redis_urls_query_is_refused_without_echoing_it(query: str) -> None:
+    """redis-py reads ``?password=``; the store's URL check refused it, quoting it whole."""
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config({**good(), "state": f"redis://h:6379/0?{query}"})
+    message = str(caught.value)
+    assert "state: must not hold credentials" in message and "=***'" in message, message
+    assert "hunter2" not in message and SECRET not in message
+    assert openai_bluegreen.load_config(
+        {**good(), "state": "redis://h:6379/0?namespace=app"}).state.endswith("namespace=app")
+
+
 def test_credentials_in_base_url_are_refused_and_masked() -> None:
     with pytest.raises(ConfigError) as caught:
         openai_bluegreen.load_config(with_change("green.base_url", f"http://u:{SECRET}@h/v1"))

@@ -563,6 +563,8 @@ class Config(_Strict):
                                  f"must be empty or localhost) (got {mask_url(value)!r})")
             return value
         if value.startswith(("redis://", "rediss://")):
+            # redis-py also reads ?password=: refused below, so it must not be echoed there.
+            _refuse_query_secret(value, "give the password as redis://:PASSWORD@host")
             if not _REDIS_RE.match(value):
                 raise ValueError(f"must look like redis://[:password@]host[:port][/db] "
                                  f"(got {mask_url(value)!r})")
