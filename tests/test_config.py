@@ -242,11 +242,26 @@ def test_duplicate_names_and_overlapping_matches_are_refused(
     monkeypatch.setenv("GREEN_API_KEY", GREEN_KEY)
     config = good()
     config["rollouts"].append(dict(config["rollouts"][0]))
-    with pytest.raises(ConfigError, match=r"rollouts\[1\].name 'chat-upgrade' repeats"):
+    with pytest.raises(ConfigError, match=r"rollouts\[1\].name: repeats rollouts\[0\].name "
+                       r"\(got 'chat-upgrade'\)"):
         openai_bluegreen.install(config)
     config["rollouts"][1] = {**config["rollouts"][0], "name": "other"}
     with pytest.raises(ConfigError, match=r"'gpt-4\.1' is already taken by rollout 'chat-upgrade'"):
         openai_bluegreen.install(config)
+
+
+def test_duplicate_rollout_names_are_reported_at_their_field_path() -> None:
+    """The problems were ``[("(config)", "rollouts[1].name 'r' repeats rollouts[0] (got a
+    mapping with keys: rollouts)")]``: no field path, and a value that was not the bad one."""
+    first = good()["rollouts"][0]
+    config = {"rollouts": [first, {**first, "match": {"model": "other"}},
+                           {**first, "name": "third"}]}
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config(config)
+    assert caught.value.problems == [
+        ("rollouts[1].name", "repeats rollouts[0].name (got 'chat-upgrade')"),
+        ("rollouts[2].match.model", "'gpt-4.1' is already taken by rollout 'chat-upgrade'")]
+    assert "mapping with keys" not in str(caught.value)
 
 
 def test_every_problem_is_reported_at_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,6 +26,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from ._errors import ConfigError
 from ._telemetry import DURATION_BUCKETS
@@ -70,6 +71,7 @@ _RESERVED_PARAMS = frozenset({"model", "stream", "messages", "input", "prompt"})
 _REDIS_RE = re.compile(
     rf"^rediss?://([^@/\s]*@)?{_HOST}(:\d{{1,5}})?(/\d{{1,2}})?/?(\?namespace=[A-Za-z0-9_.-]+)?$")
 _SCHEME_RE = re.compile(r"^[a-z][a-z0-9+.-]*://")
+_FIELD_PROBLEMS = "bluegreen_field_problems"  # a model check's problems, each at its own path
 
 
 def mask_url(url: str) -> str:
@@ -596,20 +598,24 @@ class Config(_Strict):
     def _check_unique(self) -> Config:
         seen_names: dict[str, int] = {}
         seen_models: dict[str, str] = {}
+        problems: list[tuple[str, str]] = []
         for i, rollout in enumerate(self.rollouts):
             if rollout.name in seen_names:
-                raise ValueError(
-                    f"rollouts[{i}].name {rollout.name!r} repeats "
-                    f"rollouts[{seen_names[rollout.name]}]"
-                )
-            seen_names[rollout.name] = i
+                problems.append((f"rollouts[{i}].name",
+                                 f"repeats rollouts[{seen_names[rollout.name]}].name "
+                                 f"(got {rollout.name!r})"))
+            seen_names.setdefault(rollout.name, i)
             for model in rollout.match.model:
                 if model in seen_models:
-                    raise ValueError(
-                        f"rollouts[{i}].match.model {model!r} is already taken by rollout "
-                        f"{seen_models[model]!r}"
-                    )
-                seen_models[model] = rollout.name
+                    problems.append((f"rollouts[{i}].match.model", f"{model!r} is already "
+                                     f"taken by rollout {seen_models[model]!r}"))
+                seen_models.setdefault(model, rollout.name)
+        if problems:
+            # Each with its own field path: a ValueError here is reported on the whole config.
+            raise PydanticCustomError(
+                _FIELD_PROBLEMS, "{summary}",
+                {"summary": "; ".join(f"{path}: {why}" for path, why in problems),
+                 "problems": problems})
         return self
 
 
@@ -660,6 +666,9 @@ def _show_value(loc: tuple[int | str, ...], value: Any) -> str:
 def _problems(error: ValidationError) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     for item in error.errors(include_url=False):
+        if item["type"] == _FIELD_PROBLEMS:
+            problems += item["ctx"]["problems"]
+            continue
         loc = tuple(item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
