@@ -766,3 +766,17 @@ def test_values_no_request_could_carry_are_refused(green: dict[str, Any], messag
     with pytest.raises(ConfigError, match=message):
         openai_bluegreen.load_config({"rollouts": [{
             "name": "r", "match": {"model": "m"}, "blue": {"model": "a"}, "green": green}]})
+
+
+def test_a_repeated_key_in_a_json_config_is_refused_with_its_path(tmp_path: Path) -> None:
+    """YAML and TOML refuse a repeated key; JSON kept the last one silently, so a
+    ``"state"`` given twice ran with whichever came second."""
+    rollout = json.dumps(good()["rollouts"][0])
+    path = tmp_path / "openai-bluegreen.json"
+    path.write_text('{"state": "file:///tmp/a.json", "state": "memory", "rollouts": ['
+                    + rollout[:-1] + ', "weight": 5, "weight": 50}]}')
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config(path)
+    assert caught.value.problems == [
+        ("state", "duplicate key; each key may appear once"),
+        ("rollouts[0].weight", "duplicate key; each key may appear once")]

@@ -762,6 +762,42 @@ def _load_yaml(text: str, path: Path) -> Any:
         loader.dispose()
 
 
+class _JsonObject(dict[str, Any]):
+    """A JSON object as parsed, with the keys it repeated (``json`` keeps the last silently)."""
+
+    repeated: list[str]
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> _JsonObject:
+    out, seen = _JsonObject(pairs), set()
+    out.repeated = []
+    for key, _ in pairs:
+        if key in seen:
+            out.repeated.append(key)
+        seen.add(key)
+    return out
+
+
+def _json_repeats(value: Any, loc: tuple[int | str, ...],
+                  problems: list[tuple[str, str]]) -> None:
+    if isinstance(value, _JsonObject):
+        problems += [(_format_loc((*loc, key)), "duplicate key; each key may appear once")
+                     for key in dict.fromkeys(value.repeated)]
+    items = value.items() if isinstance(value, dict) else enumerate(value) \
+        if isinstance(value, list) else ()
+    for key, item in items:
+        _json_repeats(item, (*loc, key), problems)
+
+
+def _load_json(text: str, path: Path) -> Any:
+    data = json.loads(text, object_pairs_hook=_json_object)
+    problems: list[tuple[str, str]] = []
+    _json_repeats(data, (), problems)
+    if problems:  # as in YAML: a repeated key is refused, not half-read
+        raise ConfigError(problems, str(path))
+    return data
+
+
 def _read_file(path: Path) -> Any:
     suffix = path.suffix.lower()
     try:
@@ -783,7 +819,7 @@ def _read_file(path: Path) -> Any:
                 import tomli as tomllib
             return tomllib.loads(text)
         if suffix == ".json":
-            return json.loads(text)
+            return _load_json(text, path)
     except ConfigError:
         raise
     except Exception as exc:
