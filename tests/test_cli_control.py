@@ -302,3 +302,23 @@ def test_status_shows_a_state_past_its_schedule_as_unreadable(tmp_path: Path) ->
     row = _status(config)
     assert row["phase"] == "unreadable" and row["weight"] is None
     assert "at step 8, but the schedule has 3" in row["unreadable"]
+
+
+def test_a_reader_that_goes_away_ends_the_cli_quietly(tmp_path: Path) -> None:
+    """``openai-bluegreen watch | head`` (or ``status | head``) ended in a BrokenPipeError
+    traceback once head had its lines."""
+    config = _write_config(tmp_path)
+    env = {**BARE, "OPENAI_BLUEGREEN_PLAIN": "1"}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "openai_bluegreen", "watch", "--interval", "0.05", "--config",
+         str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert child.stdout is not None and child.stderr is not None
+    assert child.stdout.readline()  # the first frame is out
+    child.stdout.close()
+    try:
+        assert child.wait(timeout=30) == 141
+    finally:
+        child.kill()
+    err = child.stderr.read().decode()
+    child.stderr.close()
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
