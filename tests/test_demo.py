@@ -110,6 +110,20 @@ def test_cli_slow_green_is_rolled_back_by_a_latency_check(
     assert report.is_file() and 'data-action="rollback"' in report.read_text(encoding="utf-8")
 
 
+@pytest.mark.parametrize("where", ["missing/report.html", "."])
+def test_cli_refuses_a_report_path_it_cannot_write_before_the_run(
+        tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The report is written at the end: a path in a missing directory ran the whole demo,
+    then died in write_text() with a FileNotFoundError traceback."""
+    report = str(tmp_path / where)
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--report", report])
+    assert exc.value.code == 2 and time.monotonic() - started < 5
+    err = capsys.readouterr().err
+    assert "argument --report" in err and repr(report) in err and "Traceback" not in err, err
+
+
 def test_cli_rejects_an_unknown_scenario(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["demo", "--scenario", "flaky"])

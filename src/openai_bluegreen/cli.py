@@ -11,6 +11,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ._cli_control import add_control_commands
@@ -77,6 +78,18 @@ def _whole(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number (got {text!r})") from None
 
 
+def _report(text: str) -> str:
+    """``--report``: a file the run can write at its end, checked before the run starts."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"is a directory: name the HTML file (got {text!r})")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"its directory does not exist (got {text!r})")
+    if not os.access(path.parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"its directory is not writable (got {text!r})")
+    return text
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     try:
         run = run_demo(args.scenario, duration=args.duration, rate=args.rate,
@@ -122,7 +135,7 @@ def _add_demo(commands: Any) -> None:
                       help="minimum time per rollout step (default: 5)")
     demo.add_argument("--seed", type=_whole, default=SEED, metavar="N",
                       help=f"seed of the simulated upstreams and callers (default: {SEED})")
-    demo.add_argument("--report", default=DEFAULT_REPORT, metavar="PATH",
+    demo.add_argument("--report", type=_report, default=DEFAULT_REPORT, metavar="PATH",
                       help=f"where to write the HTML report (default: ./{DEFAULT_REPORT})")
     demo.add_argument("--no-live", action="store_true",
                       help="print compact lines instead of redrawing the screen")
