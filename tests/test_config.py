@@ -444,6 +444,16 @@ def test_a_password_in_the_redis_urls_query_is_refused_without_echoing_it(query:
         {**good(), "state": "redis://h:6379/0?namespace=app"}).state.endswith("namespace=app")
 
 
+@pytest.mark.parametrize("headers", [{f"Authorization: Bearer {SECRET}": "x"},
+                                     {f"Authorization: Bearer {SECRET}": None}])
+def test_a_key_pasted_into_a_header_name_is_not_echoed(headers: dict[str, Any]) -> None:
+    """A curl line pasted as a header name was quoted whole, key included, in the message (an
+    invalid name) or in the field path (a null value)."""
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config(with_change("green.headers", headers))
+    assert SECRET not in str(caught.value) and "rollouts[0].green.headers" in str(caught.value)
+
+
 def test_credentials_in_base_url_are_refused_and_masked() -> None:
     with pytest.raises(ConfigError) as caught:
         openai_bluegreen.load_config(with_change("green.base_url", f"http://u:{SECRET}@h/v1"))

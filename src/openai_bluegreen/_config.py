@@ -685,7 +685,9 @@ def _problems(error: ValidationError) -> list[tuple[str, str]]:
             # A whole section: its keys say which one it is; its values may be long or secret.
             keys = ", ".join(map(str, list(item["input"])[:6]))
             message += f" (got a mapping with keys: {keys})" if keys else " (got {})"
-        problems.append((_format_loc(loc), message))
+        # A key pasted where a name belongs ("Authorization: Bearer sk-..." as a header name)
+        # is part of the path and of the message: neither may carry it whole.
+        problems.append((mask_secrets(_format_loc(loc)), mask_secrets(message)))
     return problems
 
 
