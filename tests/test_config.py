@@ -454,6 +454,17 @@ def test_a_key_pasted_into_a_header_name_is_not_echoed(headers: dict[str, Any]) 
     assert SECRET not in str(caught.value) and "rollouts[0].green.headers" in str(caught.value)
 
 
+@pytest.mark.parametrize("field", ["pass", "pwd", "passwd", "auth", "credentials",
+                                   "basicAuth"])
+def test_a_value_under_a_field_named_for_a_credential_is_masked(field: str) -> None:
+    """``password: ...`` was masked but ``pwd``, ``pass``, ``auth`` or ``credentials`` (the
+    names a URL query is already checked for) quoted their value in the error."""
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config(with_change(f"green.{field}", "hunter2xy"))
+    assert "hunter2xy" not in str(caught.value)
+    assert f"rollouts[0].green.{field}: unknown field (got '***')" in str(caught.value)
+
+
 def test_credentials_in_base_url_are_refused_and_masked() -> None:
     with pytest.raises(ConfigError) as caught:
         openai_bluegreen.load_config(with_change("green.base_url", f"http://u:{SECRET}@h/v1"))

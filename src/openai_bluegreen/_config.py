@@ -622,20 +622,27 @@ class Config(_Strict):
 _URL_FIELDS = frozenset({"state", "metrics_source", "base_url"})
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SECRET_HINT = re.compile(r"(key|token|secret|authorization|password)", re.IGNORECASE)
-# Query parameter names that carry a credential, word by word (``api_key``, ``X-Api-Key``,
-# ``subscription-key``, ``access_token``, ``sig``): not any name that merely contains "key"
-# (``monkey``). A value that looks like a key is refused whatever its name.
+# Names of query parameters and config fields that carry a credential, word by word
+# (``api_key``, ``X-Api-Key``, ``subscription-key``, ``access_token``, ``sig``): not any name
+# that merely contains "key" (``monkey``). A value that looks like a key is refused whatever
+# its name.
 _SECRET_WORDS = frozenset({"key", "apikey", "token", "accesstoken", "authtoken", "secret",
-                           "authorization", "auth", "password", "passwd", "pwd", "sig",
+                           "authorization", "auth", "password", "passwd", "pwd", "pass", "sig",
                            "signature", "credential", "credentials"})
+
+
+def _names_secret(name: str) -> bool:
+    """Whether a key or parameter name says it holds a credential (``password``, ``pwd``,
+    ``auth``, ``X-Api-Key``, ``access_token``), word by word."""
+    words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower())
+    return bool(_SECRET_WORDS.intersection(words))
 
 
 def _refuse_query_secret(url: str, fix: str) -> None:
     """Refuse a URL whose query holds a credential, without echoing it."""
     query = url.split("?", 1)[1].split("#", 1)[0] if "?" in url else ""
     for name, item in urllib.parse.parse_qsl(query, keep_blank_values=True):
-        words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower())
-        if looks_like_secret(item) or _SECRET_WORDS.intersection(words):
+        if looks_like_secret(item) or _names_secret(name):
             raise ValueError(
                 f"must not hold credentials (query parameter {name!r} looks like a key): "
                 f"{fix} (got {url.split('?', 1)[0] + '?' + name + '=***'!r})")
@@ -651,9 +658,15 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out or "(config)"
 
 
+def _secret_field(name: str) -> bool:
+    """A field whose value is not shown: its name contains ``key``, ``token``, ``secret``,
+    ``password``..., or has a credential's name as a word (``pwd``, ``pass``, ``auth``)."""
+    return _SECRET_HINT.search(name) is not None or _names_secret(name)
+
+
 def _show_value(loc: tuple[int | str, ...], value: Any) -> str:
-    if any(isinstance(p, str) and _SECRET_HINT.search(p) and p != "api_key_env" for p in loc) or (
-        isinstance(value, Mapping) and any(_SECRET_HINT.search(str(k)) for k in value)
+    if any(isinstance(p, str) and _secret_field(p) and p != "api_key_env" for p in loc) or (
+        isinstance(value, Mapping) and any(_secret_field(str(k)) for k in value)
         and "headers" in loc
     ):
         return "'***'"
