@@ -801,3 +801,13 @@ def test_a_repeated_key_in_a_json_config_is_refused_with_its_path(tmp_path: Path
     assert caught.value.problems == [
         ("state", "duplicate key; each key may appear once"),
         ("rollouts[0].weight", "duplicate key; each key may appear once")]
+
+
+def test_an_empty_config_path_is_named_as_such() -> None:
+    """``--config ""`` (an unset shell variable) was read as the working directory: "cannot read
+    '.': Is a directory", naming neither the option's value nor what was wrong with it."""
+    for source in ("", " "):
+        with pytest.raises(ConfigError) as caught:
+            openai_bluegreen.load_config(source)
+        assert caught.value.problems[0][1].startswith("the config path is empty (got '"), \
+            caught.value.problems

@@ -888,6 +888,8 @@ def load_config(
         data = _read_file(path)
     elif isinstance(source, (str, os.PathLike)) and isinstance(os.fspath(source), str):
         origin = os.fspath(source)
+        if not origin.strip():  # Path("") is the working directory: "cannot read '.'"
+            raise ConfigError([("(file)", f"the config path is empty (got {origin!r})")])
         data = _read_file(Path(origin))
     else:
         raise ConfigError([("(config)", "must be a Config, a mapping or a path to a YAML/TOML/"
