@@ -811,3 +811,18 @@ def test_an_empty_config_path_is_named_as_such() -> None:
             openai_bluegreen.load_config(source)
         assert caught.value.problems[0][1].startswith("the config path is empty (got '"), \
             caught.value.problems
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_a_config_file_starting_with_a_byte_order_mark_is_read(tmp_path: Path,
+                                                               suffix: str) -> None:
+    """Windows editors save UTF-8 with a BOM: YAML read such a file, while JSON failed with
+    "Unexpected UTF-8 BOM" and TOML with "Invalid statement (at line 1, column 1)"."""
+    path = tmp_path / f"openai-bluegreen{suffix}"
+    if suffix == ".json":
+        text = json.dumps(good())
+    else:
+        text = ('[[rollouts]]\nname = "chat-upgrade"\nmatch = {model = "gpt-4.1"}\n'
+                'blue = {model = "gpt-4.1"}\ngreen = {model = "deepseek-v3.2"}\n')
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert openai_bluegreen.load_config(path).rollouts[0].name == "chat-upgrade"

@@ -816,7 +816,7 @@ def _load_json(text: str, path: Path) -> Any:
 def _read_file(path: Path) -> Any:
     suffix = path.suffix.lower()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is no content
     except OSError as exc:
         raise ConfigError([("(file)", f"cannot read {str(path)!r}: {exc.strerror}")],
                           str(path)) from exc
