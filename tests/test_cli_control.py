@@ -100,6 +100,7 @@ def test_cli_errors_say_what_is_wrong_with_meaningful_exit_codes(tmp_path: Path)
     done = cli(config, "pause", "chat-upgrade")
     assert done.returncode == 2 and "--reason" in done.stderr
     for args in (("status", "--window", "-5"), ("watch", "--interval", "0"),
+                 ("watch", "--interval", "1e-6"),  # would read the store in a busy loop
                  ("run-watcher", "--prometheus-port", "70000")):
         done = cli(config, *args)
         assert done.returncode == 2, done

@@ -264,6 +264,24 @@ def test_duplicate_rollout_names_are_reported_at_their_field_path() -> None:
     assert "mapping with keys" not in str(caught.value)
 
 
+@pytest.mark.parametrize(("models", "why"), [
+    ([" gpt-4.1"], "must not be blank or start or end with whitespace"),
+    (["  "], "must not be blank or start or end with whitespace"),
+    (["gpt-4.1", "gpt-4o", "gpt-4.1"], "lists 'gpt-4.1' more than once"),
+])
+def test_a_match_model_that_could_never_match_or_repeats_is_refused(models: list[str],
+                                                                    why: str) -> None:
+    """Matched exactly against the model the app asks for, " gpt-4.1" matched nothing, and a
+    model listed twice in one rollout was reported as taken by that same rollout."""
+    config = good()
+    config["rollouts"][0]["match"] = {"model": models}
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config(config)
+    [(path, message)] = caught.value.problems
+    assert path == "rollouts[0].match.model" and why in message
+    assert "already taken" not in str(caught.value)
+
+
 def test_every_problem_is_reported_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GREEN_API_KEY", raising=False)
     config = with_change("weight", -1)

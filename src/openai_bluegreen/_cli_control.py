@@ -409,6 +409,19 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
                         "./openai-bluegreen.yaml)")
 
 
+MIN_REFRESH = 0.05  # seconds between two refreshes of watch: less reads the store in a busy loop
+
+
+def _refresh_seconds(positive: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = positive(text)
+        if value < MIN_REFRESH:
+            raise argparse.ArgumentTypeError(f"must be at least {MIN_REFRESH:g} (got {text!r})")
+        return value
+
+    return parse
+
+
 def add_control_commands(commands: Any, percent: Callable[[str], float],
                          positive: Callable[[str], float], port: Callable[[str], int]) -> None:
     """Register the operator subcommands on an ``add_subparsers()`` object.
@@ -438,8 +451,9 @@ def add_control_commands(commands: Any, percent: Callable[[str], float],
     _config_arg(watch)
     watch.add_argument("--window", type=window, default=60.0, metavar="SECONDS",
                        help="metrics over the last SECONDS (default: 60)")
-    watch.add_argument("--interval", type=positive, default=2.0, metavar="SECONDS",
-                       help="refresh every SECONDS (default: 2)")
+    watch.add_argument("--interval", type=_refresh_seconds(positive), default=2.0,
+                       metavar="SECONDS", help="refresh every SECONDS (default: 2, at least "
+                       f"{MIN_REFRESH:g})")
     watch.set_defaults(handler=_guard(_watch))
 
     helps = {Action.PROMOTE: "send every call to green now and end the rollout",

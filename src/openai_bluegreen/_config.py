@@ -315,8 +315,12 @@ class Match(_Strict):
     @field_validator("model")
     @classmethod
     def _non_empty(cls, value: list[str]) -> list[str]:
-        if any(not m for m in value):
-            raise ValueError("model names must not be empty")
+        # Matched exactly against the model the app asks for: " gpt-4.1" would match nothing.
+        if any(not m.strip() or m != m.strip() for m in value):
+            raise ValueError("model names must not be blank or start or end with whitespace")
+        repeated = sorted({m for m in value if value.count(m) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(map(repr, repeated))} more than once")
         return value
 
 
