@@ -1,0 +1,39 @@
+"""The lower bounds pyproject.toml declares are ones the package works with.
+
+pip installs the lowest allowed version when an app pins it, so a floor below the first release
+that has an API the package uses at import or on every call is a broken install. Each floor
+here was found by installing the wheel with that release and making a routed call.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - the tomli dependency on Python 3.10
+    import tomli as tomllib
+
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+def _floors(extra: str | None = None) -> dict[str, Version]:
+    project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
+    lines = project["dependencies"] if extra is None else project["optional-dependencies"][extra]
+    floors: dict[str, Version] = {}
+    for line in lines:
+        req = Requirement(line)
+        for spec in req.specifier:
+            if spec.operator in (">=", "==", "~="):
+                floors[req.name.lower()] = Version(spec.version)
+    return floors
+
+
+def test_wrapt_floor_has_subscriptable_object_proxy() -> None:
+    # _streams subclasses wrapt.ObjectProxy[Any]: wrapt 2.0 and 2.1 raise TypeError ("type
+    # 'ObjectProxy' is not subscriptable") at import; 2.2.0 is the first that takes it.
+    assert _floors()["wrapt"] >= Version("2.2")
