@@ -37,3 +37,20 @@ def test_wrapt_floor_has_subscriptable_object_proxy() -> None:
     # _streams subclasses wrapt.ObjectProxy[Any]: wrapt 2.0 and 2.1 raise TypeError ("type
     # 'ObjectProxy' is not subscriptable") at import; 2.2.0 is the first that takes it.
     assert _floors()["wrapt"] >= Version("2.2")
+
+
+def test_openai_floor_exports_omit() -> None:
+    # Routing builds each lane (and a green's own client) with openai.Omit(); before 1.56.2
+    # openai does not export Omit, and every routed call failed open to blue with
+    # "module 'openai' has no attribute 'Omit'", recording nothing.
+    assert _floors()["openai"] >= Version("1.56.2")
+
+
+def test_instrumentor_names_the_openai_versions_the_package_allows() -> None:
+    from openai_bluegreen.instrumentation import BlueGreenInstrumentor
+
+    (declared,) = (Requirement(line) for line in tomllib.loads(
+        PYPROJECT.read_text(encoding="utf-8"))["project"]["dependencies"]
+        if Requirement(line).name == "openai")
+    (instruments,) = BlueGreenInstrumentor().instrumentation_dependencies()
+    assert Requirement(instruments).specifier == declared.specifier

@@ -22,7 +22,7 @@ logger = logging.getLogger("openai_bluegreen")
 
 __all__ = ["BlueGreenInstrumentor"]
 
-_INSTRUMENTS = ("openai >= 1.40, < 4",)
+_INSTRUMENTS = ("openai >= 1.56.2, < 4",)
 
 
 class BlueGreenInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # untyped base class
