@@ -54,3 +54,15 @@ def test_instrumentor_names_the_openai_versions_the_package_allows() -> None:
         if Requirement(line).name == "openai")
     (instruments,) = BlueGreenInstrumentor().instrumentation_dependencies()
     assert Requirement(instruments).specifier == declared.specifier
+
+
+def test_opentelemetry_floor_takes_explicit_bucket_boundaries() -> None:
+    # The semconv histogram buckets are given as explicit_bucket_boundaries_advisory, which
+    # Meter.create_histogram takes from opentelemetry-api/sdk 1.30; with 1.27-1.29 install()
+    # raised TypeError. The exporters the extras bring must allow an SDK that new: the
+    # Prometheus exporter pins the SDK's minor (0.50b0 needs sdk 1.29, 0.51b0 takes 1.30).
+    floors = _floors()
+    assert floors["opentelemetry-api"] >= Version("1.30")
+    assert floors["opentelemetry-sdk"] >= Version("1.30")
+    assert _floors("otlp")["opentelemetry-exporter-otlp-proto-http"] >= Version("1.30")
+    assert _floors("prometheus")["opentelemetry-exporter-prometheus"] >= Version("0.51b0")
