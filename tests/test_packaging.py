@@ -66,3 +66,12 @@ def test_opentelemetry_floor_takes_explicit_bucket_boundaries() -> None:
     assert floors["opentelemetry-sdk"] >= Version("1.30")
     assert _floors("otlp")["opentelemetry-exporter-otlp-proto-http"] >= Version("1.30")
     assert _floors("prometheus")["opentelemetry-exporter-prometheus"] >= Version("0.51b0")
+
+
+def test_instrument_extra_floor_allows_wrapt_2() -> None:
+    # opentelemetry-instrumentation (and the distro that pins it) requires wrapt<2 before
+    # 0.62b0: a floor below it named versions pip can never install with this package.
+    for extra in ("instrument", "dev"):
+        floors = _floors(extra)
+        assert floors["opentelemetry-instrumentation"] >= Version("0.62b0")
+        assert floors["opentelemetry-distro"] >= Version("0.62b0")
