@@ -75,3 +75,16 @@ def test_instrument_extra_floor_allows_wrapt_2() -> None:
         floors = _floors(extra)
         assert floors["opentelemetry-instrumentation"] >= Version("0.62b0")
         assert floors["opentelemetry-distro"] >= Version("0.62b0")
+
+
+def test_instrument_extra_brings_an_sdk_that_can_add_the_watchers_reader() -> None:
+    # Under opentelemetry-instrument the distro makes the MeterProvider; a scheduled rollout's
+    # watcher attaches its LocalSource with add_metric_reader, new in opentelemetry-sdk 1.43.
+    # With 1.42 the app ran unrouted ("not routing any call: ... cannot add one").
+    floors = _floors("instrument")
+    assert floors["opentelemetry-sdk"] >= Version("1.43")
+    # opentelemetry-instrumentation 0.6Xb0 needs the semantic conventions of its own release,
+    # which pin opentelemetry-api exactly: 0.64b0 is the first that installs beside sdk 1.43.
+    assert floors["opentelemetry-instrumentation"] >= Version("0.64b0")
+    assert floors["opentelemetry-distro"] >= Version("0.64b0")
+
