@@ -88,3 +88,12 @@ def test_instrument_extra_brings_an_sdk_that_can_add_the_watchers_reader() -> No
     assert floors["opentelemetry-instrumentation"] >= Version("0.64b0")
     assert floors["opentelemetry-distro"] >= Version("0.64b0")
 
+
+def test_the_declared_license_ships_its_text() -> None:
+    # pyproject says Apache-2.0, whose section 4(a) has every redistribution carry the license;
+    # hatchling puts a top-level LICENSE into the sdist and the wheel's dist-info.
+    project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
+    assert project["license"] == "Apache-2.0"
+    text = (PYPROJECT.parent / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in text
+    assert "Version 2.0, January 2004" in text
