@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import urllib.parse
 from typing import Any
 
 import openai
@@ -68,3 +70,55 @@ def test_content_is_captured_only_on_opt_in(install: Any, telemetry: Telemetry,
     assert all("blue green rollout" in (o or "") for o in outputs)  # streamed ones too
     text = _all_telemetry_text(telemetry)
     assert BLUE_KEY not in text and GREEN_KEY not in text
+
+
+def test_prometheus_credentials_echoed_by_an_answer_are_masked_in_its_errors() -> None:
+    """A proxy in front of Prometheus that echoes the Authorization header (or the password) in
+    its answer: the source's errors, which reach logs, status() and the decision telemetry,
+    carry neither."""
+    import base64
+    import http.server
+    import threading
+    import time
+
+    from openai_bluegreen.sources import SourceUnavailable
+    from openai_bluegreen.sources.prometheus import PrometheusSource
+
+    password = "pr0m/Pass:word"
+    token = base64.b64encode(f"admin:{password}".encode()).decode()
+    answers = [
+        (401, lambda auth: json.dumps({"status": "error", "error": f"bad {auth}"})),
+        (200, lambda auth: json.dumps({"status": "error", "error": f"no {password} {auth}"})),
+        (200, lambda auth: f"<html>{password} {auth}</html>"),
+    ]
+    which = [0]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = answers[which[0]]
+            data = body(self.headers.get("Authorization", "")).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://admin:{urllib.parse.quote(password, safe='')}@127.0.0.1:" \
+              f"{server.server_address[1]}"
+        for index, (status, _) in enumerate(answers):
+            which[0] = index
+            with pytest.raises(SourceUnavailable) as info:
+                PrometheusSource(url).snapshot(time.time())
+            message = str(info.value)
+            assert ("HTTP 401" in message) == (status == 401), message
+            for secret in (token, password, urllib.parse.quote(password, safe="")):
+                assert secret not in message, message
+            assert "***" in message, message
+    finally:
+        server.shutdown()
+        server.server_close()

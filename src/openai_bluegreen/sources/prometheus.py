@@ -168,6 +168,7 @@ class PrometheusSource:
             extra = extra[1:-1].strip()
         self.extra_selector = extra.rstrip(",").strip()
         self._endpoint, self._auth = _split_auth(self.url)
+        self._secrets = _secrets(self.url, self._auth)
         self._lock = threading.Lock()
         self._series: dict[tuple[tuple[str, str], ...], _Series] = {}
         self._dormant: dict[tuple[tuple[str, str], ...], _Series] = {}  # see FORGET_AFTER
@@ -289,7 +290,7 @@ class PrometheusSource:
                 raise
         except urllib.error.HTTPError as exc:
             raise SourceUnavailable(f"{where} answered HTTP {exc.code}"
-                                    f"{_api_error(exc)}") from exc
+                                    f"{self._scrub(_api_error(exc))}") from exc
         except urllib.error.URLError as exc:
             raise SourceUnavailable(f"{where} is unreachable: {exc.reason}") from exc
         except TimeoutError as exc:
@@ -303,16 +304,28 @@ class PrometheusSource:
             doc = json.loads(body)
         except ValueError as exc:
             raise SourceUnavailable(f"{where} answered with something that is not JSON "
-                                    f"({body[:60]!r})") from exc
+                                    f"({self._scrub(body)[:60]!r})") from exc
         if not isinstance(doc, dict) or doc.get("status") != "success":
             error = doc.get("error") if isinstance(doc, dict) else None
-            raise SourceUnavailable(f"{where} refused the query: {error or 'no status'}")
+            raise SourceUnavailable(f"{where} refused the query: "
+                                    f"{self._scrub(str(error or 'no status'))}")
         data = doc.get("data")
         if not isinstance(data, dict) or data.get("resultType") != "matrix" \
                 or not isinstance(data.get("result"), list):
             raise SourceUnavailable(f"{where} answered without a matrix result")
         result: list[Any] = data["result"]
         return result
+
+    def _scrub(self, text: Any) -> Any:
+        """``text`` (str or bytes) with this source's credentials masked: a proxy in front of
+        Prometheus may echo the ``Authorization`` header (or the password) in its answer, and
+        messages built from answers reach logs, ``status()`` and the decision telemetry."""
+        for secret in self._secrets:
+            if isinstance(text, bytes):
+                text = text.replace(secret.encode(), b"***")
+            else:
+                text = text.replace(secret, "***")
+        return text
 
     # -- accumulation ------------------------------------------------------------------
     def _absorb(self, result: Iterable[Any], origin: float) -> None:
@@ -556,6 +569,17 @@ def _split_auth(url: str) -> tuple[str, str | None]:
     user, password = urllib.parse.unquote(user), urllib.parse.unquote(password)
     token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
     return f"{scheme}{sep}{hostport}{tail}", f"Basic {token}"
+
+
+def _secrets(url: str, auth: str | None) -> tuple[str, ...]:
+    """What must not appear in a message about this source: the Basic token sent, and the
+    password as written in the URL and decoded (longest first, so none is left half-masked)."""
+    if auth is None:
+        return ()
+    userinfo = url.partition("://")[2].rpartition("@")[0]
+    password = userinfo.partition(":")[2]
+    found = {auth.removeprefix("Basic "), password, urllib.parse.unquote(password)}
+    return tuple(sorted((s for s in found if s), key=len, reverse=True))
 
 
 class _Watchdog:
