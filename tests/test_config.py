@@ -519,6 +519,37 @@ def test_a_metrics_source_with_a_token_in_its_query_is_refused_without_echoing_i
     assert "http://user:password@host" in message
 
 
+@pytest.mark.parametrize(("field", "url"), [
+    ("state", "redis://:hunter2pw@redis:6379/0?password=x"),
+    ("metrics_source", "http://admin:hunter2pw@prom:9090/?token=abc"),
+    ("base_url", "https://u:pw@h/v1?api-key=hunter2pw"),  # user info and a key in the query
+])
+def test_a_credentials_error_masks_every_credential_of_the_url(field: str, url: str) -> None:
+    """The query-credential error quoted the URL before its query unmasked (a user-info
+    password included), and base_url's user-info error quoted the query unmasked."""
+    config = with_change("green.base_url", url) if field == "base_url" \
+        else {**good(), field: url}
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config(config)
+    message = str(caught.value)
+    assert "must not hold credentials" in message and "hunter2pw" not in message, message
+
+
+@pytest.mark.parametrize("field", ["state", "metrics_source"])
+def test_an_expanded_variable_is_never_echoed_in_a_config_error(
+        field: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``${VAR}`` is masked only where the URL's user info is: a mistyped URL (no ``@``) put a
+    password elsewhere, and the error quoted it. The field is shown as written instead."""
+    monkeypatch.setenv("STORE_PASSWORD", "correct-horse-battery")
+    url = {"state": "redis://:${STORE_PASSWORD}redis:6379/0",
+           "metrics_source": "http://admin:${STORE_PASSWORD}prom:9090"}[field]
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config({**good(), field: url})
+    message = str(caught.value)
+    assert "correct-horse-battery" not in message, message
+    assert f"{field}: " in message and f"(got {url!r})" in message, message
+
+
 def test_every_url_problem_is_named_without_echoing_a_key() -> None:
     for url in ("https://gw example.com/v1?api_key=sk-abcdefghijklmnop",  # bad shape and a key
                 "https://h/v1?subscription-key=abc123",  # Azure API Management

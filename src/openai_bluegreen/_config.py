@@ -247,12 +247,12 @@ class EnvironmentTarget(_Strict):
     def _check_url(cls, value: str | None) -> str | None:
         if value is None:
             return value
+        # Before any other check: no error below may echo a key from the query.
+        _refuse_query_secret(value, "name the key's variable in api_key_env")
         scheme = _SCHEME_RE.match(value)
         if scheme is not None and "@" in value[scheme.end():].split("/", 1)[0]:
             raise ValueError(f"must not hold credentials (user:password@): name the key's "
                              f"variable in api_key_env (got {mask_url(value)!r})")
-        # Before any other check: no error below may echo a key from the query.
-        _refuse_query_secret(value, "name the key's variable in api_key_env")
         if not _URL_RE.match(value):
             raise ValueError("must be an http:// or https:// URL with a host (an IPv6 host "
                              "in brackets: http://[::1]:8000/v1)")
@@ -649,7 +649,7 @@ def _refuse_query_secret(url: str, fix: str) -> None:
         if looks_like_secret(item) or _names_secret(name):
             raise ValueError(
                 f"must not hold credentials (query parameter {name!r} looks like a key): "
-                f"{fix} (got {url.split('?', 1)[0] + '?' + name + '=***'!r})")
+                f"{fix} (got {mask_url(url.split('?', 1)[0]) + '?' + name + '=***'!r})")
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:
@@ -907,6 +907,7 @@ def load_config(
         required.append(("rollouts", "at least one rollout is required; this file defines "
                          "none"))
     from_env: dict[str, str] = {}
+    written: dict[str, str] = {}  # fields whose ${VAR}s were expanded, as written
     for env_name, key in ((ENV_STATE, "state"), (ENV_METRICS_SOURCE, "metrics_source")):
         if os.environ.get(env_name):
             data[key] = os.environ[env_name]
@@ -922,6 +923,7 @@ def load_config(
                 problems.append((key, f"environment variable {name} (used as ${{{name}}}) is "
                                  "not set or empty"))
             else:
+                written[key] = value
                 data[key] = _expand(value)
     if require_keys:
         required += missing_keys(data.get("rollouts"))
@@ -930,7 +932,8 @@ def load_config(
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_name_env(_problems(exc), from_env) + required, origin) from None
+        problems = _as_written(_problems(exc), written)
+        raise ConfigError(_name_env(problems, from_env) + required, origin) from None
     if required:
         raise ConfigError(required, origin)
     return config
@@ -952,6 +955,23 @@ def missing_keys(rollouts: Any) -> list[tuple[str, str]]:
                     and not os.environ.get(name):
                 out.append((f"rollouts[{i}].{env}.api_key_env",
                             f"environment variable {name} is not set or empty"))
+    return out
+
+
+def _as_written(problems: list[tuple[str, str]], written: Mapping[str, str]
+                ) -> list[tuple[str, str]]:
+    """Problems of a field whose ``${VAR}``s were expanded show the field as written: a value
+    from the environment is never echoed, not even a password that a mistyped URL (a missing
+    ``@``) puts outside the user info, where masking looks."""
+    out = []
+    for path, message in problems:
+        if path not in written:
+            out.append((path, message))
+            continue
+        head, sep, _ = written[path].partition("?")
+        got = message.find("(got ")  # the value shown, at the end (see _problems)
+        shown = f"(got {mask_url(head) + (sep and '?...')!r})"
+        out.append((path, message[:got] + shown if got >= 0 else message))
     return out
 
 
