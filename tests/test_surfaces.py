@@ -360,6 +360,56 @@ def test_green_client_is_derived_from_callers_and_cached(
     assert [r.api_key for r in green.requests] == [GREEN_KEY] * 3
 
 
+@pytest.mark.parametrize("sdk_class", [False, True], ids=["http-lib", "DefaultHttpxClient"])
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+def test_credentials_on_the_callers_http_client_never_reach_another_endpoint(
+    install: Any, blue: SimulatedUpstream, green: SimulatedUpstream, use_async: bool,
+    sdk_class: bool,
+) -> None:
+    """The caller's HTTP client's own auth, headers, query and cookies were added by the HTTP
+    library to green's requests too (its auth even replaced green's key): green's client now
+    shares only its connection pool."""
+    from .services import sdk_http
+
+    http_lib = sdk_http()
+    options: dict[str, Any] = {
+        "auth": ("gateway-user", "gateway-password"), "headers": {"X-Gateway-Token": "gw-tok"},
+        "params": {"gw": "gw-query"}, "cookies": {"session": "gw-cookie"}}
+    install(rollout_config(green, weight=100, fallback={"enabled": False}))
+
+    def sent(server: SimulatedUpstream) -> str:
+        request = server.requests[-1]
+        return f"{request.headers} {request.query}"
+
+    if use_async:
+        async def run() -> Any:
+            client = openai.AsyncOpenAI(base_url=blue.base_url, api_key=BLUE_KEY,
+                                        http_client=(openai.DefaultAsyncHttpxClient
+                                                     if sdk_class else http_lib.AsyncClient)(
+                                            **options))
+            await client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+            with openai_bluegreen.force("blue"):
+                await client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+            return client
+        client = asyncio.run(run())
+    else:
+        client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY,
+                               http_client=(openai.DefaultHttpxClient if sdk_class
+                                            else http_lib.Client)(**options))
+        client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+        with openai_bluegreen.force("blue"):
+            client.chat.completions.create(model="gpt-4.1", messages=MSGS)
+    assert green.requests[-1].api_key == GREEN_KEY
+    for secret in ("gw-tok", "gw-query", "gw-cookie", "Basic "):
+        assert secret not in sent(green), sent(green)
+        assert secret in sent(blue), sent(blue)  # the caller's own endpoint still gets them
+    router = openai_bluegreen._state.router
+    assert router is not None
+    derived = next(lane.client for lane in router._lanes[client].values()
+                   if lane.env == "green")
+    assert derived._client._transport is client._client._transport  # same connection pool
+
+
 @pytest.mark.parametrize("own_endpoint", [True, False], ids=["base_url", "key-only"])
 def test_green_follows_the_timeout_and_retries_the_app_sets_on_its_client_later(
     install: Any, blue: SimulatedUpstream, green: SimulatedUpstream, own_endpoint: bool,

@@ -597,8 +597,48 @@ def _endpoint_client(caller: Any, base_url: str, api_key: str | None, max_retrie
         base_url=base_url,
         timeout=caller.timeout,
         max_retries=max_retries,
-        http_client=caller._client,  # the caller's connection pool, shared
+        http_client=_transport_of(caller._client),  # the caller's connection pool, shared
         default_headers=removed,  # Omit removes a header; the SDK allows it
         # Another provider's answers are where a schema drifts: validated if the caller's are.
         _strict_response_validation=caller._strict_response_validation,
     )
+
+
+def _transport_of(http: Any) -> Any:
+    """The caller's HTTP client for another endpoint: itself, or, when it carries credentials
+    of its own (``auth``, ``params``, ``cookies``, headers beyond the HTTP library's defaults,
+    say a gateway's token), a client on the same connection pool (transport and proxy mounts)
+    without them: the HTTP library would add them to every request, to another provider too.
+    Run when a lane is built, not per call."""
+    # The HTTP library's own class (httpx2's or httpx's Client / AsyncClient), under the SDK's
+    # subclasses (DefaultHttpxClient) and the app's.
+    cls = next((c for c in type(http).__mro__ if c.__name__ in ("Client", "AsyncClient")
+                and c.__module__.split(".")[0] in ("httpx", "httpx2")), None)
+    if cls is None:
+        return http  # not an httpx-style client: nothing we know how to strip
+    try:
+        own = {name.lower() for name in http.headers} - _default_headers(cls, http)
+        if http.auth is None and not own and not len(http.params) and not len(http.cookies):
+            return http
+        return cls(transport=http._transport,
+                   mounts={pattern.pattern: transport
+                           for pattern, transport in http._mounts.items()},
+                   headers={n: v for n, v in http.headers.items() if n.lower() not in own},
+                   timeout=http.timeout, follow_redirects=http.follow_redirects,
+                   max_redirects=http.max_redirects, event_hooks=http.event_hooks,
+                   trust_env=http.trust_env)
+    except Exception:  # an HTTP library of another shape: the caller's, as before
+        return http
+
+
+_DEFAULT_HEADERS: dict[type, frozenset[str]] = {}
+
+
+def _default_headers(cls: type, http: Any) -> frozenset[str]:
+    """The names of the headers a new client of ``cls`` sends (accept, user-agent, ...); the
+    client made to read them is on ``http``'s transport (no pool of its own), never closed."""
+    names = _DEFAULT_HEADERS.get(cls)
+    if names is None:
+        made = cls(transport=http._transport, trust_env=False)
+        names = _DEFAULT_HEADERS[cls] = frozenset(n.lower() for n in made.headers)
+    return names
