@@ -26,14 +26,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .._rollout import REPAIR_HINT, RolloutState
-from . import (
-    InvalidState,
-    LeaseLost,
-    StoredStates,
-    StoreUnavailable,
-    check_version,
-    parse_stored,
-)
+from . import InvalidState, LeaseLost, StoredStates, StoreUnavailable, check_version, parse_stored
 
 __all__ = ["LOCK_TIMEOUT", "FileStore"]
 

@@ -34,14 +34,7 @@ from redis.retry import Retry
 
 from .._config import mask_url
 from .._rollout import REPAIR_HINT, RolloutState
-from . import (
-    InvalidState,
-    LeaseLost,
-    StoredStates,
-    StoreUnavailable,
-    check_version,
-    parse_stored,
-)
+from . import InvalidState, LeaseLost, StoredStates, StoreUnavailable, check_version, parse_stored
 
 __all__ = ["RedisStore"]
 
