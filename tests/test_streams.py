@@ -586,8 +586,9 @@ def test_cancelled_while_closing_a_failed_green_stream_still_ends_the_call(
     assert not blue.requests
 
 
-def _interleaved_choices_client(kind: str) -> openai.OpenAI:
-    """An upstream streaming two choices whose chunks interleave, choice 1 finishing first."""
+def _interleaved_choices_client(kind: str, *, indexed: bool = True) -> openai.OpenAI:
+    """An upstream streaming two choices whose chunks interleave, choice 1 finishing first;
+    not ``indexed``: one choice, its chunks without an index, its finish reason sent twice."""
     import json
 
     httpx2 = sdk_http()
@@ -603,6 +604,10 @@ def _interleaved_choices_client(kind: str) -> openai.OpenAI:
                 {"index": index, "text": text or "", "finish_reason": reason}]}
     events = [chunk(0, "a", None), chunk(1, "b", None), chunk(1, None, "length"),
               chunk(0, "c", None), chunk(0, None, "stop")]
+    if not indexed:
+        events = [chunk(0, "a", None), chunk(0, None, "stop"), chunk(0, None, "stop")]
+        for event in events:
+            del event["choices"][0]["index"]
     body = b"".join(b"data: %s\n\n" % json.dumps(e).encode() for e in events) + \
         b"data: [DONE]\n\n"
 
@@ -625,3 +630,17 @@ def test_streamed_choices_finish_reasons_are_in_choice_order_however_they_interl
     else:
         list(client.completions.create(model="gpt-4.1", prompt="hi", n=2, stream=True))
     assert _only_span_attrs(telemetry)["gen_ai.response.finish_reasons"] == ("stop", "length")
+
+
+@pytest.mark.parametrize("kind", ["chat", "completions"])
+def test_a_streamed_choice_without_an_index_has_one_finish_reason(
+        install: Any, telemetry: Telemetry, green: SimulatedUpstream, kind: str) -> None:
+    """A provider that leaves ``index`` out of its chunks and sends the finish reason twice
+    (again with the usage) answered one choice: one reason, not two."""
+    install(rollout_config(green, weight=0))
+    client = _interleaved_choices_client(kind, indexed=False)
+    if kind == "chat":
+        list(client.chat.completions.create(model="gpt-4.1", messages=MSGS, stream=True))
+    else:
+        list(client.completions.create(model="gpt-4.1", prompt="hi", stream=True))
+    assert _only_span_attrs(telemetry)["gen_ai.response.finish_reasons"] == ("stop",)

@@ -126,7 +126,9 @@ class _Accumulated:
             reason = getattr(choice, "finish_reason", None)
             if reason:
                 index = getattr(choice, "index", None)
-                by_choice[index if isinstance(index, int) else len(by_choice)] = reason
+                # A provider that leaves the index out sends one choice: choice 0 (a numbering
+                # of our own would count a repeated finish reason twice).
+                by_choice[index if isinstance(index, int) else 0] = reason
         return tuple(by_choice[index] for index in sorted(by_choice))
 
     def capture(self, item: Any) -> None:
