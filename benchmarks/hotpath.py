@@ -49,9 +49,9 @@ def cold_us(call: Callable[[], None]) -> float:
     answered in process by a mock transport): what the wrapper costs between an app's calls,
     where the SDK's own work has pushed it out of the CPU's caches. Back to back, as
     ``per_call_us`` times it, it stays warm and looks about 3x cheaper."""
-    import openai._base_client as base_client
+    from openai_bluegreen._call import sdk_http
 
-    httpx = getattr(base_client, "httpx2", None) or base_client.httpx  # as the SDK sends
+    httpx = sdk_http()  # the HTTP library the SDK sends with
     body = CANNED.model_dump_json().encode()
     mock = openai.OpenAI(base_url="http://mock.invalid/v1", api_key="x", max_retries=0,
                          http_client=httpx.Client(transport=httpx.MockTransport(

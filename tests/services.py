@@ -21,12 +21,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from openai_bluegreen._call import sdk_http
+
 __all__ = ["EMPTY_MATRIX", "HttpStub", "PrometheusServer", "RedisServer", "free_port",
-           "need_binary", "prometheus_server", "redis_server"]
+           "need_binary", "prometheus_server", "redis_server", "sdk_http"]
 
 
 class HttpStub:
@@ -72,14 +73,6 @@ def EMPTY_MATRIX() -> tuple[str, bytes]:
     """A Prometheus API answer without any series."""
     return "application/json", json.dumps(
         {"status": "success", "data": {"resultType": "matrix", "result": []}}).encode()
-
-
-def sdk_http() -> Any:
-    """The HTTP library the installed openai SDK sends with: httpx2 from openai 3, httpx
-    before (both may be installed; the SDK's own import decides)."""
-    import openai._base_client as base_client
-
-    return getattr(base_client, "httpx2", None) or base_client.httpx
 
 
 def free_port() -> int:

@@ -26,7 +26,7 @@ from . import _telemetry as T
 from . import _worker
 from ._router import Lane, RolloutRuntime, Router
 
-__all__ = ["Call", "StreamFailed", "classify", "error_type"]
+__all__ = ["Call", "StreamFailed", "classify", "error_type", "sdk_http"]
 
 _perf = time.perf_counter
 _wall_ns = time.time_ns
@@ -36,11 +36,17 @@ NOTHING = T.NOTHING
 _DONE: dict[str, Any] = {}
 
 
-def _transport_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
-    """The HTTP library's timeout and transport errors (httpx2 for openai 3.x, httpx before)."""
+def sdk_http() -> Any:
+    """The HTTP library the installed openai SDK sends with: httpx2 from openai 3.x, httpx
+    before (both may be installed; the SDK's own import decides). ``None`` if neither."""
     import openai._base_client as base_client
 
-    module = getattr(base_client, "httpx2", None) or getattr(base_client, "httpx", None)
+    return getattr(base_client, "httpx2", None) or getattr(base_client, "httpx", None)
+
+
+def _transport_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """The HTTP library's timeout and transport errors (httpx2 for openai 3.x, httpx before)."""
+    module = sdk_http()
     if module is None:  # pragma: no cover - every supported SDK has one of them
         return (), ()
     return (module.TimeoutException,), (module.TransportError,)
