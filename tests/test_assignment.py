@@ -245,3 +245,21 @@ def test_remembered_responses_stay_bounded_under_concurrent_calls(
         sys.setswitchinterval(interval)
     runtime.remember_response("resp_last", "blue")
     assert len(runtime.responses) == 100
+
+
+def test_a_key_with_a_lone_surrogate_is_routed_by_its_hash(
+        install: Any, blue: SimulatedUpstream, green: SimulatedUpstream,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A key decoded with ``surrogateescape`` (a file name, a header read as bytes) holds lone
+    surrogates that UTF-8 cannot encode. It is still a key: each one goes to one side, every
+    time, and routing does not fail open (with an ERROR logged on every call)."""
+    install(rollout_config(green, weight=50))
+    client = openai.OpenAI(base_url=blue.base_url, api_key=BLUE_KEY, max_retries=0)
+    keys = [f"upload-{i}-\udcff.txt" for i in range(40)]
+    seen = {}
+    for key in keys * 2:
+        with openai_bluegreen.assignment_key(key):
+            model = client.chat.completions.create(model="gpt-4.1", messages=MSGS).model
+        assert seen.setdefault(key, model) == model, f"{key!r} changed sides"
+    assert set(seen.values()) == {"blue-model", "green-model"}
+    assert not [r for r in caplog.records if r.levelno >= 40], "routing failed open"

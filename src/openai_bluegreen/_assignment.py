@@ -33,7 +33,11 @@ def salt_for(rollout: str) -> bytes:
 
 def bucket(salt: bytes, key: str) -> int:
     """The key's bucket in ``0..BUCKETS-1`` for the rollout whose salt is given."""
-    digest = blake2b(key.encode(), digest_size=8, key=salt).digest()
+    try:
+        raw = key.encode()
+    except UnicodeEncodeError:  # a lone surrogate (a key decoded with surrogateescape): still a key
+        raw = key.encode("utf-8", "surrogatepass")
+    digest = blake2b(raw, digest_size=8, key=salt).digest()
     return int.from_bytes(digest, "big") % BUCKETS
 
 
