@@ -264,6 +264,22 @@ def test_duplicate_rollout_names_are_reported_at_their_field_path() -> None:
     assert "mapping with keys" not in str(caught.value)
 
 
+def test_a_progress_deadline_shorter_than_the_interval_is_refused() -> None:
+    """Looks come once an interval, so such a step would pause at its first look unless all
+    its data were in (``10s`` meant as ``10m``); it was accepted."""
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config(scheduled(
+            {"steps": [5, 50], "progress_deadline": "10s"}, {"interval": "30s"}))
+    [(path, why)] = caught.value.problems
+    assert path == "rollouts[0].schedule.progress_deadline"
+    assert "analysis.interval (30s)" in why and "(got 10s)" in why
+    # The default interval (30s) counts too; one interval is enough.
+    with pytest.raises(ConfigError, match="progress_deadline"):
+        openai_bluegreen.load_config(scheduled({"steps": [5, 50], "progress_deadline": 29}))
+    ok = openai_bluegreen.load_config(scheduled({"steps": [5, 50], "progress_deadline": "30s"}))
+    assert ok.rollouts[0].progress_deadline == 30.0
+
+
 @pytest.mark.parametrize(("models", "why"), [
     ([" gpt-4.1"], "must not be blank or start or end with whitespace"),
     (["  "], "must not be blank or start or end with whitespace"),

@@ -599,7 +599,9 @@ class Config(_Strict):
         raise ValueError("must be 'local' or a Prometheus URL such as http://prometheus:9090")
 
     @model_validator(mode="after")
-    def _check_unique(self) -> Config:
+    def _check_across_fields(self) -> Config:
+        """What one field cannot check alone: names and models taken twice, deadlines shorter
+        than the looks that would meet them."""
         seen_names: dict[str, int] = {}
         seen_models: dict[str, str] = {}
         problems: list[tuple[str, str]] = []
@@ -614,6 +616,15 @@ class Config(_Strict):
                     problems.append((f"rollouts[{i}].match.model", f"{model!r} is already "
                                      f"taken by rollout {seen_models[model]!r}"))
                 seen_models.setdefault(model, rollout.name)
+            deadline = rollout.schedule.progress_deadline if rollout.schedule else None
+            interval = rollout.effective_analysis.interval
+            if deadline is not None and deadline < interval:
+                # Looks come once an interval: a step would pause at its first look unless it
+                # had all its data by then (a unit slip, e.g. 10s meant as 10m).
+                problems.append((f"rollouts[{i}].schedule.progress_deadline", (
+                    f"is shorter than analysis.interval ({interval:g}s): the watcher looks "
+                    f"once an interval, so a step would pause at its first look unless all its "
+                    f"data were in; make it at least one interval (got {deadline:g}s)")))
         if problems:
             # Each with its own field path: a ValueError here is reported on the whole config.
             raise PydanticCustomError(
