@@ -566,6 +566,28 @@ def test_an_expanded_variable_is_never_echoed_in_a_config_error(
     assert f"{field}: " in message and f"(got {url!r})" in message, message
 
 
+@pytest.mark.parametrize(("field", "url"), [
+    ("metrics_source", "http://${PROM_PASSWORD}prometheus:9090"),
+    ("state", "redis://${PROM_PASSWORD}redis:6379/0"),
+])
+def test_a_credential_variable_in_the_host_is_refused(
+        field: str, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing ``@`` put the password into the host, a valid one (``hunter2prometheus``),
+    so the config loaded and status, logs and connection errors showed the password."""
+    monkeypatch.setenv("PROM_PASSWORD", "hunter2")
+    monkeypatch.setenv("PROM_HOST", "prometheus")
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config({**good(), field: url})
+    [(path, why)] = caught.value.problems
+    assert path == field and "${PROM_PASSWORD} is in the host" in why, why
+    assert "hunter2" not in str(caught.value)
+    # A variable named for a host, or a password before its '@', is what it looks like.
+    fine = url.replace("${PROM_PASSWORD}", "${PROM_HOST}")
+    assert "prometheus" in getattr(openai_bluegreen.load_config({**good(), field: fine}), field)
+    inside = url.replace("${PROM_PASSWORD}", "u:${PROM_PASSWORD}@")
+    assert "hunter2@" in getattr(openai_bluegreen.load_config({**good(), field: inside}), field)
+
+
 def test_every_url_problem_is_named_without_echoing_a_key() -> None:
     for url in ("https://gw example.com/v1?api_key=sk-abcdefghijklmnop",  # bad shape and a key
                 "https://h/v1?subscription-key=abc123",  # Azure API Management

@@ -153,6 +153,23 @@ def _expand(value: str) -> str:
     return _VAR_RE.sub(expanded, value)
 
 
+def _secret_in_host(value: str) -> str | None:
+    """The name of a ``${VAR}`` named for a credential (``${REDIS_PASSWORD}``) that sits in a
+    URL's host rather than its user info (a missing ``@``), or ``None``: there it would be
+    shown wherever the host is, in status, logs and connection errors."""
+    scheme_end = value.find("://")
+    if scheme_end < 0:
+        return None
+    start = scheme_end + 3
+    end = min((i for i in (value.find(sep, start) for sep in "/?#") if i >= 0),
+              default=len(value))
+    host_start = value.rfind("@", start, end) + 1 or start
+    for match in _VAR_RE.finditer(value, host_start, end):
+        if _names_secret(match.group(1)):
+            return match.group(1)
+    return None
+
+
 def _not_json(value: Any, where: str = "") -> str | None:
     """Where in ``value`` a float JSON cannot carry (NaN, infinity) is, or ``None``."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -929,10 +946,16 @@ def load_config(
         value = data.get(key)
         if isinstance(value, str) and "${" in value:
             missing = [m for m in _VAR_RE.findall(value) if not os.environ.get(m)]
+            secret = _secret_in_host(value)
             if missing:
                 name = missing[0]
                 problems.append((key, f"environment variable {name} (used as ${{{name}}}) is "
                                  "not set or empty"))
+            elif secret is not None:
+                scheme = value.partition("://")[0]
+                problems.append((key, f"${{{secret}}} is in the host, not the user info: a "
+                                 f"credential goes before an '@', as in "
+                                 f"{scheme}://user:${{{secret}}}@host (got {mask_url(value)!r})"))
             else:
                 written[key] = value
                 data[key] = _expand(value)
