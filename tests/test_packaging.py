@@ -68,6 +68,13 @@ def test_opentelemetry_floor_takes_explicit_bucket_boundaries() -> None:
     assert _floors("prometheus")["opentelemetry-exporter-prometheus"] >= Version("0.51b0")
 
 
+def test_prometheus_client_floor_returns_the_server_it_starts() -> None:
+    # demo --prometheus-port shuts its /metrics server down on close with the server that
+    # start_http_server returns; before 0.20 it returns None, so the port stayed open.
+    for extra in ("prometheus", "dev"):
+        assert _floors(extra)["prometheus-client"] >= Version("0.20")
+
+
 def test_instrument_extra_floor_allows_wrapt_2() -> None:
     # opentelemetry-instrumentation (and the distro that pins it) requires wrapt<2 before
     # 0.62b0: a floor below it named versions pip can never install with this package.
