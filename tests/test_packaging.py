@@ -69,7 +69,7 @@ def test_opentelemetry_floor_takes_explicit_bucket_boundaries() -> None:
 
 
 def test_prometheus_client_floor_returns_the_server_it_starts() -> None:
-    # demo --prometheus-port shuts its /metrics server down on close with the server that
+    # demo and run-watcher --prometheus-port shut /metrics down on close with the server that
     # start_http_server returns; before 0.20 it returns None, so the port stayed open.
     for extra in ("prometheus", "dev"):
         assert _floors(extra)["prometheus-client"] >= Version("0.20")
