@@ -31,6 +31,7 @@ test-sdks: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks tools
 	$(BIN)/mypy
+	$(BIN)/mypy --python-version 3.10
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
