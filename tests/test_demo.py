@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 import threading
 import time
@@ -122,6 +123,33 @@ def test_cli_refuses_a_report_path_it_cannot_write_before_the_run(
     assert exc.value.code == 2 and time.monotonic() - started < 5
     err = capsys.readouterr().err
     assert "argument --report" in err and repr(report) in err and "Traceback" not in err, err
+
+
+def test_cli_refuses_a_report_path_at_a_pipe_nobody_reads(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The check looked only at the directory: a named pipe without a reader ran the whole
+    demo, then blocked for ever in write_text() at its end."""
+    pipe = tmp_path / "report.html"
+    os.mkfifo(pipe)
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--report", str(pipe)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --report: cannot be written" in err and repr(str(pipe)) in err, err
+
+
+def test_a_report_that_cannot_be_written_at_the_end_keeps_the_runs_summary(
+        tmp_path: Path) -> None:
+    """A report path that went bad during the run raised from run_demo after every scenario
+    ran, losing their results and the closing summary."""
+    out = io.StringIO()
+    report = tmp_path / "gone" / "r.html"  # the CLI checks this up front; the API cannot
+    run = run_demo("healthy", step_seconds=1.5, out=out, live=False, report=report,
+                   **{**FAST, "duration": 2.0})
+    assert len(run.results) == 1 and run.report is None
+    assert run.report_error is not None and repr(str(report)) in run.report_error
+    assert "No such file or directory" in run.report_error
+    assert "Report not written to" in out.getvalue()
 
 
 def test_cli_rejects_an_unknown_scenario(capsys: pytest.CaptureFixture[str]) -> None:

@@ -197,6 +197,7 @@ class DemoRun:
 
     results: tuple[ScenarioResult, ...]
     report: Path | None
+    report_error: str | None = None  # why the report asked for was not written
 
     @property
     def ok(self) -> bool:
@@ -988,13 +989,20 @@ def run_demo(scenarios: Sequence[str] | str = "healthy", *, duration: float = 60
     finally:
         exporters.close()
     path: Path | None = None
+    report_error = None
     if report is not None and results:
         path = Path(report)
-        path.write_text(render_report(results), encoding="utf-8")
-        out.write(f"\nReport: {path.resolve()}\n")
+        try:  # the runs are done: a path gone bad meanwhile must not lose their summary
+            path.write_text(render_report(results), encoding="utf-8")
+        except OSError as exc:
+            report_error = f"report not written to {str(report)!r}: {exc.strerror or exc}"
+            out.write(f"\n{report_error[0].upper()}{report_error[1:]}\n")
+            path = None
+        else:
+            out.write(f"\nReport: {path.resolve()}\n")
     if len(results) > 1:
         for r in results:
             out.write(f"  {r.scenario.name:<8} {r.outcome:<12} {r.elapsed:5.1f} s  "
                       f"{'ok' if r.ok else 'NOT as expected: ' + r.why}\n")
     out.flush()
-    return DemoRun(tuple(results), path)
+    return DemoRun(tuple(results), path, report_error)

@@ -87,6 +87,15 @@ def _report(text: str) -> str:
         raise argparse.ArgumentTypeError(f"its directory does not exist (got {text!r})")
     if not os.access(path.parent, os.W_OK):
         raise argparse.ArgumentTypeError(f"its directory is not writable (got {text!r})")
+    if path.exists():
+        # Opened the way the end of the run writes it, without truncating or blocking: a
+        # read-only file fails here, and so does a named pipe nobody reads (the write at the
+        # end would wait for a reader for ever).
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK))
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(
+                f"cannot be written: {exc.strerror or exc} (got {text!r})") from None
     return text
 
 
@@ -103,9 +112,11 @@ def _run_demo(args: argparse.Namespace) -> int:
         if not result.ok:
             print(f"openai-bluegreen demo: scenario {result.scenario.name!r} did not end as "
                   f"expected: {result.why}", file=sys.stderr)
+    if run.report_error is not None:
+        print(f"openai-bluegreen demo: error: {run.report_error}", file=sys.stderr)
     if any(r.interrupted for r in run.results):
         return 130
-    return 0 if run.ok else 1
+    return 0 if run.ok and run.report_error is None else 1
 
 
 def _add_demo(commands: Any) -> None:
