@@ -588,6 +588,20 @@ def test_a_credential_variable_in_the_host_is_refused(
     assert "hunter2@" in getattr(openai_bluegreen.load_config({**good(), field: inside}), field)
 
 
+@pytest.mark.parametrize("url", ["https://${GREEN_HOST}/v1", "${GREEN_URL}"])
+def test_a_variable_in_base_url_is_refused_not_taken_as_a_host(
+        url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``${VAR}`` is expanded in ``state`` and ``metrics_source`` only: ``base_url:
+    https://${GREEN_HOST}/v1`` was accepted as written, and every green call went to a host
+    named ``${GREEN_HOST}`` (then fell back to blue)."""
+    monkeypatch.setenv("GREEN_HOST", "green.internal")
+    with pytest.raises(ConfigError) as caught:
+        openai_bluegreen.load_config(with_change("green.base_url", url))
+    [(path, why)] = caught.value.problems
+    assert path == "rollouts[0].green.base_url"
+    assert why.startswith("${VAR} is expanded only in state and metrics_source"), why
+
+
 def test_every_url_problem_is_named_without_echoing_a_key() -> None:
     for url in ("https://gw example.com/v1?api_key=sk-abcdefghijklmnop",  # bad shape and a key
                 "https://h/v1?subscription-key=abc123",  # Azure API Management

@@ -266,6 +266,11 @@ class EnvironmentTarget(_Strict):
             return value
         # Before any other check: no error below may echo a key from the query.
         _refuse_query_secret(value, "name the key's variable in api_key_env")
+        if _VAR_RE.search(value):
+            # Left as written, it names a host nobody has; expanded, the rollout's revision
+            # (what the fleet and the CLI compare) would differ wherever the variable does.
+            raise ValueError(f"${{VAR}} is expanded only in state and metrics_source: write "
+                             f"the URL itself (got {mask_url(value)!r})")
         scheme = _SCHEME_RE.match(value)
         if scheme is not None and "@" in value[scheme.end():].split("/", 1)[0]:
             raise ValueError(f"must not hold credentials (user:password@): name the key's "
