@@ -339,3 +339,30 @@ def test_retry_after_is_long_enough_for_a_retry_to_be_admitted() -> None:
             except openai.RateLimitError as exc:
                 time.sleep(float(exc.response.headers["retry-after"]))
         pytest.fail("three waits of Retry-After seconds each and still refused")
+
+
+@pytest.mark.parametrize("surface", ["chat", "responses"])
+def test_a_stream_is_cut_or_fails_in_band_each_at_the_rate_asked_for(surface: str) -> None:
+    # Both were drawn independently and a cut stream never reached its in-band failure: at
+    # 0.5 each, a quarter of the streams completed and only a quarter failed in band.
+    with SimulatedUpstream("x", disconnect_rate=0.5, stream_failure_rate=0.5, seed=3) as up, \
+            _client(up) as client:
+        outcomes: collections.Counter[str] = collections.Counter()
+        for _ in range(200):
+            try:
+                if surface == "chat":
+                    list(client.chat.completions.create(model="m", messages=MSGS, stream=True))
+                    outcomes["completed"] += 1
+                else:
+                    events = list(client.responses.create(model="m", input="x", stream=True))
+                    outcomes[events[-1].type] += 1
+            except openai.APIConnectionError:
+                outcomes["cut"] += 1
+            except openai.APIError:  # a chat stream's in-band error event
+                outcomes["response.failed"] += 1
+    assert set(outcomes) == {"cut", "response.failed"}, outcomes
+    assert 0.4 <= outcomes["cut"] / 200 <= 0.6, outcomes
+    with pytest.raises(ValueError, match=r"disconnect_rate \+ stream_failure_rate must add up "
+                                         r"to at most 1 .*got 0\.6 \+ 0\.5"):
+        UpstreamSettings(disconnect_rate=0.6, stream_failure_rate=0.5)
+    UpstreamSettings(disconnect_rate=0.7, stream_failure_rate=0.3)  # 1, within rounding

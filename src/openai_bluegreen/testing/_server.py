@@ -274,8 +274,15 @@ class SimulatedUpstream:
                     break
             stall = rng.random() < settings.stall_rate
             cut = rng.random() < settings.disconnect_rate
-            # Drawn only when asked for: a seed's other draws stay what they were before.
-            fail = settings.stream_failure_rate > 0 and rng.random() < settings.stream_failure_rate
+            # A stream is cut or fails in band, never both (the settings keep the two rates'
+            # sum at most 1), so each is served at the rate asked for: of the streams not cut,
+            # the share stream_failure_rate / (1 - disconnect_rate) fails. Drawn only when
+            # asked for: a seed's other draws stay what they were before.
+            fail = False
+            if settings.stream_failure_rate > 0:
+                draw = rng.random()
+                fail = not cut and draw * (1 - settings.disconnect_rate) < \
+                    settings.stream_failure_rate
             if settings.rate_limit_rps is not None and status is None:
                 if self._bucket is None:
                     self._bucket = _TokenBucket(settings.rate_limit_rps)

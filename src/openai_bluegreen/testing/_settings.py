@@ -35,14 +35,17 @@ class UpstreamSettings:
         rate_limit_rps: Requests per second allowed (token bucket, burst = 1 s, at least one
             request); above it the answer is 429 with ``Retry-After`` (the whole seconds until
             the next request is admitted). ``None`` = unlimited.
-        disconnect_rate: Probability that a streamed answer is cut off mid-stream.
+        disconnect_rate: Probability that a streamed answer is cut off mid-stream. A stream is
+            cut or fails in band (``stream_failure_rate``), never both, so each comes at the
+            rate asked for: the two must add up to at most 1.
         disconnect_after_chunks: How many chunks a cut-off stream delivers first (0 = none;
             a shorter stream is cut before its last event).
         stream_failure_rate: Probability that a streamed answer reports a server error in band
             before any of its text, as OpenAI does: a Responses stream ends with a
             ``response.failed`` event (code ``server_error``), which the SDK hands to the caller
             as an event; a chat or legacy completion stream with an ``error`` event, which the
-            SDK raises as ``openai.APIError``.
+            SDK raises as ``openai.APIError``. Never on a stream that is cut
+            (``disconnect_rate``).
         embedding_dimensions: Length of each embedding vector (a request's ``dimensions``
             wins, as with OpenAI's text-embedding-3 models).
         seed: Seed of the random draws, for repeatable runs (``None`` = random).
@@ -83,6 +86,10 @@ class UpstreamSettings:
                 problems.append(f"error_rates[{status}] must be between 0 and 1 (got {rate!r})")
         if sum(self.error_rates.values()) > 1:
             problems.append("error_rates must add up to at most 1")
+        if self.disconnect_rate + self.stream_failure_rate > 1 + 1e-9:
+            problems.append("disconnect_rate + stream_failure_rate must add up to at most 1 "
+                            "(a stream is cut or fails in band, never both; got "
+                            f"{self.disconnect_rate!r} + {self.stream_failure_rate!r})")
         if self.rate_limit_rps is not None and self.rate_limit_rps <= 0:
             problems.append(f"rate_limit_rps must be > 0 (got {self.rate_limit_rps!r})")
         for name in ("cached_tokens", "reasoning_tokens"):
