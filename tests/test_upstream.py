@@ -366,3 +366,37 @@ def test_a_stream_is_cut_or_fails_in_band_each_at_the_rate_asked_for(surface: st
                                          r"to at most 1 .*got 0\.6 \+ 0\.5"):
         UpstreamSettings(disconnect_rate=0.6, stream_failure_rate=0.5)
     UpstreamSettings(disconnect_rate=0.7, stream_failure_rate=0.3)  # 1, within rounding
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"error_rates": {503: "0.1"}}, "error_rates[503] must be between 0 and 1 (got '0.1')"),
+    ({"error_rates": [(503, 0.1)]}, "error_rates must be a mapping of HTTP status"),
+    ({"error_rates": {503: 0.8, 500: 0.3}}, "error_rates must add up to at most 1 (got 1.1)"),
+    ({"latency": "0.1"}, "latency must be a finite number >= 0 (got '0.1')"),
+    ({"stall_rate": "0.5"}, "stall_rate must be between 0 and 1 (got '0.5')"),
+    ({"rate_limit_rps": float("nan")}, "rate_limit_rps must be a number > 0 or None (got nan)"),
+    ({"rate_limit_rps": "5"}, "rate_limit_rps must be a number > 0 or None (got '5')"),
+    ({"output_tokens": 1.5}, "output_tokens must be a whole number >= 1 (got 1.5)"),
+    ({"max_stream_chunks": 0}, "max_stream_chunks must be a whole number >= 1 (got 0)"),
+    ({"disconnect_after_chunks": -1},
+     "disconnect_after_chunks must be a whole number >= 0 (got -1)"),
+    ({"input_tokens": -5}, "input_tokens must be a whole number >= 0 (got -5)"),
+])
+def test_bad_settings_are_refused_naming_the_field_and_value(
+        changes: dict[str, object], message: str) -> None:
+    # They raised a bare TypeError ('<=' not supported ...), an AttributeError, or were taken
+    # and broke requests later (a NaN rate limit, 1.5 output tokens, -1 chunks before a cut).
+    with pytest.raises(ValueError) as caught:
+        UpstreamSettings(**changes)  # type: ignore[arg-type]
+    assert message in str(caught.value)
+    with SimulatedUpstream("x") as up, pytest.raises(ValueError) as caught:
+        up.configure(**changes)
+    assert message in str(caught.value)
+    assert up.settings == UpstreamSettings()  # nothing changed
+
+
+def test_error_rates_that_add_up_to_one_are_taken_whatever_the_float_sum() -> None:
+    # 0.34 + 0.56 + 0.1 is 1.0000000000000002 in floats: refused as "more than 1".
+    with SimulatedUpstream("x", error_rates={500: 0.34, 502: 0.56, 503: 0.1}) as up, \
+            _client(up) as client:
+        assert _status(client) in (500, 502, 503)

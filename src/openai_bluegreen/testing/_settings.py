@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["UpstreamSettings"]
+
+_ROUNDING = 1e-9  # rates that add up to 1 on paper may add up to a hair above it in floats
+
+
+def _number(value: object) -> bool:
+    """A real number, not a bool (``True`` is an ``int``) or a numeric string."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _whole(value: object) -> bool:
+    """An ``int``, not a bool (the counts go into JSON bodies as they are)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -73,31 +86,49 @@ class UpstreamSettings:
     def __post_init__(self) -> None:
         problems = []
         for name in ("latency", "latency_sigma", "ttfc", "chunk_interval", "stall_seconds"):
-            if not 0 <= getattr(self, name) < math.inf:  # NaN too
-                problems.append(f"{name} must be a finite number >= 0 "
-                                f"(got {getattr(self, name)!r})")
+            value = getattr(self, name)
+            if not (_number(value) and 0 <= value < math.inf):  # NaN too
+                problems.append(f"{name} must be a finite number >= 0 (got {value!r})")
+        stream_rates_ok = True  # disconnect_rate and stream_failure_rate, to add them up
         for name in ("stall_rate", "disconnect_rate", "stream_failure_rate"):
-            if not 0 <= getattr(self, name) <= 1:
-                problems.append(f"{name} must be between 0 and 1 (got {getattr(self, name)!r})")
-        for status, rate in self.error_rates.items():
-            if not (isinstance(status, int) and 400 <= status <= 599):
-                problems.append(f"error_rates key must be an HTTP error status (got {status!r})")
-            if not 0 <= rate <= 1:  # NaN too
-                problems.append(f"error_rates[{status}] must be between 0 and 1 (got {rate!r})")
-        if sum(self.error_rates.values()) > 1:
-            problems.append("error_rates must add up to at most 1")
-        if self.disconnect_rate + self.stream_failure_rate > 1 + 1e-9:
+            value = getattr(self, name)
+            if not (_number(value) and 0 <= value <= 1):
+                if name != "stall_rate":
+                    stream_rates_ok = False
+                problems.append(f"{name} must be between 0 and 1 (got {value!r})")
+        if not isinstance(self.error_rates, Mapping):
+            problems.append("error_rates must be a mapping of HTTP status to probability, "
+                            f"e.g. {{503: 0.05}} (got {self.error_rates!r})")
+        else:
+            good = []
+            for status, rate in self.error_rates.items():
+                if not (_whole(status) and 400 <= status <= 599):
+                    problems.append("error_rates key must be an HTTP error status (400-599) "
+                                    f"(got {status!r})")
+                if not (_number(rate) and 0 <= rate <= 1):  # NaN too
+                    problems.append(f"error_rates[{status!r}] must be between 0 and 1 "
+                                    f"(got {rate!r})")
+                else:
+                    good.append(rate)
+            total = math.fsum(good)
+            if total > 1 + _ROUNDING:  # 0.34 + 0.56 + 0.1 is 1, whatever floats make of it
+                problems.append(f"error_rates must add up to at most 1 (got {total:g})")
+        if stream_rates_ok and self.disconnect_rate + self.stream_failure_rate > 1 + _ROUNDING:
             problems.append("disconnect_rate + stream_failure_rate must add up to at most 1 "
                             "(a stream is cut or fails in band, never both; got "
                             f"{self.disconnect_rate!r} + {self.stream_failure_rate!r})")
-        if self.rate_limit_rps is not None and self.rate_limit_rps <= 0:
-            problems.append(f"rate_limit_rps must be > 0 (got {self.rate_limit_rps!r})")
-        for name in ("cached_tokens", "reasoning_tokens"):
+        rps = self.rate_limit_rps
+        if rps is not None and not (_number(rps) and rps > 0):  # NaN too
+            problems.append(f"rate_limit_rps must be a number > 0 or None (got {rps!r})")
+        for name, least in (("output_tokens", 1), ("embedding_dimensions", 1),
+                            ("max_stream_chunks", 1), ("cached_tokens", 0),
+                            ("reasoning_tokens", 0), ("disconnect_after_chunks", 0),
+                            ("input_tokens", 0)):
             value = getattr(self, name)
-            if type(value) is not int or value < 0:  # a count: not a bool, float or string
-                problems.append(f"{name} must be a whole number >= 0 (got {value!r})")
-        if self.output_tokens < 1 or self.embedding_dimensions < 1 or self.max_stream_chunks < 1:
-            problems.append("output_tokens, embedding_dimensions, max_stream_chunks must be >= 1")
+            if name == "input_tokens" and value is None:
+                continue
+            if not (_whole(value) and value >= least):  # a count: not a bool, float or string
+                problems.append(f"{name} must be a whole number >= {least} (got {value!r})")
         if problems:
             raise ValueError("; ".join(problems))
 
