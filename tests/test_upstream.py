@@ -400,3 +400,39 @@ def test_error_rates_that_add_up_to_one_are_taken_whatever_the_float_sum() -> No
     with SimulatedUpstream("x", error_rates={500: 0.34, 502: 0.56, 503: 0.1}) as up, \
             _client(up) as client:
         assert _status(client) in (500, 502, 503)
+
+
+def test_stopping_with_calls_in_flight_ends_them_quietly_and_leaves_no_thread(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # On Python 3.11 each connection handler still waiting (a stall, a latency, a stream
+    # between chunks) was cancelled by the loop's teardown, and asyncio logged
+    # "Exception in callback ... CancelledError" with a traceback for each.
+    import threading
+
+    up = SimulatedUpstream("x", stall_rate=1.0, stall_seconds=60).start()
+    client = openai.OpenAI(base_url=up.base_url, api_key="k", max_retries=0, timeout=60)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            client.chat.completions.create(model="m", messages=MSGS)
+        except BaseException as exc:  # recorded for the assertion
+            errors.append(exc)
+
+    callers = [threading.Thread(target=call) for _ in range(3)]
+    for caller in callers:
+        caller.start()
+    deadline = time.monotonic() + 10
+    while len(up.requests) < 3:
+        assert time.monotonic() < deadline, "the calls never reached the upstream"
+        time.sleep(0.01)
+    with caplog.at_level("DEBUG", logger="asyncio"):
+        up.stop()
+    for caller in callers:
+        caller.join(10)
+    client.close()
+    assert len(errors) == 3 and all(isinstance(e, openai.APIConnectionError) for e in errors)
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], \
+        caplog.text[-2000:]
+    assert "upstream-x" not in {t.name for t in threading.enumerate()}
+

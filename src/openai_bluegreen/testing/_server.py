@@ -242,6 +242,11 @@ class SimulatedUpstream:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
             return
+        except asyncio.CancelledError:
+            # stop() ends the loop with calls in flight (a stall, a latency, a stream between
+            # chunks): their connections are already aborted. Returning, not raising, keeps
+            # Python 3.11's asyncio from logging each cancelled handler as an error.
+            return
         finally:
             self._writers.discard(writer)
             with contextlib.suppress(Exception):
