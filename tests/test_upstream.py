@@ -436,3 +436,20 @@ def test_stopping_with_calls_in_flight_ends_them_quietly_and_leaves_no_thread(
         caplog.text[-2000:]
     assert "upstream-x" not in {t.name for t in threading.enumerate()}
 
+
+def test_a_start_that_failed_can_be_retried() -> None:
+    # The failed start left its dead thread behind: a second start() returned at once, serving
+    # nothing (and reported no error), and stop() warned of a coroutine never awaited.
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        up = SimulatedUpstream("x", port=port)
+        with pytest.raises(OSError):
+            up.start()
+        with pytest.raises(OSError):
+            up.start()
+    with up, _client(up) as client:
+        assert _status(client) == 200

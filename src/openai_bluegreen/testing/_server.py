@@ -149,15 +149,21 @@ class SimulatedUpstream:
         """Start serving in a daemon thread; returns once the port accepts connections."""
         if self._thread is not None:
             return self
-        self._thread = threading.Thread(target=self._run_thread, name=f"upstream-{self.name}",
-                                        daemon=True)
-        self._thread.start()
+        self._thread = thread = threading.Thread(target=self._run_thread,
+                                                 name=f"upstream-{self.name}", daemon=True)
+        thread.start()
         self._ready.wait(10)
-        if self._startup_error is not None:
-            raise self._startup_error
-        if not self._ready.is_set():
-            raise RuntimeError(f"simulated upstream {self.name!r} did not start within 10 s")
-        return self
+        if self._startup_error is None and self._ready.is_set():
+            return self
+        error = self._startup_error or RuntimeError(
+            f"simulated upstream {self.name!r} did not start within 10 s")
+        if self._startup_error is None:
+            self.stop()
+        # Forget the failed attempt, so that start() tries again.
+        thread.join(5)
+        self._thread = self._loop = self._startup_error = None
+        self._ready.clear()
+        raise error
 
     def stop(self) -> None:
         """Stop serving and close every open connection."""
