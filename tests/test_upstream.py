@@ -453,3 +453,22 @@ def test_a_start_that_failed_can_be_retried() -> None:
             up.start()
     with up, _client(up) as client:
         assert _status(client) == 200
+
+
+def test_a_stream_longer_than_max_stream_chunks_sends_the_whole_answer() -> None:
+    # The streamed text was cut to max_stream_chunks tokens (10 words of 100) while its usage
+    # still said 100, and it differed from the same answer not streamed.
+    with SimulatedUpstream("x", output_tokens=100, max_stream_chunks=10) as up, \
+            _client(up) as client:
+        whole = client.chat.completions.create(model="m", messages=MSGS).choices[0].message
+        chunks = list(client.chat.completions.create(model="m", messages=MSGS, stream=True))
+        events = list(client.responses.create(model="m", input="x", stream=True))
+    texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(texts) == 10
+    assert "".join(texts) == whole.content
+    assert whole.content is not None and len(whole.content.split()) == 100
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert len(deltas) == 10
+    assert "".join(deltas) == whole.content
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text == whole.content

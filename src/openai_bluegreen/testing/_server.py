@@ -456,7 +456,7 @@ class SimulatedUpstream:
                 fail: bool = False) -> Iterator[dict[str, Any] | str]:
         model = body.get("model", "unknown")
         n_in = self._input_tokens(body, settings)
-        pieces = self._text(settings, body)[: settings.max_stream_chunks]
+        pieces = _grouped(self._text(settings, body), settings.max_stream_chunks)
         n_out = settings.output_tokens
         now = int(time.time())
         ident = next(self._ids)
@@ -572,6 +572,16 @@ def _chat_usage(settings: UpstreamSettings, n_in: int, n_out: int) -> dict[str, 
             "completion_tokens_details": {
                 "reasoning_tokens": min(settings.reasoning_tokens, n_out), "audio_tokens": 0,
                 "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+
+
+def _grouped(words: list[str], most: int) -> list[str]:
+    """``words`` in at most ``most`` pieces of consecutive words, as even as can be: a long
+    answer streams in fewer chunks, all of its text (the same as when not streamed)."""
+    if len(words) <= most:
+        return words
+    size, extra = divmod(len(words), most)
+    bounds = [i * size + min(i, extra) for i in range(most + 1)]
+    return ["".join(words[a:b]) for a, b in itertools.pairwise(bounds)]
 
 
 def _usage_chunk(body: dict[str, Any], base: dict[str, Any], usage: dict[str, Any]

@@ -34,6 +34,8 @@ class UpstreamSettings:
         chunk_interval: Time between streamed chunks, in seconds.
         output_tokens: Completion tokens per answer (streamed answers send one chunk per token,
             up to ``max_stream_chunks``).
+        max_stream_chunks: Most text chunks a streamed answer sends: a longer answer's chunks
+            carry several tokens each (the text is the whole answer, streamed or not).
         input_tokens: Prompt tokens reported; ``None`` estimates them from the request size.
         cached_tokens: Of the prompt tokens, how many came from the provider's prompt cache
             (``cached_tokens`` in chat and Responses usage details; at most the prompt's).
