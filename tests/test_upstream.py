@@ -472,3 +472,17 @@ def test_a_stream_longer_than_max_stream_chunks_sends_the_whole_answer() -> None
     assert "".join(deltas) == whole.content
     assert events[-1].type == "response.completed"
     assert events[-1].response.output_text == whole.content
+
+
+def test_an_upstream_process_takes_a_settings_object_and_refuses_unknown_names_at_once(
+        ) -> None:
+    # settings=UpstreamSettings(...), as SimulatedUpstream takes it, failed at start() with
+    # "Object of type UpstreamSettings is not JSON serializable"; record_limit (not a setting)
+    # passed the constructor's check and was refused only by the started child.
+    with pytest.raises(TypeError, match=r"unknown upstream setting.*: record_limit"):
+        UpstreamProcess("bad", record_limit=5)
+    with UpstreamProcess("obj", settings=UpstreamSettings(output_tokens=3, latency=5.0),
+                         latency=0.0) as up, \
+            openai.OpenAI(base_url=up.base_url, api_key="k", max_retries=0) as client:
+        answer = client.chat.completions.create(model="m", messages=MSGS)
+    assert answer.usage is not None and answer.usage.completion_tokens == 3

@@ -14,6 +14,7 @@ It stops when its standard input closes, so it never outlives the process that s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import selectors
@@ -24,6 +25,7 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from ._server import SimulatedUpstream
+from ._settings import UpstreamSettings
 
 __all__ = ["UpstreamProcess"]
 
@@ -43,20 +45,25 @@ class UpstreamProcess:
         name: Shown in the ``x-upstream`` response header.
         host: Loopback address to bind.
         port: Port to bind (0 = a free one).
-        settings: Initial behaviour, as :class:`UpstreamSettings` fields; checked here, so a
-            bad value raises before any process starts.
+        settings: Initial behaviour; keyword arguments override single fields, as with
+            :class:`SimulatedUpstream`. Checked here, so a bad value or an unknown name raises
+            before any process starts.
 
     Requests are not recorded here (they stay in the child): use :class:`SimulatedUpstream`
     when a test reads ``requests``.
     """
 
     def __init__(self, name: str = "upstream", *, host: str = "127.0.0.1", port: int = 0,
-                 **settings: Any) -> None:
-        SimulatedUpstream(name, host=host, port=port, **settings)  # raises naming the bad field
+                 settings: UpstreamSettings | None = None, **overrides: Any) -> None:
+        # Raises naming the bad field, or an unknown one (record_limit is not the child's).
+        resolved = (settings or UpstreamSettings()).replace(**overrides)
+        SimulatedUpstream(name, host=host, port=port, settings=resolved)  # loopback only
         self.name = name
         self.host = host
         self.port = port
-        self._settings = dict(settings)
+        default = UpstreamSettings()
+        self._settings = {f.name: getattr(resolved, f.name) for f in dataclasses.fields(resolved)
+                          if getattr(resolved, f.name) != getattr(default, f.name)}
         self._proc: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
 
