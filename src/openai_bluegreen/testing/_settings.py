@@ -28,7 +28,8 @@ class UpstreamSettings:
     """How a :class:`SimulatedUpstream` answers.
 
     Attributes:
-        latency: Median time to a complete (non-streamed) answer, in seconds.
+        latency: Median time to a complete (non-streamed) answer, in seconds; an answer with
+            an error status (``error_rates``, rate limiting) comes after half of it.
         latency_sigma: Log-normal spread of latency and time to first chunk (0 = constant).
         ttfc: Median time to the first chunk of a streamed answer, in seconds.
         chunk_interval: Time between streamed chunks, in seconds.
