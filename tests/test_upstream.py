@@ -486,3 +486,41 @@ def test_an_upstream_process_takes_a_settings_object_and_refuses_unknown_names_a
             openai.OpenAI(base_url=up.base_url, api_key="k", max_retries=0) as client:
         answer = client.chat.completions.create(model="m", messages=MSGS)
     assert answer.usage is not None and answer.usage.completion_tokens == 3
+
+
+def test_requests_it_has_no_answer_for_get_an_http_error_not_a_dropped_connection(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A ``json_schema`` given as a string, a ``true`` sub-schema or a Content-Length that is
+    no number raised inside the server, which closed the connection: the client saw an
+    APIConnectionError, as if the upstream were down."""
+    import json
+    import socket
+
+    with SimulatedUpstream("u") as up, \
+            openai.OpenAI(base_url=up.base_url, api_key="k", max_retries=0) as client:
+        odd = client.chat.completions.create(
+            model="m", messages=MSGS,
+            response_format={"type": "json_schema", "json_schema": "oops"})  # type: ignore[typeddict-item]
+        assert odd.choices[0].message.content
+        loose = client.chat.completions.create(model="m", messages=MSGS, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {
+                "type": "object", "properties": {"anything": True}}}})
+        assert json.loads(loose.choices[0].message.content or "") == {"anything": None}
+        with socket.create_connection((up.host, up.port), timeout=5) as sock:
+            sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\n"
+                         b"content-length: ten\r\n\r\n")
+            assert sock.recv(200).startswith(b"HTTP/1.1 400 ")
+        # Whatever else fails inside the server is its 500, before or in place of a stream.
+        def broken(*_args: object, **_kwargs: object) -> None:
+            raise RuntimeError("no answer for that")
+
+        monkeypatch.setattr(up, "_complete", broken)
+        monkeypatch.setattr(up, "_events", broken)
+        for stream in (False, True):
+            with pytest.raises(openai.InternalServerError, match="no answer for that"):
+                client.chat.completions.create(model="m", messages=MSGS, stream=stream)
+        assert any("failed" in r.getMessage() for r in caplog.records)
+        # Every answered refusal is counted, as it is recorded.
+        with pytest.raises(openai.BadRequestError):
+            client.responses.create(model="m", input="hi", previous_response_id="resp_nope")
+        assert up.status_counts[400] == 1 and up.requests[-1].status == 400

@@ -14,6 +14,7 @@ import collections
 import contextlib
 import itertools
 import json
+import logging
 import math
 import random
 import struct
@@ -25,6 +26,8 @@ from statistics import NormalDist
 from typing import Any
 
 from ._settings import UpstreamSettings
+
+logger = logging.getLogger("openai_bluegreen.testing")
 
 __all__ = ["RecordedRequest", "SimulatedUpstream"]
 
@@ -128,6 +131,7 @@ class SimulatedUpstream:
         self._startup_error: BaseException | None = None
         self._lock = threading.Lock()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._answered: set[asyncio.StreamWriter] = set()  # connections whose answer started
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -237,13 +241,30 @@ class SimulatedUpstream:
                         break
                     key, _, value = line.decode("latin-1").partition(":")
                     headers[key.strip().lower()] = value.strip()
-                length = int(headers.get("content-length", "0") or 0)
+                try:
+                    length = int(headers.get("content-length", "0") or 0)
+                except ValueError:
+                    length = -1
+                if length < 0:
+                    await self._send_json(writer, 400, _error("invalid content-length"))
+                    return
                 if length > _MAX_BODY:
                     await self._send_json(writer, 413, _error("body too large"))
                     return
                 raw = await reader.readexactly(length) if length else b""
                 path, _, query = target.partition("?")
-                keep_open = await self._dispatch(method, path, headers, raw, writer, query)
+                self._answered.discard(writer)
+                try:
+                    keep_open = await self._dispatch(method, path, headers, raw, writer, query)
+                except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:  # a request this simulator has no answer for
+                    logger.warning("simulated upstream %s: %s %s failed", self.name, method,
+                                   path, exc_info=True)
+                    if writer not in self._answered:  # else the answer is cut where it was
+                        await self._send_json(writer, 500, _error(
+                            f"simulated upstream {self.name} failed: {exc!r}", "server_error"))
+                    return
                 if not keep_open or headers.get("connection", "").lower() == "close":
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -255,12 +276,14 @@ class SimulatedUpstream:
             return
         finally:
             self._writers.discard(writer)
+            self._answered.discard(writer)
             with contextlib.suppress(Exception):
                 writer.close()
 
     async def _send_json(self, writer: asyncio.StreamWriter, status: int, payload: Any,
                          extra: dict[str, str] | None = None) -> None:
         body = json.dumps(payload).encode()
+        self._answered.add(writer)
         head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
                 "content-type: application/json", f"content-length: {len(body)}",
                 f"x-upstream: {self.name}", f"x-request-id: req_{next(self._ids)}"]
@@ -338,6 +361,7 @@ class SimulatedUpstream:
             return True
         previous = body.get("previous_response_id") if route == "/responses" else None
         if previous is not None and previous not in self._response_ids:
+            self.status_counts[400] += 1
             self.requests.append(RecordedRequest(method, route, headers, body, 400, query))
             await self._send_json(writer, 400, {"error": {
                 "message": f"Previous response with id '{previous}' not found.",
@@ -529,13 +553,14 @@ class SimulatedUpstream:
 
     async def _stream(self, route: str, body: dict[str, Any], settings: UpstreamSettings,
                       u: float, cut: bool, fail: bool, writer: asyncio.StreamWriter) -> bool:
+        events = list(self._events(route, body, settings, fail))  # may fail: before answering
         head = ["HTTP/1.1 200 OK", "content-type: text/event-stream", "cache-control: no-cache",
                 "transfer-encoding: chunked", f"x-upstream: {self.name}",
                 f"x-request-id: req_{next(self._ids)}"]
+        self._answered.add(writer)
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
         await writer.drain()
         await asyncio.sleep(self._jitter(settings.ttfc, settings.latency_sigma, u))
-        events = list(self._events(route, body, settings, fail))
         # A stream chosen for a cut never ends cleanly: one shorter than the cut point is cut
         # before its last event (a client stops reading at [DONE] or response.completed).
         cut_at = min(settings.disconnect_after_chunks, len(events) - 1) if cut else len(events)
@@ -558,10 +583,9 @@ class SimulatedUpstream:
         return True
 
 
-def _error(message: str) -> dict[str, Any]:
+def _error(message: str, kind: str = "invalid_request_error") -> dict[str, Any]:
     """An error body with every field of OpenAI's ``Error`` (type, message, param, code)."""
-    return {"error": {"message": message, "type": "invalid_request_error", "param": None,
-                      "code": None}}
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
 def _chat_usage(settings: UpstreamSettings, n_in: int, n_out: int) -> dict[str, Any]:
@@ -604,7 +628,8 @@ def _json_schema_of(body: dict[str, Any]) -> dict[str, Any] | None:
     """The JSON schema a structured-output request asks for (chat or Responses API)."""
     fmt = body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
         return schema if isinstance(schema, dict) else None
     text = body.get("text")
     if isinstance(text, dict):
@@ -617,7 +642,7 @@ def _json_schema_of(body: dict[str, Any]) -> dict[str, Any] | None:
 
 def _example(schema: dict[str, Any], root: dict[str, Any], depth: int = 0) -> Any:
     """A small instance that satisfies a (pydantic-generated) JSON schema."""
-    if depth > 8:
+    if depth > 8 or not isinstance(schema, dict):  # ``true``: anything goes
         return None
     ref = schema.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/"):
