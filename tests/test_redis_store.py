@@ -21,7 +21,7 @@ from openai_bluegreen import load_config
 from openai_bluegreen._control import apply_action
 from openai_bluegreen._rollout import Action, Phase, RolloutState, initial_state
 from openai_bluegreen._watcher import Watcher
-from openai_bluegreen.stores import InvalidState, StoreUnavailable, invalid_of, open_store
+from openai_bluegreen.stores import InvalidState, Lease, StoreUnavailable, invalid_of, open_store
 from openai_bluegreen.stores.redis import RedisStore
 from tests.services import RedisServer, redis_server
 
@@ -94,6 +94,28 @@ def test_the_lease_has_one_holder_expires_renews_and_hands_over(server: RedisSer
     finally:
         a.close()
         b.close()
+
+
+def test_a_lease_an_older_watcher_held_is_noticed_by_a_holder_it_refused(
+        server: RedisServer) -> None:
+    """During a rolling upgrade a watcher of an older release takes the lease without
+    recording itself as its last holder. A newer watcher it refused meanwhile records it, so
+    when the lease comes back to the newer one, it is taken anew (the evidence starts
+    afresh), not its old tenure going on."""
+    import redis
+
+    store, client = _open(server.url), redis.Redis.from_url(server.url)
+    try:
+        assert store.acquire_lease("A", 60.0) is Lease.TAKEN
+        client.delete("openai-bluegreen:lease")  # A's ran out; the old release takes it:
+        client.set("openai-bluegreen:lease", "OLD", px=60_000)
+        assert store.acquire_lease("A", 60.0) is Lease.REFUSED
+        client.delete("openai-bluegreen:lease")  # its lease ran out in turn
+        assert store.acquire_lease("A", 60.0) is Lease.TAKEN
+        assert store.acquire_lease("A", 60.0) is Lease.KEPT
+    finally:
+        store.close()
+        client.close()
 
 
 def test_an_outage_fails_fast_without_the_password_and_heals_by_itself(

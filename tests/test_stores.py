@@ -23,11 +23,13 @@ from openai_bluegreen._rollout import (
 )
 from openai_bluegreen.stores import (
     InvalidState,
+    Lease,
     StateStore,
     StoreUnavailable,
     invalid_of,
     open_store,
 )
+from openai_bluegreen.stores.memory import MemoryStore
 from tests.services import redis_server
 
 CONFIG = {"rollouts": [{"name": "chat", "match": {"model": "m"}, "blue": {"model": "a"},
@@ -642,3 +644,30 @@ def test_a_watcher_whose_lease_ran_out_during_its_look_writes_nothing(
         b.stop()
         a_store.close()
         b_store.close()
+
+
+def test_acquire_lease_says_whether_another_holder_had_it_since(
+        leased: tuple[str, Any]) -> None:
+    """A lease that ran out with nobody taking it is the same holder's tenure going on
+    (``KEPT``); one that another holder had meanwhile, or that its holder gave up, is taken
+    anew (``TAKEN``): the watcher's evidence starts afresh only then."""
+    url, expire = leased
+    a, b = open_store(url), open_store(url)
+    try:
+        assert a.acquire_lease("A", 60.0) is Lease.TAKEN  # never had it
+        assert a.acquire_lease("A", 60.0) is Lease.KEPT  # renewed in time
+        expire()
+        assert a.acquire_lease("A", 60.0) is Lease.KEPT  # ran out, nobody took it
+        assert b.acquire_lease("B", 60.0) is Lease.REFUSED
+        expire()
+        assert b.acquire_lease("B", 60.0) is Lease.TAKEN
+        assert a.acquire_lease("A", 60.0) is Lease.REFUSED
+        b.release_lease("B")
+        assert a.acquire_lease("A", 60.0) is Lease.TAKEN  # B had it meanwhile
+        a.release_lease("A")
+        assert a.acquire_lease("A", 60.0) is Lease.TAKEN  # it gave it up
+    finally:
+        a.close()
+        b.close()
+    assert MemoryStore().acquire_lease("A", 60.0) is Lease.KEPT  # one process: always its own
+

@@ -334,7 +334,7 @@ class Watcher:
         ttl = self._lease_ttl
         try:
             # Only the lease holder decides; a lease outlives a few missed looks, not more.
-            self.leader = self.store.acquire_lease(self.holder, ttl=ttl)
+            self.leader = bool(self.store.acquire_lease(self.holder, ttl=ttl))
         except StoreUnavailable as exc:
             self.leader = False
             self._set_problem(f"state store unavailable, not deciding: {exc}", kind="lease")

@@ -11,6 +11,7 @@ on one host; atomic replace and a lock file) and ``redis://…`` (a fleet).
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 from collections.abc import Mapping
@@ -19,9 +20,9 @@ from typing import Any, Protocol, runtime_checkable
 from .._errors import BlueGreenError
 from .._rollout import MAX_VERSION, RolloutState
 
-__all__ = ["InvalidState", "LeaseLost", "StateStore", "StoreUnavailable", "StoreUnsupported",
-           "StoredStates", "check_version", "invalid_of", "open_store", "parse_stored",
-           "store_time"]
+__all__ = ["InvalidState", "Lease", "LeaseLost", "StateStore", "StoreUnavailable",
+           "StoreUnsupported", "StoredStates", "check_version", "invalid_of", "open_store",
+           "parse_stored", "store_time"]
 
 
 class StoreUnavailable(BlueGreenError):
@@ -37,6 +38,26 @@ class LeaseLost(StoreUnavailable):
     """A write fenced by the leader lease (``compare_and_set(..., holder=...)``) was refused:
     the writer no longer holds the lease (it ran out while the writer was busy, and another
     watcher may be leading now). Nothing was written."""
+
+
+class Lease(enum.IntEnum):
+    """What :meth:`StateStore.acquire_lease` answers: false only when another holder has the
+    lease; ``KEPT`` and ``TAKEN`` tell a holder whether its tenure went on.
+
+    A watcher whose look outlived its lease (a slow metric source) may find the lease run out
+    when it renews it. Its evidence still stands if nobody else led meanwhile (``KEPT``); if
+    another watcher did (``TAKEN``), that one may have moved the rollout, so the evidence
+    starts afresh, as at any takeover.
+    """
+
+    REFUSED = 0
+    """Another holder has the lease."""
+    KEPT = 1
+    """The holder has the lease, and nobody else had it since the holder last did (renewed
+    in time, or run out with nobody taking it meanwhile)."""
+    TAKEN = 2
+    """The holder has the lease anew: another holder had it since the holder last did, or
+    the store cannot say that nobody did (the holder never had it, or gave it up)."""
 
 
 class InvalidState(StoreUnavailable):
@@ -187,11 +208,17 @@ class StateStore(Protocol):
         """
         ...
 
-    def acquire_lease(self, holder: str, ttl: float) -> bool:
-        """Take or renew the leader lease for ``ttl`` seconds; ``True`` when ``holder`` has it.
+    def acquire_lease(self, holder: str, ttl: float) -> Lease | bool:
+        """Take or renew the leader lease for ``ttl`` seconds; true when ``holder`` has it.
 
         Only the holder of the lease decides; other watchers follow the stored states. A
         holder that stops renewing loses the lease when it expires.
+
+        Returns:
+            A :class:`Lease`: ``REFUSED`` (another holder has it), ``KEPT`` (nobody else had
+            it since ``holder`` last did) or ``TAKEN`` (someone else may have). A plain
+            ``bool`` is accepted from stores that cannot tell: the watcher then takes a lease
+            that may have run out since its last renewal, by its own clock, as taken anew.
 
         Raises:
             StoreUnavailable: The store cannot be reached.

@@ -26,7 +26,15 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .._rollout import REPAIR_HINT, RolloutState
-from . import InvalidState, LeaseLost, StoredStates, StoreUnavailable, check_version, parse_stored
+from . import (
+    InvalidState,
+    Lease,
+    LeaseLost,
+    StoredStates,
+    StoreUnavailable,
+    check_version,
+    parse_stored,
+)
 
 __all__ = ["LOCK_TIMEOUT", "FileStore"]
 
@@ -215,16 +223,20 @@ class FileStore:
             raise StoreUnavailable(f"cannot write state file {str(self.path)!r}: "
                                    f"{exc.strerror}") from exc
 
-    def acquire_lease(self, holder: str, ttl: float) -> bool:
-        """The lease lives in the file, under the same lock as the states."""
+    def acquire_lease(self, holder: str, ttl: float) -> Lease:
+        """The lease lives in the file, under the same lock as the states. A lease that ran
+        out stays in the file until someone else takes it (or its holder releases it), so it
+        still says who had it last."""
         with self._locked():
             now = time.time()
             data = self._read()
             if _lease_holder(data, now) not in (None, holder):
-                return False
+                return Lease.REFUSED
+            last = data.get("lease")
+            kept = isinstance(last, dict) and last.get("holder") == holder
             data["lease"] = {"holder": holder, "expires": now + ttl}
             self._write(data)
-            return True
+            return Lease.KEPT if kept else Lease.TAKEN
 
     def release_lease(self, holder: str) -> None:
         with self._locked():

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Mapping
 
 from .._rollout import RolloutState
-from . import check_version
+from . import Lease, check_version
 
 __all__ = ["MemoryStore"]
 
@@ -41,9 +41,9 @@ class MemoryStore:
         """A memory store holds only states this package made: never an invalid one."""
         return False
 
-    def acquire_lease(self, holder: str, ttl: float) -> bool:
-        """One process: the lease is always this process's."""
-        return True
+    def acquire_lease(self, holder: str, ttl: float) -> Lease:
+        """One process: the lease is always this process's, and never anyone else's."""
+        return Lease.KEPT
 
     def release_lease(self, holder: str) -> None:
         """Nothing to release."""

@@ -5,6 +5,7 @@ Layout (``openai-bluegreen`` is the namespace, ``?namespace=x`` in the URL chang
     openai-bluegreen:state:<rollout>   JSON of RolloutState.to_dict()
     openai-bluegreen:rollouts          set of the rollout names stored (load_all reads it)
     openai-bluegreen:lease             the leader lease: the holder's id, with a PX expiry
+    openai-bluegreen:lease:last        the holder that had the lease last (no expiry)
     openai-bluegreen:changes           pub/sub channel: the rollout name after each write
 
 Every write is one Lua script (compare the stored ``version`` with the expected one, ``SET``,
@@ -34,7 +35,15 @@ from redis.retry import Retry
 
 from .._config import mask_url
 from .._rollout import REPAIR_HINT, RolloutState
-from . import InvalidState, LeaseLost, StoredStates, StoreUnavailable, check_version, parse_stored
+from . import (
+    InvalidState,
+    Lease,
+    LeaseLost,
+    StoredStates,
+    StoreUnavailable,
+    check_version,
+    parse_stored,
+)
 
 __all__ = ["RedisStore"]
 
@@ -83,17 +92,31 @@ return 1
 """
 _OTHER_TYPE = "\0type:"
 
-# KEYS: lease key. ARGV: holder, ttl in ms.
+# KEYS: lease key, last-holder key. ARGV: holder, ttl in ms. Returns Lease: 0 another holder
+# has it, 1 kept (nobody else had it since this holder did), 2 taken anew. The lease key
+# vanishes when it runs out; the last-holder key remembers who had it. A holder refused records
+# the holder it saw, so a tenure of a watcher too old to keep that key (a rolling upgrade) is
+# still noticed when another watcher asked for the lease during it.
 _ACQUIRE = """
 local current = redis.call('GET', KEYS[1])
-if (not current) or current == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local last = redis.call('GET', KEYS[2])
+if current and current ~= ARGV[1] then
+  if last ~= current then redis.call('SET', KEYS[2], current) end
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if current == ARGV[1] or last == ARGV[1] then
+  if last ~= ARGV[1] then redis.call('SET', KEYS[2], ARGV[1]) end
   return 1
 end
-return 0
+redis.call('SET', KEYS[2], ARGV[1])
+return 2
 """
 
+# KEYS: lease key, last-holder key. ARGV: holder. A holder that gives the lease up ends its
+# tenure: its next lease is taken anew.
 _RELEASE = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
@@ -231,6 +254,7 @@ class RedisStore:
                                    f"{self._scrub(str(exc))}") from None
         self._prefix = namespace
         self._lease_key = f"{namespace}:lease"
+        self._last_holder_key = f"{namespace}:lease:last"
         self._index_key = f"{namespace}:rollouts"
         self._channel = f"{namespace}:changes"
         self._cas = self._client.register_script(_CAS)
@@ -383,17 +407,17 @@ class RedisStore:
             raise self._unavailable(exc, "reading its clock") from None
         return seconds + micros / 1e6
 
-    def acquire_lease(self, holder: str, ttl: float) -> bool:
+    def acquire_lease(self, holder: str, ttl: float) -> Lease:
         try:
-            result = self._acquire(keys=[self._lease_key],
+            result = self._acquire(keys=[self._lease_key, self._last_holder_key],
                                    args=[holder, max(1, round(ttl * 1000))])
         except RedisError as exc:
             raise self._unavailable(exc, "taking the leader lease") from None
-        return int(result) == 1
+        return Lease(int(result))
 
     def release_lease(self, holder: str) -> None:
         try:
-            self._release(keys=[self._lease_key], args=[holder])
+            self._release(keys=[self._lease_key, self._last_holder_key], args=[holder])
         except RedisError as exc:
             raise self._unavailable(exc, "releasing the leader lease") from None
 
