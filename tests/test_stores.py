@@ -671,3 +671,77 @@ def test_acquire_lease_says_whether_another_holder_had_it_since(
         b.close()
     assert MemoryStore().acquire_lease("A", 60.0) is Lease.KEPT  # one process: always its own
 
+class _SlowSource:
+    """Healthy calls, 1000 more of each colour per snapshot; every snapshot first runs
+    ``during`` (a slow source: the test moves the clock past the lease there)."""
+
+    def __init__(self, during: Any = None) -> None:
+        self.calls = 0
+        self.during = during
+        self.resets = 0
+
+    def snapshot(self, now: float) -> Any:
+        from openai_bluegreen.sources import EnvStats, RolloutStats, Snapshot
+
+        if self.during is not None:
+            self.during()
+        self.calls += 1000
+        return Snapshot(now, {"chat": RolloutStats(EnvStats(self.calls, 0),
+                                                   EnvStats(self.calls, 0))})
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def close(self) -> None:
+        pass
+
+
+def _slow_config(steps: list[int]) -> Any:
+    return load_config({"rollouts": [{
+        **CONFIG["rollouts"][0],
+        "schedule": {"steps": steps, "min_step_duration": "1m", "min_requests": 100},
+        "analysis": {"interval": "30s", "checks": [{"signal": "error_rate", "max": 0.2}]}}]})
+
+
+def test_a_watcher_whose_lease_another_held_meanwhile_takes_over_at_its_next_look(
+        leased: tuple[str, Any]) -> None:
+    """A's look outlives its lease and decides nothing (no write, so no LeaseLost to hear
+    of); meanwhile B takes the lease, leads, and hands it back (stops). A's next look used to
+    be the same tenure (A had led at its last look) and judged on windows that began before
+    B led, which may span steps B made: it promoted on them. The store now says the lease
+    was taken anew, so A starts its evidence afresh, as at any takeover."""
+    from openai_bluegreen._watcher import Watcher
+
+    url, expire = leased
+    now = [1_700_000_000.0]
+    config = _slow_config([10, 100])
+    a_store, b_store = open_store(url), open_store(url)
+    a_source = _SlowSource()
+    a = Watcher(config, a_store, a_source, clock=lambda: now[0])
+    b = Watcher(config, b_store, _SlowSource(), clock=lambda: now[0])
+    try:
+        a.look()  # A leads and starts the rollout
+        assert a_store.load("chat") is not None and a_source.resets == 1
+
+        def handed_over() -> None:
+            a_source.during = None
+            expire()
+            assert [d.action for d in b.look()] == [Action.HOLD]
+            assert b.leader
+            b.stop()  # releases the lease
+
+        a_source.during = handed_over
+        assert [d.action for d in a.look()] == [Action.HOLD]  # too early to judge: no write
+        assert a.leader  # it cannot know yet
+        now[0] += 120  # a healthy step's time and calls, as A counts from the step's start
+        decisions = a.look()
+        assert a_source.resets == 2, "A's look after B led was not a takeover"
+        assert [d.action for d in decisions] == [Action.HOLD]  # its evidence starts now
+        state = a_store.load("chat")
+        assert state is not None and state.phase is Phase.PROGRESSING
+    finally:
+        a.stop()
+        b.stop()
+        a_store.close()
+        b_store.close()
+

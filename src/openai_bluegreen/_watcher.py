@@ -45,7 +45,7 @@ from ._version import __version__
 from .policy import Decision, Evidence, StepWindow, decide
 from .sources import CatchingUp, MetricSource, RolloutStats, Snapshot, SourceUnavailable
 from .sources.local import LocalSource
-from .stores import LeaseLost, StateStore, StoreUnavailable, invalid_of, store_time
+from .stores import Lease, LeaseLost, StateStore, StoreUnavailable, invalid_of, store_time
 
 __all__ = ["Watcher"]
 
@@ -334,7 +334,8 @@ class Watcher:
         ttl = self._lease_ttl
         try:
             # Only the lease holder decides; a lease outlives a few missed looks, not more.
-            self.leader = bool(self.store.acquire_lease(self.holder, ttl=ttl))
+            grant = self.store.acquire_lease(self.holder, ttl=ttl)
+            self.leader = bool(grant)
         except StoreUnavailable as exc:
             self.leader = False
             self._set_problem(f"state store unavailable, not deciding: {exc}", kind="lease")
@@ -347,8 +348,13 @@ class Watcher:
             self._set_problem(None, kind="source")
             return []
         # Back before its lease ran out (a store blip cost a look or two): no other watcher
-        # could have led meanwhile, so this is the same tenure and its evidence stands.
-        continued = was_leader or (self._led_until is not None and now < self._led_until)
+        # could have led meanwhile, so this is the same tenure and its evidence stands. Unless
+        # the store says another watcher had the lease since this one's last renewal (it ran
+        # out during the last look, which wrote nothing and so never heard): that one may
+        # have moved a rollout, so windows kept from before would span steps this one did not
+        # see.
+        continued = ((was_leader or (self._led_until is not None and now < self._led_until))
+                     and grant is not Lease.TAKEN)
         self._led_until = now + ttl
         if not continued:
             # Taking over (again): windows this watcher kept from an earlier tenure span steps
