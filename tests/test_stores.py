@@ -671,6 +671,7 @@ def test_acquire_lease_says_whether_another_holder_had_it_since(
         b.close()
     assert MemoryStore().acquire_lease("A", 60.0) is Lease.KEPT  # one process: always its own
 
+
 class _SlowSource:
     """Healthy calls, 1000 more of each colour per snapshot; every snapshot first runs
     ``during`` (a slow source: the test moves the clock past the lease there)."""
@@ -701,6 +702,43 @@ def _slow_config(steps: list[int]) -> Any:
         **CONFIG["rollouts"][0],
         "schedule": {"steps": steps, "min_step_duration": "1m", "min_requests": 100},
         "analysis": {"interval": "30s", "checks": [{"signal": "error_rate", "max": 0.2}]}}]})
+
+
+def test_a_lone_watcher_whose_every_look_outlives_its_lease_still_rolls_out(
+        leased: tuple[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """Every look's metric snapshot takes longer than the lease (3 x 30 s + 1 s): the lease
+    runs out before the look writes. With no other watcher around, every fenced write used to
+    raise LeaseLost, so the rollout never even started. The watcher now renews the lease
+    before writing on a look that ran that long, and nobody having taken it meanwhile, its
+    evidence stands: the rollout goes all the way, and the watcher says once that its looks
+    outlive the lease."""
+    from openai_bluegreen._watcher import Watcher
+
+    url, expire = leased
+    now = [1_700_000_000.0]
+
+    def slow() -> None:
+        now[0] += 100.0
+        expire()
+
+    store = open_store(url)
+    watcher = Watcher(_slow_config([10, 50, 100]), store, _SlowSource(slow),
+                      clock=lambda: now[0])
+    try:
+        with caplog.at_level("WARNING", logger="openai_bluegreen.watcher"):
+            for _ in range(8):
+                watcher.look()
+        state = store.load("chat")
+        assert state is not None and state.phase is Phase.PROMOTED, state
+        assert watcher.leader
+        long_looks = [r for r in caplog.records if "took longer than the leader lease"
+                      in r.getMessage()]
+        assert len(long_looks) == 1, [r.getMessage() for r in caplog.records]
+        assert "91s" in long_looks[0].getMessage()
+        assert "analysis.interval (at least 100s)" in long_looks[0].getMessage()
+    finally:
+        watcher.stop()
+        store.close()
 
 
 def test_a_watcher_whose_lease_another_held_meanwhile_takes_over_at_its_next_look(
@@ -745,3 +783,89 @@ def test_a_watcher_whose_lease_another_held_meanwhile_takes_over_at_its_next_loo
         a_store.close()
         b_store.close()
 
+
+def test_a_renewal_that_finds_another_watcher_led_meanwhile_writes_nothing(
+        leased: tuple[str, Any]) -> None:
+    """A's snapshot outlives its lease; B takes it, leads and hands it back before A
+    renews. A gets the lease again, but B may have moved the rollout since A's snapshot: A
+    writes nothing on it (its promote) and takes over afresh at its next look."""
+    from openai_bluegreen._watcher import Watcher
+
+    url, expire = leased
+    now = [1_700_000_000.0]
+    config = _slow_config([10, 100])
+    a_store, b_store = open_store(url), open_store(url)
+    a_source = _SlowSource()
+    a = Watcher(config, a_store, a_source, clock=lambda: now[0])
+    b = Watcher(config, b_store, _SlowSource(), clock=lambda: now[0])
+    try:
+        a.look()
+        started = a_store.load("chat")
+        assert started is not None and started.phase is Phase.PROGRESSING
+        now[0] += 120  # A would promote on what it saw
+
+        def handed_over() -> None:
+            a_source.during = None
+            expire()
+            b.look()
+            b.stop()
+            now[0] += 100  # past A's lease
+
+        a_source.during = handed_over
+        assert a.look() == []
+        assert a_store.load("chat") == started, "A wrote on evidence from before B led"
+        assert a.leader and a.problem is not None and "another watcher" in a.problem
+        a.look()
+        assert a_source.resets == 2  # its next look judged afresh
+        assert a.problem is None
+    finally:
+        a.stop()
+        b.stop()
+        a_store.close()
+        b_store.close()
+
+
+class _PlainBoolStore:
+    """A third-party store whose acquire_lease answers a plain bool (it cannot tell who had
+    the lease meanwhile): the file store underneath, otherwise as it is."""
+
+    def __init__(self, url: str) -> None:
+        self._store = open_store(url)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def acquire_lease(self, holder: str, ttl: float) -> bool:
+        return bool(self._store.acquire_lease(holder, ttl))
+
+
+def test_a_store_answering_a_plain_bool_keeps_working(leased: tuple[str, Any]) -> None:
+    """Without the store's word on who had the lease, a look that outlived its lease writes
+    nothing (another watcher may have led), as before; a look within its lease writes."""
+    from openai_bluegreen._watcher import Watcher
+
+    url, expire = leased
+    now = [1_700_000_000.0]
+    store = _PlainBoolStore(url)
+    source = _SlowSource()
+    watcher = Watcher(_slow_config([10, 100]), store, source,  # type: ignore[arg-type]
+                      clock=lambda: now[0])
+    try:
+        watcher.look()
+        started = store.load("chat")
+        assert started is not None and started.phase is Phase.PROGRESSING
+        now[0] += 120
+
+        def slow() -> None:
+            source.during = None
+            now[0] += 100
+            expire()
+
+        source.during = slow
+        assert watcher.look() == []
+        assert store.load("chat") == started
+        assert watcher.look()[0].action is Action.HOLD  # judged afresh: a takeover
+        assert source.resets == 2
+    finally:
+        watcher.stop()
+        store.close()

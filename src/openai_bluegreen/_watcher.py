@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -58,6 +59,8 @@ RELEASE_TIMEOUT = 0.5
 """Seconds :meth:`Watcher.stop` then waits for the lease to be handed over."""
 _PROBLEM_KINDS = ("store", "state", "lease", "write", "source", "history")
 STATE = "bluegreen.state"
+LONG_LOOKS = 3
+"""Looks in a row outliving the leader lease after which the watcher warns (once)."""
 _PHASES = tuple(p.value for p in Phase)
 
 
@@ -198,6 +201,14 @@ class Watcher:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.leader = False
         self._led_until: float | None = None  # when the lease this watcher last renewed ends
+        # Elapsed time within a look (the injected clock, else this host's monotonic one).
+        self._ticks: Callable[[], float] = clock if clock is not None else time.monotonic
+        self._granted_at = 0.0  # _ticks() when the lease was last asked for, and granted
+        # Set when a renewal found that another watcher had the lease since this one's last:
+        # the look writes nothing more, and the next one is a takeover.
+        self._tenure_broken = False
+        self._long_looks = 0  # looks in a row that outlived the lease
+        self._warned_long_looks = False
         self._unjudged: dict[str, str] = {}  # rollout -> why its metrics could not be judged
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -332,6 +343,7 @@ class Watcher:
             self.leader = False
             return []
         ttl = self._lease_ttl
+        asked = self._ticks()
         try:
             # Only the lease holder decides; a lease outlives a few missed looks, not more.
             grant = self.store.acquire_lease(self.holder, ttl=ttl)
@@ -354,8 +366,10 @@ class Watcher:
         # have moved a rollout, so windows kept from before would span steps this one did not
         # see.
         continued = ((was_leader or (self._led_until is not None and now < self._led_until))
-                     and grant is not Lease.TAKEN)
+                     and grant is not Lease.TAKEN and not self._tenure_broken)
+        self._tenure_broken = False
         self._led_until = now + ttl
+        self._granted_at = asked
         if not continued:
             # Taking over (again): windows this watcher kept from an earlier tenure span steps
             # it did not see; the evidence starts afresh at takeover (docs/analysis.md). So
@@ -375,7 +389,7 @@ class Watcher:
                                    "lost" if stored_version is None else "an older state of",
                                    name)
             except LeaseLost as exc:
-                self._lost_lease(exc)
+                self._lost_lease(f"decision not written: {exc}")
                 return []
             except StoreUnavailable as exc:
                 self._set_problem(f"could not restore the state store's lost states: {exc}",
@@ -398,11 +412,14 @@ class Watcher:
         self._set_problem(None if snapshot is not None else f"holding: {note}", kind="source")
         if self._stop.is_set():  # stopped while the source answered: decide nothing more
             return []
+        self._count_long_look(self._ticks() - asked)
+        if not self._lease_for_writes(now):  # the snapshot took long: renewed before writing
+            return []
         decisions = []
         self._write_fault = None
         for rollout in self.rollouts.values():
-            if self._stop.is_set() or not self.leader:  # stopped, or lost the lease: no more
-                break
+            if self._stop.is_set() or not self.leader or self._tenure_broken:
+                break  # stopped, lost the lease, or another watcher led meanwhile: no more
             if rollout.name in self._unreadable:
                 continue  # its stored value is for a person to fix: nothing is decided on it
             decision = self._decide_one(rollout, snapshot, note, now)
@@ -425,11 +442,13 @@ class Watcher:
                 else:
                     update = replace(stored, revision=self._revisions[name],
                                      version=stored.version + 1)
+                if not self._lease_for_writes(now):
+                    return None
                 try:
                     written = self.store.compare_and_set(update, stored.version,
                                                          holder=self.holder)
                 except LeaseLost as exc:
-                    self._lost_lease(exc)
+                    self._lost_lease(f"decision not written: {exc}")
                     return None
                 except StoreUnavailable:
                     return None
@@ -473,11 +492,13 @@ class Watcher:
                 return None
             if self._stop.is_set():  # stopped while judging (a slow rebuild): not written
                 return None
+            if not self._lease_for_writes(now):  # judging took long (a rebuild from history)
+                return None
             try:
                 written = self.store.compare_and_set(new, None if stored is None else
                                                      stored.version, holder=self.holder)
             except LeaseLost as exc:
-                self._lost_lease(exc)
+                self._lost_lease(f"decision not written: {exc}")
                 return None
             except StoreUnavailable as exc:
                 self._write_fault = f"state store unavailable, decision not written: {exc}"
@@ -497,15 +518,70 @@ class Watcher:
                 self._remember(name, fresh)
         return None
 
-    def _lost_lease(self, exc: LeaseLost) -> None:
-        """The store refused a write: the lease ran out during this look (it took longer than
-        the lease's time to live) and another watcher may lead now. Nothing more is written on
-        this look's evidence, and the next look that gets the lease is a takeover."""
+    def _lost_lease(self, why: str) -> None:
+        """The store refused a write or a renewal: the lease ran out during this look (it took
+        longer than the lease's time to live) and another watcher may lead now. Nothing more is
+        written on this look's evidence, and the next look that gets the lease is a takeover."""
         self.leader = False
         self._led_until = None
         self._set_problem(f"lost the leader lease during a look that took longer than the "
-                          f"lease ({self._lease_ttl:g}s), decision not written: {exc}",
-                          kind="lease")
+                          f"lease ({self._lease_ttl:g}s), {why}", kind="lease")
+
+    def _lease_for_writes(self, now: float) -> bool:
+        """Whether this look may go on writing, renewing the lease first when the look has run
+        an analysis interval or more since the lease was last granted (a slow metric source,
+        a rebuild from history): a look that outlives its lease still writes when nobody else
+        took the lease meanwhile. Writes stay fenced on the lease whatever this says.
+
+        Costs one store round trip, only on such long looks, off the request path.
+        """
+        asked = self._ticks()
+        held_for = asked - self._granted_at
+        if held_for < self.interval:
+            return True  # granted too recently to run out before the write
+        try:
+            grant = self.store.acquire_lease(self.holder, ttl=self._lease_ttl)
+        except StoreUnavailable:
+            return True  # the fenced write finds out whether the lease is still this one's
+        if not grant:
+            self._lost_lease("another watcher took it over; nothing written on its evidence")
+            return False
+        if self._stop.is_set():  # stopped while renewing: stop() may have released already
+            self._release_lease()
+            return False
+        if self._led_until is not None:
+            self._led_until += held_for
+        self._granted_at = asked
+        if grant is Lease.TAKEN or (not isinstance(grant, Lease)
+                                    and held_for >= self._lease_ttl):
+            # The lease ran out during this look and another watcher had it meanwhile (or, for
+            # a store that cannot tell, may have): it may have moved a rollout since this
+            # look's snapshot. This watcher leads again, but from its next look, as a takeover.
+            self._tenure_broken = True
+            self._set_problem(f"the leader lease ran out during a look that took longer than "
+                              f"the lease ({self._lease_ttl:g}s) and another watcher may "
+                              "have led meanwhile: nothing written on this look's evidence; "
+                              "judging afresh from the next look", kind="lease")
+            return False
+        return True
+
+    def _count_long_look(self, took: float) -> None:
+        """Warn once when looks keep outliving the lease (``took``: from the lease's grant to
+        the end of the metric snapshot)."""
+        if took < self._lease_ttl:
+            self._long_looks = 0
+            return
+        self._long_looks += 1
+        if self._long_looks >= LONG_LOOKS and not self._warned_long_looks:
+            self._warned_long_looks = True
+            logger.warning(
+                "openai-bluegreen watcher: %d looks in a row took longer than the leader lease "
+                "(%gs = 3 x analysis.interval + 1s; the last one %.1fs from taking the lease "
+                "to the end of its metric snapshot), so the lease runs out during each look. "
+                "The watcher renews it before writing, but another watcher can take it over "
+                "meanwhile, and watchers that keep taking it from one another write nothing. "
+                "Use a longer analysis.interval (at least %.0fs) or a faster metric source.",
+                self._long_looks, self._lease_ttl, took, math.ceil(took))
 
     # -- evidence ------------------------------------------------------------------------
     def _snapshot_for(self, rollout: Rollout, state: RolloutState, snapshot: Snapshot | None,
