@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import re
@@ -741,16 +742,11 @@ def test_a_lone_watcher_whose_every_look_outlives_its_lease_still_rolls_out(
         store.close()
 
 
-def test_a_watcher_whose_lease_another_held_meanwhile_takes_over_at_its_next_look(
-        leased: tuple[str, Any]) -> None:
-    """A's look outlives its lease and decides nothing (no write, so no LeaseLost to hear
-    of); meanwhile B takes the lease, leads, and hands it back (stops). A's next look used to
-    be the same tenure (A had led at its last look) and judged on windows that began before
-    B led, which may span steps B made: it promoted on them. The store now says the lease
-    was taken anew, so A starts its evidence afresh, as at any takeover."""
+@contextlib.contextmanager
+def _two_watchers(url: str) -> Iterator[tuple[list[float], Any, _SlowSource, Any, Any]]:
+    """Watchers A (on a slow source) and B on one store, both on the clock ``now[0]``."""
     from openai_bluegreen._watcher import Watcher
 
-    url, expire = leased
     now = [1_700_000_000.0]
     config = _slow_config([10, 100])
     a_store, b_store = open_store(url), open_store(url)
@@ -758,6 +754,23 @@ def test_a_watcher_whose_lease_another_held_meanwhile_takes_over_at_its_next_loo
     a = Watcher(config, a_store, a_source, clock=lambda: now[0])
     b = Watcher(config, b_store, _SlowSource(), clock=lambda: now[0])
     try:
+        yield now, a_store, a_source, a, b
+    finally:
+        a.stop()
+        b.stop()
+        a_store.close()
+        b_store.close()
+
+
+def test_a_watcher_whose_lease_another_held_meanwhile_takes_over_at_its_next_look(
+        leased: tuple[str, Any]) -> None:
+    """A's look outlives its lease and decides nothing (no write, so no LeaseLost to hear
+    of); meanwhile B takes the lease, leads, and hands it back (stops). A's next look used to
+    be the same tenure (A had led at its last look) and judged on windows that began before
+    B led, which may span steps B made: it promoted on them. The store now says the lease
+    was taken anew, so A starts its evidence afresh, as at any takeover."""
+    expire = leased[1]
+    with _two_watchers(leased[0]) as (now, a_store, a_source, a, b):
         a.look()  # A leads and starts the rollout
         assert a_store.load("chat") is not None and a_source.resets == 1
 
@@ -777,11 +790,6 @@ def test_a_watcher_whose_lease_another_held_meanwhile_takes_over_at_its_next_loo
         assert [d.action for d in decisions] == [Action.HOLD]  # its evidence starts now
         state = a_store.load("chat")
         assert state is not None and state.phase is Phase.PROGRESSING
-    finally:
-        a.stop()
-        b.stop()
-        a_store.close()
-        b_store.close()
 
 
 def test_a_renewal_that_finds_another_watcher_led_meanwhile_writes_nothing(
@@ -789,16 +797,8 @@ def test_a_renewal_that_finds_another_watcher_led_meanwhile_writes_nothing(
     """A's snapshot outlives its lease; B takes it, leads and hands it back before A
     renews. A gets the lease again, but B may have moved the rollout since A's snapshot: A
     writes nothing on it (its promote) and takes over afresh at its next look."""
-    from openai_bluegreen._watcher import Watcher
-
-    url, expire = leased
-    now = [1_700_000_000.0]
-    config = _slow_config([10, 100])
-    a_store, b_store = open_store(url), open_store(url)
-    a_source = _SlowSource()
-    a = Watcher(config, a_store, a_source, clock=lambda: now[0])
-    b = Watcher(config, b_store, _SlowSource(), clock=lambda: now[0])
-    try:
+    expire = leased[1]
+    with _two_watchers(leased[0]) as (now, a_store, a_source, a, b):
         a.look()
         started = a_store.load("chat")
         assert started is not None and started.phase is Phase.PROGRESSING
@@ -818,11 +818,6 @@ def test_a_renewal_that_finds_another_watcher_led_meanwhile_writes_nothing(
         a.look()
         assert a_source.resets == 2  # its next look judged afresh
         assert a.problem is None
-    finally:
-        a.stop()
-        b.stop()
-        a_store.close()
-        b_store.close()
 
 
 class _PlainBoolStore:
