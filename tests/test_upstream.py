@@ -520,6 +520,17 @@ def test_requests_it_has_no_answer_for_get_an_http_error_not_a_dropped_connectio
             with pytest.raises(openai.InternalServerError, match="no answer for that"):
                 client.chat.completions.create(model="m", messages=MSGS, stream=stream)
         assert any("failed" in r.getMessage() for r in caplog.records)
+        # Such a 500 is a whole answer: the connection goes on (a client pools it; closed, its
+        # next request went into the closed connection, a connection error under load).
+        with socket.create_connection((up.host, up.port), timeout=5) as sock:
+            body = json.dumps({"model": "m", "messages": MSGS}).encode()
+            request = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                       b"content-length: %d\r\n\r\n%s" % (len(body), body))
+            for _ in range(2):
+                sock.sendall(request)
+                answer = sock.recv(4096)
+                assert answer.startswith(b"HTTP/1.1 500 "), answer
+                assert b"connection: close" not in answer.lower()
         # Every answered refusal is counted, as it is recorded.
         with pytest.raises(openai.BadRequestError):
             client.responses.create(model="m", input="hi", previous_response_id="resp_nope")

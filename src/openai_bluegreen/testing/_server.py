@@ -31,6 +31,9 @@ logger = logging.getLogger("openai_bluegreen.testing")
 
 __all__ = ["RecordedRequest", "SimulatedUpstream"]
 
+# On an answer after which the server closes the connection: a client that pooled it would
+# send its next request into the closed connection.
+_CLOSE = {"connection": "close"}
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             408: "Request Timeout", 413: "Payload Too Large", 429: "Too Many Requests",
             500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
@@ -232,7 +235,7 @@ class SimulatedUpstream:
                 try:
                     method, target, _version = request_line.decode("latin-1").split()
                 except ValueError:
-                    await self._send_json(writer, 400, _error("bad request line"))
+                    await self._send_json(writer, 400, _error("bad request line"), _CLOSE)
                     return
                 headers: dict[str, str] = {}
                 while True:
@@ -246,10 +249,10 @@ class SimulatedUpstream:
                 except ValueError:
                     length = -1
                 if length < 0:
-                    await self._send_json(writer, 400, _error("invalid content-length"))
+                    await self._send_json(writer, 400, _error("invalid content-length"), _CLOSE)
                     return
                 if length > _MAX_BODY:
-                    await self._send_json(writer, 413, _error("body too large"))
+                    await self._send_json(writer, 413, _error("body too large"), _CLOSE)
                     return
                 raw = await reader.readexactly(length) if length else b""
                 path, _, query = target.partition("?")
@@ -261,10 +264,12 @@ class SimulatedUpstream:
                 except Exception as exc:  # a request this simulator has no answer for
                     logger.warning("simulated upstream %s: %s %s failed", self.name, method,
                                    path, exc_info=True)
-                    if writer not in self._answered:  # else the answer is cut where it was
-                        await self._send_json(writer, 500, _error(
-                            f"simulated upstream {self.name} failed: {exc!r}", "server_error"))
-                    return
+                    if writer in self._answered:  # the answer is cut where it was
+                        return
+                    # A whole answer, the request read whole: the connection can go on.
+                    await self._send_json(writer, 500, _error(
+                        f"simulated upstream {self.name} failed: {exc!r}", "server_error"))
+                    continue
                 if not keep_open or headers.get("connection", "").lower() == "close":
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
