@@ -849,7 +849,7 @@ def test_a_store_answering_a_plain_bool_keeps_working(leased: tuple[str, Any]) -
         watcher.look()
         started = store.load("chat")
         assert started is not None and started.phase is Phase.PROGRESSING
-        now[0] += 120
+        now[0] += 90  # A would promote on what it saw, its lease (91 s) still running
 
         def slow() -> None:
             source.during = None
@@ -864,3 +864,43 @@ def test_a_store_answering_a_plain_bool_keeps_working(leased: tuple[str, Any]) -
     finally:
         watcher.stop()
         store.close()
+
+
+def test_a_plain_bool_store_watcher_whose_lease_ran_out_between_looks_takes_over(
+        leased: tuple[str, Any]) -> None:
+    """As the Lease store's test above, with a store whose acquire_lease answers a plain bool:
+    A's lease runs out during a look that wrote nothing, B takes it, leads and hands it back.
+    The store cannot say so, but by A's own clock its lease ran out since its last renewal: its
+    next look is a takeover, as the protocol documents, not the old tenure going on."""
+    from openai_bluegreen._watcher import Watcher
+
+    url, expire = leased
+    now = [1_700_000_000.0]
+    config = _slow_config([10, 100])
+    a_store, b_store = _PlainBoolStore(url), _PlainBoolStore(url)
+    a_source = _SlowSource()
+    a = Watcher(config, a_store, a_source, clock=lambda: now[0])  # type: ignore[arg-type]
+    b = Watcher(config, b_store, _SlowSource(), clock=lambda: now[0])  # type: ignore[arg-type]
+    try:
+        a.look()
+        assert a_store.load("chat") is not None and a_source.resets == 1
+
+        def handed_over() -> None:
+            a_source.during = None
+            expire()
+            b.look()
+            assert b.leader
+            b.stop()
+
+        a_source.during = handed_over
+        assert [d.action for d in a.look()] == [Action.HOLD]
+        now[0] += 120  # past the lease A last renewed (3 x 30 s + 1 s)
+        decisions = a.look()
+        assert [d.action for d in decisions] == [Action.HOLD]  # its evidence starts now
+        assert a_source.resets == 2, "A's look after its lease ran out was not a takeover"
+    finally:
+        a.stop()
+        b.stop()
+        a_store.close()
+        b_store.close()
+

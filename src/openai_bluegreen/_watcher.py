@@ -364,8 +364,10 @@ class Watcher:
         # the store says another watcher had the lease since this one's last renewal (it ran
         # out during the last look, which wrote nothing and so never heard): that one may
         # have moved a rollout, so windows kept from before would span steps this one did not
-        # see.
-        continued = ((was_leader or (self._led_until is not None and now < self._led_until))
+        # see. A store answering a plain bool cannot say so: for it, a lease that ran out since
+        # its last renewal, by this watcher's clock, is taken anew even after a look that led.
+        in_time = self._led_until is not None and now < self._led_until
+        continued = (((was_leader and isinstance(grant, Lease)) or in_time)
                      and grant is not Lease.TAKEN and not self._tenure_broken)
         self._tenure_broken = False
         self._led_until = now + ttl
