@@ -904,3 +904,40 @@ def test_a_plain_bool_store_watcher_whose_lease_ran_out_between_looks_takes_over
         a_store.close()
         b_store.close()
 
+
+def test_a_renewal_that_lands_after_stop_released_the_lease_is_released_again(
+        leased: tuple[str, Any]) -> None:
+    """stop() hands the lease over while a long look is renewing it before writing; the
+    renewal lands afterwards and takes the lease again. The look sees the stop and must hand
+    it back, or the stopped watcher holds it and the fleet has no leader until it expires."""
+    from openai_bluegreen._watcher import Watcher
+
+    url, expire = leased
+    now = [1_700_000_000.0]
+    watcher: Any = None
+
+    class StopDuringRenewal(_PlainBoolStore):  # answering the store's Lease, not a bool
+        acquired = 0
+
+        def acquire_lease(self, holder: str, ttl: float) -> Any:
+            self.acquired += 1
+            if self.acquired == 2:  # the renewal: stop() releases while it is on its way
+                watcher.stop()
+            return self._store.acquire_lease(holder, ttl)
+
+    def slow() -> None:
+        now[0] += 100
+        expire()
+
+    store = StopDuringRenewal(url)
+    watcher = Watcher(_slow_config([10, 100]), store, _SlowSource(slow),  # type: ignore[arg-type]
+                      clock=lambda: now[0])
+    other = open_store(url)
+    try:
+        assert watcher.look() == []
+        assert store.acquired == 2
+        assert other.acquire_lease("B", 60.0), "the stopped watcher kept the lease"
+    finally:
+        watcher.stop()
+        store.close()
+        other.close()

@@ -549,6 +549,7 @@ class Watcher:
             self._lost_lease("another watcher took it over; nothing written on its evidence")
             return False
         if self._stop.is_set():  # stopped while renewing: stop() may have released already
+            self.leader = True  # and cleared this, but the renewal took the lease again
             self._release_lease()
             return False
         if self._led_until is not None:
