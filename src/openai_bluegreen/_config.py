@@ -136,15 +136,23 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
+def _authority(value: str) -> tuple[int, int, int] | None:
+    """Where a URL's authority is (``user:password@host:port``): its start, the index of the
+    ``@`` that ends its user info (-1 without one) and its end; ``None`` without ``://``."""
+    scheme_end = value.find("://")
+    if scheme_end < 0:
+        return None
+    start = scheme_end + 3
+    end = min((i for i in (value.find(sep, start) for sep in "/?#") if i >= 0),
+              default=len(value))
+    return start, value.rfind("@", start, end), end
+
+
 def _expand(value: str) -> str:
     """``${VAR}`` from the environment: as it is in the host, path or query (a directory, a
     ``host:port``), percent-encoded in the user-info part (a password may hold ``@`` or ``/``)."""
-    userinfo_end = -1
-    scheme_end = value.find("://")
-    if scheme_end >= 0:
-        start = scheme_end + 3
-        ends = [i for i in (value.find(sep, start) for sep in "/?#") if i >= 0]
-        userinfo_end = value.rfind("@", start, min(ends, default=len(value)))
+    authority = _authority(value)
+    userinfo_end = -1 if authority is None else authority[1]
 
     def expanded(match: re.Match[str]) -> str:
         found = os.environ[match.group(1)]
@@ -157,13 +165,11 @@ def _secret_in_host(value: str) -> str | None:
     """The name of a ``${VAR}`` named for a credential (``${REDIS_PASSWORD}``) that sits in a
     URL's host rather than its user info (a missing ``@``), or ``None``: there it would be
     shown wherever the host is, in status, logs and connection errors."""
-    scheme_end = value.find("://")
-    if scheme_end < 0:
+    authority = _authority(value)
+    if authority is None:
         return None
-    start = scheme_end + 3
-    end = min((i for i in (value.find(sep, start) for sep in "/?#") if i >= 0),
-              default=len(value))
-    host_start = value.rfind("@", start, end) + 1 or start
+    start, userinfo_end, end = authority
+    host_start = userinfo_end + 1 if userinfo_end >= 0 else start
     for match in _VAR_RE.finditer(value, host_start, end):
         if _names_secret(match.group(1)):
             return match.group(1)
